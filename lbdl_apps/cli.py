@@ -1,3 +1,124 @@
-"""placeholder"""
+"""The root `lbdl` command: mounts every task app, plus `lbdl doctor` and `lbdl tour`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pkgutil
+import platform
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
-app = typer.Typer()
+from rich.console import Console
+from rich.table import Table
+
+import lbdl_apps
+from lbdl_apps.core.cli_common import Common, OneLineErrors, verb
+from lbdl_apps.core.tour import STEPS, TourResult, write_report
+
+app = typer.Typer(
+    name="lbdl",
+    cls=OneLineErrors,
+    help="The applications of The Little Book of Deep Learning as command-line tools.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+APP_ORDER = ["classify", "denoise", "segment", "detect", "asr", "clip", "dqn", "diffusion"]
+
+
+def discover_apps() -> list[str]:
+    """Task apps are the subpackages of lbdl_apps that have a `cli` module, in the book's order."""
+    found = {
+        m.name
+        for m in pkgutil.iter_modules(lbdl_apps.__path__)
+        if m.ispkg and m.name != "core" and importlib.util.find_spec(f"lbdl_apps.{m.name}.cli")
+    }
+    return sorted(found, key=lambda n: (APP_ORDER.index(n) if n in APP_ORDER else 99, n))
+
+
+for _name in discover_apps():
+    _module = importlib.import_module(f"lbdl_apps.{_name}.cli")
+    app.add_typer(_module.app, name=_name)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"lbdl {lbdl_apps.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """lbdl: train, evaluate and run the book's models on your own data."""
+
+
+@verb(app)
+def doctor(*, common: Common) -> None:
+    """Versions, devices, threads and the optional data folders."""
+    import torch
+
+    console = Console()
+    table = Table("component", "status", show_header=False)
+    table.add_row("lbdl", lbdl_apps.__version__)
+    table.add_row("python", platform.python_version())
+    for package in ["torch", "torchvision", "torchaudio", "gymnasium", "ale_py", "cv2"]:
+        try:
+            module = importlib.import_module(package)
+            table.add_row(package, getattr(module, "__version__", "installed"))
+        except Exception as error:  # a broken optional install is worth showing, not fatal
+            table.add_row(package, f"[red]unavailable: {error}[/red]")
+    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    table.add_row("cuda", ", ".join(cuda) if cuda else "no CUDA device")
+    table.add_row("mps", "available" if torch.backends.mps.is_available() else "no")
+    table.add_row("torch threads", f"{torch.get_num_threads()} (cpu cores: {os.cpu_count()})")
+    data_root = Path(os.environ.get("LBDL_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
+    for name in ["fashion-mnist", "fsdd", "denoise", "membrane", "raccoon"]:
+        folder = data_root / name
+        table.add_row(f"data {name}", str(folder) if folder.is_dir() else "absent")
+    table.add_row("apps", ", ".join(discover_apps()))
+    console.print(table)
+
+
+@verb(app)
+def tour(
+    quick: Annotated[bool, typer.Option(help="Tiny sizes: checks that every app runs.")] = False,
+    out: Annotated[Path, typer.Option(help="Folder of the tour's runs and report.")] = Path(
+        "runs/tour"
+    ),
+    only: Annotated[
+        list[str] | None, typer.Option(help="Run only these apps (repeatable).")
+    ] = None,
+    *,
+    common: Common,
+) -> None:
+    """Train, evaluate and predict with every app on built-in data; write report.html."""
+    for name in discover_apps():
+        importlib.import_module(f"lbdl_apps.{name}.tour")
+    steps = [s for s in STEPS.values() if not only or s.name in only]
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console()
+    results: dict[str, tuple] = {}
+    for step in steps:
+        console.rule(f"[bold]{step.title}")
+        start = time.perf_counter()
+        result: TourResult = step.run(out / step.name, quick, common.quiet)
+        results[step.name] = (step, result, time.perf_counter() - start)
+    table = Table("app", "metrics", "time")
+    for step, result, seconds in results.values():
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+        table.add_row(step.name, metrics, f"{seconds:.0f} s")
+    console.print(table)
+    report = out / "report.html"
+    write_report(results, report)
+    console.print(f"report: {report}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,5 @@
+"""`python -m lbdl_apps` is `lbdl`."""
+
+from lbdl_apps.cli import app
+
+app()

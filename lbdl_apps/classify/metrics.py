@@ -1,0 +1,84 @@
+"""Classification metrics (torchmetrics): loss, top-1/top-5, per-class P/R/F1, confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+
+def classification_loss(
+    model: nn.Module, batch: tuple[Tensor, Tensor], label_smoothing: float = 0.0
+) -> tuple[Tensor, dict[str, float]]:
+    """Cross-entropy (book 3.1); targets are class indices or soft labels (MixUp/CutMix)."""
+    images, targets = batch
+    logits = model(images)
+    loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    hard = targets if targets.ndim == 1 else targets.argmax(dim=1)
+    accuracy = (logits.argmax(dim=1) == hard).float().mean()
+    return loss, {"acc": accuracy.item()}
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int
+) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """Mean loss, top-1/top-5 accuracy and per-class tables over a loader."""
+    model.eval()
+    k = min(5, num_classes)
+    overall = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        f"top{k}": MulticlassAccuracy(num_classes, top_k=k, average="micro"),
+    }
+    per_class = {
+        "precision": MulticlassPrecision(num_classes, average=None),
+        "recall": MulticlassRecall(num_classes, average=None),
+        "f1": MulticlassF1Score(num_classes, average=None),
+        "confusion": MulticlassConfusionMatrix(num_classes),
+    }
+    total_loss, count = 0.0, 0
+    for images, targets in loader:
+        logits = model(images.to(device)).float().cpu()
+        total_loss += F.cross_entropy(logits, targets, reduction="sum").item()
+        count += len(targets)
+        for metric in (*overall.values(), *per_class.values()):
+            metric.update(logits, targets)
+    scores = {"loss": total_loss / max(count, 1)}
+    scores.update({name: metric.compute().item() for name, metric in overall.items()})
+    return scores, {name: metric.compute() for name, metric in per_class.items()}
+
+
+def plot_confusion(confusion: Tensor, labels: list[str], path: Path) -> None:
+    """Row-normalised confusion matrix as a PNG (rows: true class, columns: predicted)."""
+    rates = confusion.float() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
+    size = max(4.0, 0.45 * len(labels) + 2)
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=90)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(labels) <= 20:
+        for (i, j), value in zip(
+            torch.cartesian_prod(*[torch.arange(len(labels))] * 2).tolist(),
+            confusion.flatten().tolist(),
+            strict=True,
+        ):
+            color = "white" if rates[i, j] > 0.5 else "black"
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
