@@ -1,0 +1,301 @@
+"""Data plumbing every image app shares: reading images the way users have them, finding
+files, idx files, seeded splits (book ch. 3, training protocols) and the bad-record rule for
+training sets: the training set is all the model learns from, so it is never silently altered."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from lbdl_apps.core.errors import LbdlError, report
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+    ".ppm", ".pgm", ".pbm", ".pnm",
+)  # fmt: skip
+
+Record = tuple[Path, int]
+
+_GLOB_CHARS = set("*?[")
+_WHITE = (255, 255, 255)
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit gray ("I;16", "I") and float ("F") images scaled to 8-bit "L"."""
+    array = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        scaled = array.astype(np.float32) / 257.0
+    elif image.mode == "F":
+        array = np.nan_to_num(array.astype(np.float32))
+        scaled = array * 255.0 if array.size and array.max() <= 1.0 else array
+    else:  # "I": 16-bit data read as 32-bit, or 8-bit values stored wide
+        scaled = array.astype(np.float64)
+        if scaled.size and scaled.max() > 255:
+            scaled = scaled / 257.0
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
+def convert_image(image: Image.Image, mode: str = "RGB") -> Image.Image:
+    """Convert any PIL image to "RGB" or "L": transparency composited on white, 16-bit
+    scaled to 8-bit, palette/CMYK/YCbCr/1-bit converted."""
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}")
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _to_8bit(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        image = background
+    return image if image.mode == mode else image.convert(mode)
+
+
+def load_image(path: str | Path, mode: str = "RGB", draft: int | None = None) -> Image.Image:
+    """Read an image as the model expects it: EXIF orientation applied, then converted to
+    `mode` ("RGB" or "L"). Any failure is an LbdlError naming the file. With `draft`, a
+    JPEG is decoded at a reduced scale that keeps both sides >= draft pixels (faster)."""
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}")
+    path = Path(path)
+    try:
+        with Image.open(path) as opened:
+            if draft is not None and opened.format == "JPEG":
+                opened.draft(opened.mode, (draft, draft))
+            try:
+                image = ImageOps.exif_transpose(opened)
+            except Exception:  # a broken EXIF block: the pixels are still good
+                image = opened
+            image = convert_image(image, mode)
+            image.load()
+            return image if image is not opened else image.copy()
+    except FileNotFoundError:
+        raise LbdlError(f"{path}: cannot read image (no such file)") from None
+    except IsADirectoryError:
+        raise LbdlError(f"{path}: cannot read image (it is a folder)") from None
+    except Exception as error:  # PIL raises many types for bad files
+        raise LbdlError(f"{path}: cannot read image ({_reason(error)})") from error
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """Every image file under `root` (recursive, sorted; hidden files and folders skipped)."""
+    root = Path(root)
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_hidden(p, root)
+    )
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """The files a batch verb works on: files as given (even with an unknown extension, so a
+    bad one is reported by the batch rule), folders (their images, recursive) and globs.
+    An input that matches nothing is an LbdlError naming it. Duplicates are dropped."""
+    found: dict[Path, None] = {}
+    for item in inputs:
+        text = str(item)
+        path = Path(text).expanduser()
+        if path.is_file():
+            matches = [path]
+        elif path.is_dir():
+            matches = find_images(path)
+            if not matches:
+                raise LbdlError(f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        elif _GLOB_CHARS & set(text):
+            matches = []
+            for hit in sorted(glob.glob(str(path), recursive=True)):
+                hit_path = Path(hit)
+                matches.extend(find_images(hit_path) if hit_path.is_dir() else [hit_path])
+            if not matches:
+                raise LbdlError(f"{text}: pattern matches no files")
+        else:
+            raise LbdlError(f"{text}: no such file or folder")
+        found.update(dict.fromkeys(matches))
+    return list(found)
+
+
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an idx file (the MNIST / Fashion-MNIST format), gzip-compressed or not."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except FileNotFoundError:
+        raise LbdlError(f"{path}: no such idx file") from None
+    except (OSError, EOFError) as error:
+        raise LbdlError(f"{path}: cannot read idx file ({_reason(error)})") from error
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise LbdlError(f"{path}: not an idx file (bad magic number {raw[:4].hex() or 'none'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise LbdlError(f"{path}: truncated idx file (header cut short)")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise LbdlError(
+            f"{path}: idx file holds {len(raw) - header} data bytes, "
+            f"its header {shape} says {expected}"
+        )
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def split_indices(
+    n: int, val_fraction: float, seed: int, stratify: Sequence[int] | None = None
+) -> tuple[list[int], list[int]]:
+    """Seeded train/validation split of range(n) (book ch. 3, training protocols), both
+    parts sorted. With `stratify` (one label per item) each class is split on its own, so
+    every class with 2+ items is in both parts. A fraction of 0 gives an empty validation."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise LbdlError(f"validation fraction must be in [0, 1), not {val_fraction}")
+    if val_fraction == 0.0:
+        return list(range(n)), []
+    if n < 2:
+        raise LbdlError(f"cannot split {n} item(s) into a training and a validation set")
+    rng = np.random.default_rng(seed)
+    if stratify is None:
+        groups = [np.arange(n)]
+    else:
+        labels = np.asarray(stratify)
+        if len(labels) != n:
+            raise ValueError("stratify needs one label per item")
+        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    train: list[int] = []
+    val: list[int] = []
+    for group in groups:
+        order = rng.permutation(group)
+        count = (
+            0 if len(order) < 2 else min(max(round(len(order) * val_fraction), 1), len(order) - 1)
+        )
+        val.extend(order[:count].tolist())
+        train.extend(order[count:].tolist())
+    return sorted(train), sorted(val)
+
+
+def _check_one(path: Path) -> str | None:
+    """Why an image file cannot be used, or None when it looks fine (header + PIL verify)."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except FileNotFoundError:
+        return "no such file"
+    except IsADirectoryError:
+        return "it is a folder"
+    except Exception as error:
+        return _reason(error)
+    return None
+
+
+def check_records(records: Sequence[Record], skip_bad: bool = False) -> list[Record]:
+    """The bad-record rule (DESIGN.md): open every image; if any is unreadable, raise an
+    LbdlError naming the first one and the count, unless `skip_bad`, which warns for each
+    on stderr and returns the good records."""
+    good: list[Record] = []
+    bad: list[tuple[Path, str]] = []
+    for record in records:
+        reason = _check_one(Path(record[0]))
+        if reason is None:
+            good.append(record)
+        else:
+            bad.append((Path(record[0]), reason))
+    if bad and not skip_bad:
+        path, reason = bad[0]
+        noun = "record" if len(bad) == 1 else "records"
+        raise LbdlError(
+            f"{len(bad)} bad {noun}, first: {path}: {reason} (add --skip-bad to train on the rest)"
+        )
+    for path, reason in bad:
+        report(f"warning: skipping bad record {path}: {reason}")
+    if bad:
+        report(f"warning: skipped {len(bad)} bad records of {len(records)}")
+    return good
+
+
+class ImageRecords(Dataset):
+    """(path, label) records read with `load_image` in `mode` (and `draft`), then
+    `transform`."""
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        transform: Callable[[Any], Any] | None = None,
+        mode: str = "RGB",
+        draft: int | None = None,
+    ) -> None:
+        self.records = [(Path(p), int(label)) for p, label in records]
+        self.transform = transform
+        self.mode = mode
+        self.draft = draft
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.records]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.records[index]
+        image = load_image(path, self.mode, self.draft)
+        return (self.transform(image) if self.transform else image), label
+
+
+class TensorImageDataset(Dataset):
+    """In-memory uint8 images, (N, H, W) or (N, H, W, C), with integer labels. Items are
+    `tv_tensors.Image` (C, H, W) uint8 before `transform`."""
+
+    def __init__(
+        self,
+        images: np.ndarray | torch.Tensor,
+        labels: Sequence[int] | np.ndarray | torch.Tensor,
+        transform: Callable[[Any], Any] | None = None,
+    ) -> None:
+        images = torch.as_tensor(np.asarray(images))
+        if images.dtype != torch.uint8 or images.ndim not in (3, 4):
+            raise ValueError("images must be uint8 with shape (N, H, W) or (N, H, W, C)")
+        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+        self.images = images.contiguous()
+        self.targets = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        if len(self.targets) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.targets)} labels")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def labels(self) -> list[int]:
+        return self.targets.tolist()
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images.shape[1])
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = tv_tensors.Image(self.images[index])
+        return (self.transform(image) if self.transform else image), int(self.targets[index])

@@ -1,0 +1,229 @@
+"""Architectures of book chapter 5 against torchvision's, and their decoding and shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from lbdl_apps.core.backbones import (
+    ResNet,
+    TransformerDecoder,
+    TransformerEncoder,
+    UNet,
+    VisionTransformer,
+    from_torchvision_state_dict,
+    load_torchvision_weights,
+    resnet18,
+    resnet50,
+    resnet_small,
+)
+from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.layers import Bottleneck
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_matches_torchvision(name: str) -> None:
+    torch.manual_seed(0)
+    ref = getattr(torchvision.models, name)().eval()
+    for m in ref.modules():  # non-trivial batch-norm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    ours = {"resnet18": resnet18, "resnet50": resnet50}[name]().eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    assert n_params(ours) == n_params(ref)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+def test_resnet_stages_and_dilation() -> None:
+    torch.manual_seed(0)
+    model = resnet50(num_classes=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert [f.shape[1:] for f in features] == [
+            (256, 16, 16),
+            (512, 8, 8),
+            (1024, 4, 4),
+            (2048, 2, 2),
+        ]
+        assert model.out_channels == [256, 512, 1024, 2048]
+        assert model(x).shape == (1, 2048)
+        dilated = resnet18(replace_stride_with_dilation=(False, True, True)).eval()
+        shapes = [f.shape[-1] for f in dilated.forward_features(x)]
+        assert shapes == [16, 8, 8, 8]
+        assert dilated.layer4[1].conv1.dilation == (4, 4)
+        assert dilated(x).shape == (1, 1000)
+
+
+def test_resnet_dilation_matches_torchvision() -> None:
+    torch.manual_seed(0)
+    flags = (False, True, True)
+    ref = torchvision.models.resnet50(replace_stride_with_dilation=list(flags)).eval()
+    ours = ResNet(Bottleneck, [3, 4, 6, 3], replace_stride_with_dilation=flags).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [28, 32])
+def test_small_resnet(size: int) -> None:
+    torch.manual_seed(0)
+    model = resnet_small(stages=3, width=16, in_channels=1, num_classes=10)
+    x = torch.randn(2, 1, size, size)
+    assert model(x).shape == (2, 10)
+    half = (size + 1) // 2
+    assert [f.shape[1:] for f in model.forward_features(x)] == [
+        (16, size, size),
+        (32, half, half),
+        (64, (half + 1) // 2, (half + 1) // 2),
+    ]
+    assert not hasattr(model, "layer4")
+    assert ResNet(Bottleneck, [1], widths=(8,), stem="small")(x.expand(-1, 3, -1, -1)).shape == (
+        2,
+        1000,
+    )
+    with pytest.raises(ValueError, match="stem"):
+        resnet18(stem="tiny")
+
+
+def test_load_torchvision_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18().eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(ref.state_dict(), path)
+
+    same_head = load_torchvision_weights(resnet18().eval(), path)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(same_head(x), ref(x), atol=1e-4, rtol=1e-4)
+
+    new_head = resnet18(num_classes=5)
+    fc_before = new_head.fc.weight.clone()
+    load_torchvision_weights(new_head, path)
+    torch.testing.assert_close(new_head.conv1.weight, ref.conv1.weight)
+    torch.testing.assert_close(new_head.fc.weight, fc_before)  # skipped, not overwritten
+    load_torchvision_weights(resnet18(num_classes=None), path)
+
+    with pytest.raises(LbdlError, match="do not fit"):
+        load_torchvision_weights(resnet50(), path)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_text("not weights")
+    with pytest.raises(LbdlError, match=r"garbage\.pth"):
+        load_torchvision_weights(resnet18(), garbage)
+    with pytest.raises(LbdlError, match="neither a file"):
+        load_torchvision_weights(resnet18(), tmp_path / "missing.pth")
+
+
+def test_vit_matches_torchvision() -> None:
+    torch.manual_seed(0)
+    ref = torchvision.models.vision_transformer.VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=64,
+        mlp_dim=128,
+        num_classes=10,
+    ).eval()
+    with torch.no_grad():  # torchvision zero-initializes these
+        ref.class_token.normal_()
+        ref.heads.head.weight.normal_(0, 0.1)
+        ref.heads.head.bias.normal_()
+    ours = VisionTransformer(32, 8, dim=64, depth=2, heads=2, mlp_ratio=2.0, num_classes=10)
+    ours.load_state_dict(from_torchvision_state_dict(ref.state_dict()), strict=True)
+    ours.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+        assert ours.forward_features(x).shape == (2, 17, 64)
+        assert ours(torch.randn(1, 3, 48, 40)).shape == (1, 10)  # interpolated positions
+    with pytest.raises(ValueError, match="multiple of patch"):
+        ours(torch.randn(1, 3, 30, 32))
+
+
+def test_vit_clip_options() -> None:
+    model = VisionTransformer(
+        32,
+        8,
+        dim=32,
+        depth=1,
+        heads=2,
+        num_classes=None,
+        act="quick_gelu",
+        pre_norm=True,
+        eps=1e-5,
+        patch_bias=False,
+        proj_dim=24,
+    )
+    assert model.patch_embed.bias is None and model.proj.bias is None
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 24)
+
+
+def test_encoder_shapes_and_padding() -> None:
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(32, depth=2, heads=4).eval()
+    x = torch.randn(2, 9, 32)
+    padding = torch.zeros(2, 9, dtype=torch.bool)
+    padding[0, 6:] = True
+    y = encoder(x, key_padding_mask=padding)
+    assert y.shape == (2, 9, 32)
+    changed = x.clone()
+    changed[0, 6:] = 1.0
+    torch.testing.assert_close(encoder(changed, key_padding_mask=padding)[0, :6], y[0, :6])
+    assert encoder(x, causal=True).shape == (2, 9, 32)
+
+
+@pytest.mark.parametrize("cross", [True, False])
+def test_decoder_cache_equals_full_forward(cross: bool) -> None:
+    torch.manual_seed(0)
+    decoder = TransformerDecoder(50, 32, depth=2, heads=4, max_len=16, cross_attention=cross).eval()
+    tokens = torch.randint(0, 50, (2, 10))
+    context = torch.randn(2, 7, 32) if cross else None
+    padding = None
+    if cross:
+        padding = torch.zeros(2, 7, dtype=torch.bool)
+        padding[1, 5:] = True
+    with torch.no_grad():
+        full = decoder(tokens, context, padding)
+        assert full.shape == (2, 10, 50)
+        cache: dict = {}
+        steps = [decoder(tokens[:, :4], context, padding, cache=cache)]  # the prompt
+        for i in range(4, 10):
+            steps.append(decoder(tokens[:, i : i + 1], context, padding, cache=cache, offset=i))
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache[0]["self"]["k"].shape == (2, 4, 10, 8)
+    assert ("cross" in cache[0]) == cross
+    assert decoder.forward_features(tokens, context).shape == (2, 10, 32)
+
+
+def test_unet_shapes() -> None:
+    torch.manual_seed(0)
+    plain = UNet(1, 2, base=8, multipliers=(1, 2), attention_levels=(1,), heads=2)
+    assert plain(torch.randn(2, 1, 12, 16)).shape == (2, 2, 12, 16)
+
+    diffusion = UNet(3, 3, base=16, multipliers=(1, 2, 2), time_dim=16, cond_dim=12)
+    x = torch.randn(2, 3, 16, 16)
+    t = torch.tensor([3, 500])
+    y = diffusion(x, t)
+    assert y.shape == x.shape
+    assert not torch.allclose(diffusion(x, t, torch.randn(2, 12)), y)
+    assert not torch.allclose(diffusion(x, torch.tensor([4, 500])), y)
+    assert diffusion(x, 7).shape == x.shape  # one time step for the whole batch
+
+    with pytest.raises(ValueError, match="divisible by 4"):
+        diffusion(torch.randn(1, 3, 18, 16), t)
+    with pytest.raises(ValueError, match="time step"):
+        diffusion(x)
+    with pytest.raises(ValueError, match="multiples"):
+        UNet(1, 1, base=12)
