@@ -160,7 +160,9 @@ def verb(app: typer.Typer, name: str | None = None, **command_kwargs: Any) -> Ca
     """Register `fn(..., common: Common)` as a command of `app` with the common options added."""
 
     def decorate(fn: Callable) -> Callable:
-        signature = inspect.signature(fn)
+        # eval_str: with `from __future__ import annotations` the hints are strings, and typer
+        # would not see the typer.Option(...) inside Annotated (help, min/max, callbacks).
+        signature = inspect.signature(fn, eval_str=True)
         own = [p for p in signature.parameters.values() if p.name != "common"]
         added = [
             inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint)
@@ -179,7 +181,7 @@ def verb(app: typer.Typer, name: str | None = None, **command_kwargs: Any) -> Ca
 
         command.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
         command.__annotations__ = {
-            **{k: v for k, v in fn.__annotations__.items() if k != "common"},
+            **{p.name: p.annotation for p in own},
             **{key: hint for key, (hint, _) in COMMON_OPTIONS.items()},
         }
         app.command(name, **command_kwargs)(command)

@@ -1,0 +1,124 @@
+"""Checkpoints: one self-describing safetensors file (weights + JSON metadata), atomic writes.
+
+The metadata key "lbdl" holds JSON: format version, task, model config, labels,
+preprocessing and whatever else the app needs to rebuild and use the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from lbdl_apps.core.errors import LbdlError
+
+FORMAT_VERSION = 1
+META_KEY = "lbdl"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _storable(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors; tensors sharing memory (tied weights) are cloned."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in state_dict.items():
+        t = tensor.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            t = t.clone()
+        seen.add(ptr)
+        out[name] = t
+    return out
+
+
+def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write weights and `meta` (JSON-serialisable) to a safetensors file, atomically."""
+    info = {"format_version": FORMAT_VERSION, **meta}
+    with atomic_path(path) as tmp:
+        save_file(_storable(state_dict), str(tmp), metadata={META_KEY: json.dumps(info)})
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise LbdlError(f"{path}: no such file")
+    if path.is_dir():
+        raise LbdlError(f"{path}: is a folder, not a checkpoint file")
+
+
+def read_checkpoint(
+    path: str | Path, task: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load weights and metadata; LbdlError naming the file if it is not a usable checkpoint.
+
+    With `task`, a checkpoint made by another task's app is rejected.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+        if raw is None:
+            raise LbdlError(f"{path}: a safetensors file without lbdl metadata, not a checkpoint")
+        meta = _parse_meta(path, raw, task)
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LbdlError(f"{path}: not a safetensors file (truncated or corrupt)") from e
+    return tensors, meta
+
+
+def _parse_meta(path: Path, raw: str, task: str | None) -> dict[str, Any]:
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise LbdlError(f"{path}: unreadable lbdl metadata ({e})") from e
+    if not isinstance(meta, dict):
+        raise LbdlError(f"{path}: unreadable lbdl metadata (not a JSON object)")
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise LbdlError(f"{path}: lbdl metadata without a format version")
+    if version > FORMAT_VERSION:
+        raise LbdlError(
+            f"{path}: checkpoint format {version} is newer than this lbdl ({FORMAT_VERSION}); "
+            "upgrade lbdl"
+        )
+    if task is not None and meta.get("task") != task:
+        raise LbdlError(f"{path}: is a '{meta.get('task')}' checkpoint, not a '{task}' one")
+    return meta
+
+
+def save_state(path: str | Path, state: dict) -> None:
+    """Write the trainer state (tensors, numbers, strings, containers) atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: str | Path) -> dict:
+    """Read a trainer state with weights_only=True (nothing arbitrary is unpickled)."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a bad file; all mean the same here
+        raise LbdlError(f"{path}: unreadable trainer state ({type(e).__name__})") from e

@@ -1,0 +1,148 @@
+"""Run folders (runs/<task>/train, train2, ...), the metrics log and the loss plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from lbdl_apps.core.checkpoint import atomic_path
+from lbdl_apps.core.errors import LbdlError
+
+# Columns that describe the run's progress rather than how well the model does.
+BOOKKEEPING = ("epoch", "step", "lr", "time_s", "samples_per_s")
+
+
+def make_run_dir(
+    task: str,
+    name: str | None = None,
+    run_dir: str | Path | None = None,
+    exist_ok: bool = False,
+    root: str | Path = "runs",
+) -> Path:
+    """Create and return the run folder: `run_dir` if given, else root/task/name.
+
+    Without a name the first free of train, train2, train3... is used (train itself with
+    `exist_ok`). An existing non-empty folder is an error unless `exist_ok`.
+    """
+    if run_dir is not None:
+        path = Path(run_dir)
+    elif name is not None:
+        path = Path(root) / task / name
+    else:
+        path = Path(root) / task / "train"
+        number = 2
+        while path.exists() and not exist_ok:
+            path = path.with_name(f"train{number}")
+            number += 1
+    if path.exists() and not path.is_dir():
+        raise LbdlError(f"{path}: exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not exist_ok:
+        raise LbdlError(f"{path}: run folder already exists; pass --exist-ok to reuse it")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class MetricsLog:
+    """metrics.csv and metrics.jsonl in a run folder, one row per epoch.
+
+    The CSV header is the union of the keys seen; it is rewritten when a new key appears.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.csv_path = Path(run_dir) / "metrics.csv"
+        self.jsonl_path = Path(run_dir) / "metrics.jsonl"
+        self._rows = self._read()
+        self._header = _union_keys(self._rows)
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.jsonl_path.exists():
+            return []
+        lines = self.jsonl_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """All rows logged so far (including those of earlier sessions of a resumed run)."""
+        return [dict(row) for row in self._rows]
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Add one row to both files."""
+        self._rows.append(dict(row))
+        with self.jsonl_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if set(row) <= set(self._header) and self.csv_path.exists():
+            with self.csv_path.open("a", newline="") as f:
+                csv.DictWriter(f, self._header).writerow(row)
+        else:
+            self._header = _union_keys(self._rows)
+            self._rewrite_csv()
+
+    def keep(self, last_epoch: int) -> None:
+        """Drop the rows after `last_epoch` (a resumed run repeats what its state had not saved)."""
+        self._rows = [row for row in self._rows if row.get("epoch", 0) <= last_epoch]
+        self._header = _union_keys(self._rows)
+        if not self._rows:
+            self.csv_path.unlink(missing_ok=True)
+            self.jsonl_path.unlink(missing_ok=True)
+            return
+        with atomic_path(self.jsonl_path) as tmp:
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in self._rows))
+        self._rewrite_csv()
+
+    def _rewrite_csv(self) -> None:
+        with atomic_path(self.csv_path) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, self._header)
+            writer.writeheader()
+            writer.writerows(self._rows)
+
+
+def _union_keys(rows: list[dict[str, Any]]) -> list[str]:
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row))
+    return list(keys)
+
+
+def _numeric_columns(rows: list[dict[str, str]]) -> dict[str, list[float]]:
+    columns: dict[str, list[float]] = {}
+    for key in rows[0]:
+        values = []
+        for row in rows:
+            try:
+                values.append(float(row.get(key) or "nan"))
+            except ValueError:
+                break
+        else:
+            if any(math.isfinite(v) for v in values):
+                columns[key] = values
+    return columns
+
+
+def plot_metrics(csv_path: str | Path, out_png: str | Path) -> None:
+    """Plot metrics.csv against epoch: the loss columns on top, the other metrics below."""
+    with Path(csv_path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    columns = _numeric_columns(rows)
+    x = columns.get("epoch", [float(i + 1) for i in range(len(rows))])
+    losses = [k for k in columns if "loss" in k]
+    others = [k for k in columns if "loss" not in k and k not in BOOKKEEPING]
+    panels = [group for group in (losses, others) if group]
+    if not panels:
+        return
+    fig = Figure(figsize=(7, 3.2 * len(panels)), layout="constrained")
+    for i, group in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, i + 1)
+        for key in group:
+            ax.plot(x, columns[key], marker="o", markersize=3, label=key)
+        ax.set_ylabel("loss" if group is losses else "metric")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    ax.set_xlabel("epoch")
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
