@@ -108,7 +108,8 @@ def tour(
     for step in steps:
         console.rule(f"[bold]{step.title}")
         start = time.perf_counter()
-        result: TourResult = step.run(out / step.name, quick, common.quiet)
+        common.apply()  # each step starts from the same seed
+        result: TourResult = step.run(out / step.name, quick, common)
         results[step.name] = (step, result, time.perf_counter() - start)
     table = Table("app", "metrics", "time")
     for step, result, seconds in results.values():

@@ -37,15 +37,16 @@ def evaluate_classifier(
     """Mean loss, top-1/top-5 accuracy and per-class tables over a loader."""
     model.eval()
     k = min(5, num_classes)
+    local = {"sync_on_compute": False}  # under torchrun only rank 0 evaluates
     overall = {
-        "acc": MulticlassAccuracy(num_classes, average="micro"),
-        f"top{k}": MulticlassAccuracy(num_classes, top_k=k, average="micro"),
+        "acc": MulticlassAccuracy(num_classes, average="micro", **local),
+        f"top{k}": MulticlassAccuracy(num_classes, top_k=k, average="micro", **local),
     }
     per_class = {
-        "precision": MulticlassPrecision(num_classes, average=None),
-        "recall": MulticlassRecall(num_classes, average=None),
-        "f1": MulticlassF1Score(num_classes, average=None),
-        "confusion": MulticlassConfusionMatrix(num_classes),
+        "precision": MulticlassPrecision(num_classes, average=None, **local),
+        "recall": MulticlassRecall(num_classes, average=None, **local),
+        "f1": MulticlassF1Score(num_classes, average=None, **local),
+        "confusion": MulticlassConfusionMatrix(num_classes, **local),
     }
     total_loss, count = 0.0, 0
     for images, targets in loader:

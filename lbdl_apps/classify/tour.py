@@ -16,15 +16,14 @@ from lbdl_apps.core.tour import TourResult, register_tour_step
 
 
 @register_tour_step("classify", "Image classification (book 6.2)")
-def classify_tour(workdir: Path, quick: bool, quiet: bool) -> TourResult:
-    common = Common(device="auto", quiet=quiet, seed=0)
-    common.apply()
+def classify_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
     run_dir = workdir / "train"
     args = TrainArgs(
         model="cnn",
-        epochs=1 if quick else 4,
-        fraction=0.1 if quick else 0.5,
-        batch_size=64,
+        epochs=2 if quick else 6,
+        fraction=0.15 if quick else 1.0,
+        batch_size=32 if quick else 64,
+        warmup=0.2,
         run_dir=run_dir,
         exist_ok=True,
     )
@@ -46,7 +45,9 @@ def classify_tour(workdir: Path, quick: bool, quiet: bool) -> TourResult:
     return TourResult(
         metrics={"test_acc": scores["acc"], "chance": 1 / len(names)},
         images=[grid, run_dir / "loss.png", workdir / "evaluate" / "confusion_matrix.png"],
-        notes=f"cnn trained {args.epochs} epoch(s) on built-in shapes; predictions on PNG files",
+        notes=f"cnn trained {args.epochs} epochs on {args.fraction:.0%} of the built-in shapes; "
+        "predictions on PNG files"
+        + (" (--quick: a smoke test, too short to learn)" if quick else ""),
     )
 
 

@@ -15,9 +15,10 @@ from lbdl_apps.classify.api import TASK, load
 from lbdl_apps.classify.data import load_classify_data, mix_collate
 from lbdl_apps.classify.metrics import classification_loss, evaluate_classifier, plot_confusion
 from lbdl_apps.classify.model import build_model, default_config
-from lbdl_apps.core.checkpoint import atomic_path
+from lbdl_apps.core.checkpoint import atomic_path, load_state
 from lbdl_apps.core.cli_common import Common
-from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
+from lbdl_apps.core.errors import LbdlError, report
 from lbdl_apps.core.runs import make_run_dir
 from lbdl_apps.core.train import TrainConfig, Trainer
 
@@ -67,6 +68,14 @@ def _resumed_args(resume: Path) -> tuple[TrainArgs, Common]:
         )
     saved = json.loads(config_file.read_text())
     args = TrainArgs(**{**saved["args"], "run_dir": resume, "exist_ok": True, "resume": resume})
+    state = load_state(resume / "state.pt")
+    early_stop = args.patience is not None and state.get("bad_epochs", 0) >= args.patience
+    if state.get("epoch", 0) >= args.epochs or early_stop:
+        done = "stopped early" if early_stop else f"finished its {args.epochs} epochs"
+        raise LbdlError(
+            f"--resume {resume}: this run {done}; nothing to resume "
+            "(start a new run to train longer)"
+        )
     return args, Common(**saved["common"])
 
 
@@ -83,17 +92,26 @@ def _model_config(args: TrainArgs, num_classes: int, in_channels: int, image_siz
 
 def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     """Train, keep the best checkpoint, evaluate it on the test split; return the test scores."""
-    console = Console(quiet=common.quiet)
     if args.resume is not None:
-        requested_device = common.device
+        ignored = [
+            f"--{key.replace('_', '-')}"
+            for key, value in asdict(args).items()
+            if key != "resume" and value != TrainArgs.__dataclass_fields__[key].default
+        ]
+        if ignored:
+            report(f"warning: {', '.join(ignored)} ignored: --resume continues the run as saved")
+        requested = common
         args, common = _resumed_args(args.resume)
-        common.device = requested_device
+        common.device, common.quiet, common.threads = (
+            requested.device, requested.quiet, requested.threads
+        )
         common.apply()
     if args.pretrained and args.model not in ("resnet18", "resnet34", "resnet50"):
         raise LbdlError(
             f"--pretrained: only resnet18/34/50 have ImageNet weights, not {args.model}"
         )
-    device = common.torch_device()
+    device = init_distributed(common.torch_device())
+    console = Console(quiet=common.quiet or not is_main_process())
     data = load_classify_data(
         args.data,
         args.image_size,
@@ -120,13 +138,14 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
             model, args.pretrained if args.pretrained != "DEFAULT" else args.model
         )
     run_dir = make_run_dir(TASK, args.name, args.run_dir, args.exist_ok or args.resume is not None)
-    with atomic_path(run_dir / "config.json") as tmp:
-        saved = {
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
-            "common": asdict(common),
-            "model": config,
-        }
-        tmp.write_text(json.dumps(saved, indent=2))
+    if is_main_process():
+        with atomic_path(run_dir / "config.json") as tmp:
+            saved = {
+                "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
+                "common": asdict(common),
+                "model": config,
+            }
+            tmp.write_text(json.dumps(saved, indent=2))
     meta = {
         "task": TASK,
         "config": config,
@@ -179,7 +198,9 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         scores = {f"test_{k}": v for k, v in test.items()}
         plot_confusion(per_class["confusion"], data.labels, run_dir / "confusion_matrix.png")
         console.print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
-    console.print(f"run folder: {run_dir}")
+    if is_main_process():
+        print(f"run folder: {run_dir}")  # also with --quiet, which only silences progress
+    finish_distributed()
     return scores
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from lbdl_apps.core.checkpoint import atomic_path
+from lbdl_apps.core.distributed import decide_on_main
 from lbdl_apps.core.errors import LbdlError
 
 # Columns that describe the run's progress rather than how well the model does.
@@ -27,8 +28,15 @@ def make_run_dir(
     """Create and return the run folder: `run_dir` if given, else root/task/name.
 
     Without a name the first free of train, train2, train3... is used (train itself with
-    `exist_ok`). An existing non-empty folder is an error unless `exist_ok`.
+    `exist_ok`). An existing non-empty folder is an error unless `exist_ok`. Under torchrun,
+    rank 0 chooses and creates the folder and every rank gets its path.
     """
+    return decide_on_main(lambda: _make_run_dir(task, name, run_dir, exist_ok, root))
+
+
+def _make_run_dir(
+    task: str, name: str | None, run_dir: str | Path | None, exist_ok: bool, root: str | Path
+) -> Path:
     if run_dir is not None:
         path = Path(run_dir)
     elif name is not None:

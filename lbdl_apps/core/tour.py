@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lbdl_apps.core.cli_common import Common
+
 
 @dataclass
 class TourResult:
@@ -25,16 +27,16 @@ class TourResult:
 class TourStep:
     name: str
     title: str
-    run: Callable[[Path, bool, bool], TourResult]  # (work folder, quick, quiet) -> result
+    run: Callable[[Path, bool, Common], TourResult]  # (work folder, quick, options) -> result
 
 
 STEPS: dict[str, TourStep] = {}
 
 
 def register_tour_step(name: str, title: str) -> Callable:
-    """Decorator an app uses to add its step: `fn(workdir, quick, quiet) -> TourResult`."""
+    """Decorator an app uses to add its step: `fn(workdir, quick, common) -> TourResult`."""
 
-    def decorate(fn: Callable[[Path, bool, bool], TourResult]) -> Callable:
+    def decorate(fn: Callable[[Path, bool, Common], TourResult]) -> Callable:
         STEPS[name] = TourStep(name, title, fn)
         return fn
 

@@ -10,7 +10,6 @@ import contextlib
 import itertools
 import json
 import math
-import os
 import random
 import signal
 import threading
@@ -41,6 +40,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from lbdl_apps.core.checkpoint import atomic_path, load_state, save_checkpoint, save_state
 from lbdl_apps.core.device import amp_dtype, seed_everything
+from lbdl_apps.core.distributed import init_distributed, world_size
 from lbdl_apps.core.errors import EXIT_INTERRUPTED, LbdlError
 from lbdl_apps.core.runs import MetricsLog, plot_metrics
 
@@ -219,7 +219,9 @@ class Trainer:
 
     Each epoch ends with `evaluate_fn(model, val_loader, device) -> metrics` (or the mean of
     loss_fn over the validation set when evaluate_fn is None); its keys are logged with a
-    "val_" prefix. The run folder gets metrics.csv/.jsonl, loss.png, train_config.json,
+    "val_" prefix. Under torchrun only rank 0 evaluates, so metric objects in evaluate_fn
+    must not synchronise across ranks (torchmetrics: sync_on_compute=False).
+    The run folder gets metrics.csv/.jsonl, loss.png, train_config.json,
     model.safetensors (best by `config.monitor`; every epoch without a validation set),
     last.safetensors and state.pt. With EMA, both .safetensors files hold the EMA weights.
     Checkpoint metadata is `checkpoint_meta` plus "epoch" and "metrics".
@@ -251,7 +253,7 @@ class Trainer:
         self.meta = checkpoint_meta
         self.collate_fn = collate_fn
         self.quiet = quiet
-        self.world, self.rank = int(os.environ.get("WORLD_SIZE", "1")), 0
+        self.world, self.rank = world_size(), 0
         self.best: float | None = None
         self.best_metrics: dict[str, Any] = {}
         self.bad_epochs = 0
@@ -291,14 +293,7 @@ class Trainer:
     def _process_group(self) -> Iterator[None]:
         owned = self.world > 1 and not dist.is_initialized()
         if self.world > 1:
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(self.device)
-            if owned:
-                cuda = self.device.type == "cuda"
-                dist.init_process_group(
-                    "nccl" if cuda else "gloo", device_id=self.device if cuda else None
-                )
+            self.device = init_distributed(self.device)
             self.rank = dist.get_rank()
         try:
             yield

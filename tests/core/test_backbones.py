@@ -227,3 +227,14 @@ def test_unet_shapes() -> None:
         diffusion(x)
     with pytest.raises(ValueError, match="multiples"):
         UNet(1, 1, base=12)
+
+
+def test_load_torchvision_weights_into_gray_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18().eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(ref.state_dict(), path)
+    gray = load_torchvision_weights(resnet18(in_channels=1).eval(), path)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():  # a gray image is the RGB image with three equal channels
+        torch.testing.assert_close(gray(x), ref(x.expand(-1, 3, -1, -1)), atol=1e-4, rtol=1e-4)

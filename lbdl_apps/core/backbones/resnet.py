@@ -130,6 +130,10 @@ def load_torchvision_weights(model: ResNet, name_or_path: str | Path) -> ResNet:
         state = weights.get_state_dict(progress=True)
 
     own = model.state_dict()
+    stem = state.get("conv1.weight")
+    if stem is not None and own["conv1.weight"].shape[1] == 1 and stem.shape[1] == 3:
+        # gray input: a gray image seen as three equal channels gives the same stem response
+        state = {**state, "conv1.weight": stem.sum(dim=1, keepdim=True)}
     state = {
         k: v for k, v in state.items()
         if not (k.startswith("fc.") and (k not in own or own[k].shape != v.shape))
