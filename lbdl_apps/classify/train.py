@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Subset, default_collate
 
 from lbdl_apps.classify.api import TASK, load
 from lbdl_apps.classify.data import load_classify_data, mix_collate
@@ -187,6 +187,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         device=device,
         checkpoint_meta=meta,
         collate_fn=collate,
+        val_collate_fn=default_collate,
         quiet=common.quiet,
     )
     best = trainer.fit(resume=args.resume is not None)

@@ -243,6 +243,7 @@ class Trainer:
         checkpoint_meta: dict[str, Any],
         collate_fn: Callable[[list[Any]], Any] | None = None,
         quiet: bool = False,
+        val_collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> None:
         self.model = model
         self.train_set, self.val_set = train_set, val_set
@@ -252,6 +253,7 @@ class Trainer:
         self.device = device
         self.meta = checkpoint_meta
         self.collate_fn = collate_fn
+        self.val_collate_fn = val_collate_fn or collate_fn  # e.g. no MixUp on validation
         self.quiet = quiet
         self.world, self.rank = world_size(), 0
         self.best: float | None = None
@@ -395,7 +397,11 @@ class Trainer:
         self.val_loader = None
         self._val_generator = torch.Generator()
         if self.val_set is not None and len(self.val_set) > 0:  # type: ignore[arg-type]
-            self.val_loader = DataLoader(self.val_set, generator=self._val_generator, **loader_args)
+            self.val_loader = DataLoader(
+                self.val_set,
+                generator=self._val_generator,
+                **{**loader_args, "collate_fn": self.val_collate_fn},
+            )
 
     # ---------------------------------------------------------------- the loop
     def _run(self) -> None:

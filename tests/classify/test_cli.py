@@ -456,3 +456,17 @@ def test_debug_shows_the_traceback() -> None:
     assert result.exit_code == 2
     assert "Traceback" in result.stderr and "LbdlError" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("lbdl: error: no/such/folder")
+
+
+def test_mixup_cutmix_ema_and_trivialaugment_train(tmp_path: Path) -> None:
+    """Soft MixUp/CutMix targets in training, plain labels in validation, EMA weights saved."""
+    result = lbdl(
+        "classify", "train", *TINY_MODEL, "--epochs", "1", "--fraction", "0.03",
+        "--mixup", "0.2", "--cutmix", "1.0", "--augment", "trivial", "--ema", "0.9",
+        "--label-smoothing", "0.1", "--run-dir", tmp_path / "run", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    row = metrics_rows(tmp_path / "run")[0]
+    assert 0.0 <= float(row["val_acc"]) <= 1.0
+    raw_and_ema = load_file(tmp_path / "run" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in raw_and_ema.values())
