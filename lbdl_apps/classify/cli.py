@@ -20,7 +20,6 @@ from lbdl_apps.core.cli_common import (
     EpochsOption,
     ExistOkOption,
     LrOption,
-    ModelOption,
     NameOption,
     OutOption,
     PatienceOption,
@@ -38,7 +37,9 @@ TASK = "classify"
 @verb(app)
 def train(
     data: DataOption = None,
-    model: ModelOption = "resnet-small",
+    model: Annotated[
+        str, typer.Option(help="cnn, resnet-small, resnet18, resnet34, resnet50 or vit.")
+    ] = "resnet-small",
     epochs: EpochsOption = 10,
     batch_size: BatchSizeOption = 128,
     lr: LrOption = 2e-3,

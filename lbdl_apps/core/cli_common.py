@@ -122,7 +122,6 @@ DataOption = Annotated[
     str | None,
     typer.Option(help="Dataset: a folder, a file or a dataset name (default: built-in data)."),
 ]
-ModelOption = Annotated[str, typer.Option(help="Model name.")]
 EpochsOption = Annotated[int, typer.Option(min=1, help="Training epochs.")]
 BatchSizeOption = Annotated[int, typer.Option(min=1, help="Batch size.")]
 LrOption = Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW).")]
