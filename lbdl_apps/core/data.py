@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.errors import LbdlError, report
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -91,6 +92,35 @@ def load_image(path: str | Path, mode: str = "RGB", draft: int | None = None) ->
         raise LbdlError(f"{path}: cannot read image (it is a folder)") from None
     except Exception as error:  # PIL raises many types for bad files
         raise LbdlError(f"{path}: cannot read image ({_reason(error)})") from error
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image ("L" or "RGB") as a float (C, H, W) tensor in [0, 1]."""
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+
+
+def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
+    """A float (C, H, W) tensor in [0, 1] (C = 1 or 3) as an 8-bit PIL image, rounded."""
+    array = tensor.detach().float().clamp(0, 1).mul(255).round().byte().cpu()
+    array = array.permute(1, 2, 0).numpy()
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+def save_image(image: Image.Image | torch.Tensor | np.ndarray, path: str | Path) -> Path:
+    """Write an image atomically (temporary name, then rename); the format follows the
+    extension. Tensors are float (C, H, W) in [0, 1]; arrays are uint8 (H, W[, C])."""
+    if isinstance(image, torch.Tensor):
+        image = tensor_to_image(image)
+    elif isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    return path
 
 
 def _is_hidden(path: Path, root: Path) -> bool:

@@ -214,3 +214,19 @@ def test_datasets_read_records_and_arrays(tmp_path: Path) -> None:
     assert image.shape == (1, 7, 8) and image.dtype == torch.uint8 and label == 2
     color = TensorImageDataset(np.zeros((2, 7, 8, 3), np.uint8), np.array([1, 0]))
     assert color[0][0].shape == (3, 7, 8) and color.labels == [1, 0] and len(color) == 2
+
+
+def test_tensor_image_round_trip_and_atomic_save(tmp_path: Path) -> None:
+    from lbdl_apps.core.data import image_to_tensor, save_image
+
+    color = torch.rand(3, 20, 30)
+    path = save_image(color, tmp_path / "out" / "color.png")
+    back = image_to_tensor(load_image(path))
+    assert back.shape == (3, 20, 30)
+    assert (back - color).abs().max() <= 0.5 / 255 + 1e-6  # rounded to 8 bits, nothing else
+    gray = save_image(torch.rand(1, 8, 9), tmp_path / "gray.png")
+    assert image_to_tensor(load_image(gray, "L")).shape == (1, 8, 9)
+    jpeg = save_image(np.full((6, 6, 3), 200, np.uint8), tmp_path / "flat.jpg")
+    assert jpeg.read_bytes()[:2] == b"\xff\xd8"  # the extension chose the format
+    written = sorted(p.name for p in tmp_path.rglob("*"))
+    assert written == ["color.png", "flat.jpg", "gray.png", "out"]  # no temporary files left
