@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,11 +15,11 @@ from lbdl_apps.classify.api import TASK, load
 from lbdl_apps.classify.data import load_classify_data, mix_collate
 from lbdl_apps.classify.metrics import classification_loss, evaluate_classifier, plot_confusion
 from lbdl_apps.classify.model import build_model, default_config
-from lbdl_apps.core.checkpoint import atomic_path, load_state
+from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
-from lbdl_apps.core.errors import LbdlError, report
-from lbdl_apps.core.runs import make_run_dir
+from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
 from lbdl_apps.core.train import TrainConfig, Trainer
 
 
@@ -59,26 +59,6 @@ class TrainArgs:
     skip_bad: bool = False
 
 
-def _resumed_args(resume: Path) -> tuple[TrainArgs, Common]:
-    """The arguments and common options a run was started with (its config.json)."""
-    config_file = resume / "config.json"
-    if not (resume / "state.pt").is_file() or not config_file.is_file():
-        raise LbdlError(
-            f"--resume {resume}: not an interrupted classify run (no state.pt/config.json)"
-        )
-    saved = json.loads(config_file.read_text())
-    args = TrainArgs(**{**saved["args"], "run_dir": resume, "exist_ok": True, "resume": resume})
-    state = load_state(resume / "state.pt")
-    early_stop = args.patience is not None and state.get("bad_epochs", 0) >= args.patience
-    if state.get("epoch", 0) >= args.epochs or early_stop:
-        done = "stopped early" if early_stop else f"finished its {args.epochs} epochs"
-        raise LbdlError(
-            f"--resume {resume}: this run {done}; nothing to resume "
-            "(start a new run to train longer)"
-        )
-    return args, Common(**saved["common"])
-
-
 def _model_config(args: TrainArgs, num_classes: int, in_channels: int, image_size: int) -> dict:
     config = default_config(args.model, num_classes, in_channels, image_size)
     overrides = {"width": args.width, "depth": args.depth, "patch_size": args.patch_size}
@@ -93,19 +73,7 @@ def _model_config(args: TrainArgs, num_classes: int, in_channels: int, image_siz
 def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     """Train, keep the best checkpoint, evaluate it on the test split; return the test scores."""
     if args.resume is not None:
-        ignored = [
-            f"--{key.replace('_', '-')}"
-            for key, value in asdict(args).items()
-            if key != "resume" and value != TrainArgs.__dataclass_fields__[key].default
-        ]
-        if ignored:
-            report(f"warning: {', '.join(ignored)} ignored: --resume continues the run as saved")
-        requested = common
-        args, common = _resumed_args(args.resume)
-        common.device, common.quiet, common.threads = (
-            requested.device, requested.quiet, requested.threads
-        )
-        common.apply()
+        args, common = resume_arguments(args, common, TASK)
     if args.pretrained and args.model not in ("resnet18", "resnet34", "resnet50"):
         raise LbdlError(
             f"--pretrained: only resnet18/34/50 have ImageNet weights, not {args.model}"
@@ -138,14 +106,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
             model, args.pretrained if args.pretrained != "DEFAULT" else args.model
         )
     run_dir = make_run_dir(TASK, args.name, args.run_dir, args.exist_ok or args.resume is not None)
-    if is_main_process():
-        with atomic_path(run_dir / "config.json") as tmp:
-            saved = {
-                "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
-                "common": asdict(common),
-                "model": config,
-            }
-            tmp.write_text(json.dumps(saved, indent=2))
+    save_run_config(run_dir, TASK, args, common, config)
     meta = {
         "task": TASK,
         "config": config,

@@ -5,14 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from matplotlib.figure import Figure
 
-from lbdl_apps.core.checkpoint import atomic_path
-from lbdl_apps.core.distributed import decide_on_main
-from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.checkpoint import atomic_path, load_state
+from lbdl_apps.core.cli_common import Common
+from lbdl_apps.core.distributed import decide_on_main, is_main_process
+from lbdl_apps.core.errors import LbdlError, report
+
+A = TypeVar("A")  # an app's TrainArgs dataclass
 
 # Columns that describe the run's progress rather than how well the model does.
 BOOKKEEPING = ("epoch", "step", "lr", "time_s", "samples_per_s")
@@ -154,3 +159,56 @@ def plot_metrics(csv_path: str | Path, out_png: str | Path) -> None:
     ax.set_xlabel("epoch")
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+
+
+def resume_arguments(args: A, common: Common, task: str) -> tuple[A, Common]:
+    """`train --resume RUN_DIR`: the arguments and options the run was started with (its
+    config.json), keeping this command's device, threads and quiet. Other flags given with
+    --resume are named in a warning, since the run goes on as saved. A folder without a
+    saved state, or a run that already finished, is an error."""
+    resume = Path(args.resume)  # type: ignore[attr-defined]
+    defaults = type(args)()
+    ignored = [
+        f"--{key.replace('_', '-')}"
+        for key, value in asdict(args).items()
+        if key != "resume" and value != getattr(defaults, key)
+    ]
+    if ignored:
+        report(f"warning: {', '.join(ignored)} ignored: --resume continues the run as saved")
+    config_file = resume / "config.json"
+    if not (resume / "state.pt").is_file() or not config_file.is_file():
+        raise LbdlError(
+            f"--resume {resume}: not an interrupted {task} run (no state.pt/config.json)"
+        )
+    saved = json.loads(config_file.read_text())
+    if saved.get("task", task) != task:
+        raise LbdlError(f"--resume {resume}: is a {saved['task']} run, not a {task} one")
+    fields = {f.name for f in dataclass_fields(args)}
+    stored = {k: v for k, v in saved["args"].items() if k in fields}
+    resumed = type(args)(**{**stored, "run_dir": resume, "exist_ok": True, "resume": resume})
+    state = load_state(resume / "state.pt")
+    patience = getattr(resumed, "patience", None)
+    early_stop = patience is not None and state.get("bad_epochs", 0) >= patience
+    if state.get("epoch", 0) >= resumed.epochs or early_stop:  # type: ignore[attr-defined]
+        done = "stopped early" if early_stop else f"finished its {resumed.epochs} epochs"  # type: ignore[attr-defined]
+        raise LbdlError(
+            f"--resume {resume}: this run {done}; nothing to resume "
+            "(start a new run to train longer)"
+        )
+    options = Common(**saved["common"])
+    options.device, options.quiet, options.threads = common.device, common.quiet, common.threads
+    options.apply()
+    return resumed, options
+
+
+def save_run_config(
+    run_dir: Path, task: str, args: Any, common: Common, model_config: dict[str, Any]
+) -> None:
+    """config.json: what `train` was asked for, so that --resume can start it again
+    (written by rank 0 only under torchrun)."""
+    if not is_main_process():
+        return
+    plain = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()}
+    saved = {"task": task, "args": plain, "common": asdict(common), "model": model_config}
+    with atomic_path(run_dir / "config.json") as tmp:
+        tmp.write_text(json.dumps(saved, indent=2))

@@ -6,7 +6,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,11 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from lbdl_apps.core.checkpoint import atomic_path, load_state
+from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError, report
-from lbdl_apps.core.runs import make_run_dir
+from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
 from lbdl_apps.core.train import TrainConfig, Trainer
 from lbdl_apps.denoise.api import TASK, Restorer, load
 from lbdl_apps.denoise.data import (
@@ -73,26 +73,6 @@ class TrainArgs:
     compile: bool = False
     save_period: int | None = None
     skip_bad: bool = False
-
-
-def _resumed_args(resume: Path) -> tuple[TrainArgs, Common]:
-    """The arguments and common options a run was started with (its config.json)."""
-    config_file = resume / "config.json"
-    if not (resume / "state.pt").is_file() or not config_file.is_file():
-        raise LbdlError(
-            f"--resume {resume}: not an interrupted denoise run (no state.pt/config.json)"
-        )
-    saved = json.loads(config_file.read_text())
-    args = TrainArgs(**{**saved["args"], "run_dir": resume, "exist_ok": True, "resume": resume})
-    state = load_state(resume / "state.pt")
-    early_stop = args.patience is not None and state.get("bad_epochs", 0) >= args.patience
-    if state.get("epoch", 0) >= args.epochs or early_stop:
-        done = "stopped early" if early_stop else f"finished its {args.epochs} epochs"
-        raise LbdlError(
-            f"--resume {resume}: this run {done}; nothing to resume "
-            "(start a new run to train longer)"
-        )
-    return args, Common(**saved["common"])
 
 
 def _model_config(args: TrainArgs, channels: int) -> dict[str, Any]:
@@ -150,19 +130,7 @@ def make_datasets(
 def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     """Train, keep the best checkpoint (by validation PSNR); return the best epoch's metrics."""
     if args.resume is not None:
-        ignored = [
-            f"--{key.replace('_', '-')}"
-            for key, value in asdict(args).items()
-            if key != "resume" and value != TrainArgs().__dict__[key]
-        ]
-        if ignored:
-            report(f"warning: {', '.join(ignored)} ignored: --resume continues the run as saved")
-        requested = common
-        args, common = _resumed_args(args.resume)
-        common.device, common.quiet, common.threads = (
-            requested.device, requested.quiet, requested.threads
-        )
-        common.apply()
+        args, common = resume_arguments(args, common, TASK)
     if args.loss not in LOSSES:
         raise LbdlError(f"--loss {args.loss}: choose one of {', '.join(LOSSES)}")
     if args.patch_size < 8:
@@ -195,14 +163,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)"
     )
     run_dir = make_run_dir(TASK, args.name, args.run_dir, args.exist_ok or args.resume is not None)
-    if is_main_process():
-        with atomic_path(run_dir / "config.json") as tmp:
-            saved = {
-                "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
-                "common": asdict(common),
-                "model": config,
-            }
-            tmp.write_text(json.dumps(saved, indent=2))
+    save_run_config(run_dir, TASK, args, common, config)
     meta = {
         "task": TASK,
         "config": config,

@@ -1,0 +1,142 @@
+"""EM membrane segmentation: `lbdl segment` (U-Net) trained on ../shared/data/membrane/train
+with a seeded 5 of its 25 images held out; pixel accuracy, the IoU of each class (class 0 =
+membrane, the hard one; class 1 = cell) and mIoU on the held-out images at full size
+(sliding window), plus the wall time. Goal: pixel accuracy >= 0.92, membrane IoU >= 0.70.
+
+Also inference images/s of this U-Net and of torchvision's fcn_resnet50 (random weights,
+no backbone weights) at the same input size and batch, measured in turn (A B A B, best of
+each) in the same process.
+
+    python bench/segment_membrane.py --quick   # under ~2 minutes, prints only
+    python bench/segment_membrane.py           # full: writes bench/results/segment_membrane.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+from lbdl_apps.core.cli_common import Common
+from lbdl_apps.segment.api import load
+from lbdl_apps.segment.train import TrainArgs, run_evaluation, run_training
+
+try:  # python bench/x.py puts bench/ first on sys.path; python -m bench.x does not
+    from common import environment, write_result
+except ImportError:
+    from bench.common import environment, write_result
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "membrane" / "train"
+
+
+def images_per_s(model: torch.nn.Module, batch: torch.Tensor, repeats: int) -> float:
+    with torch.no_grad():
+        model(batch)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(batch)
+        return repeats * len(batch) / (time.perf_counter() - start)
+
+
+def inference_speed(unet: torch.nn.Module, size: int, batch: int, rounds: int, repeats: int):
+    """Images/s of our U-Net (1 gray channel) and fcn_resnet50 (3 channels, the gray image
+    repeated), batch x size x size, alternating A B A B, best of each."""
+    torch.manual_seed(0)
+    fcn = torchvision.models.segmentation.fcn_resnet50(
+        weights=None, weights_backbone=None, num_classes=2, aux_loss=False
+    ).eval()
+    unet = unet.eval()
+    gray = torch.rand(batch, 1, size, size)
+    rgb = gray.expand(-1, 3, -1, -1).contiguous()
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(images_per_s(unet, gray, repeats))
+        theirs.append(images_per_s(lambda x: fcn(x)["out"], rgb, repeats))
+    return max(ours), max(theirs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run that only prints")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        raise SystemExit(f"{args.data}: absent (the membrane data lives beside the project)")
+    torch.set_num_threads(args.threads)
+    quick = args.quick
+    train_args = TrainArgs(
+        data=str(args.data),
+        model="unet",
+        width=16,
+        depth=4,
+        blocks=2,
+        image_size=128,
+        epochs=args.epochs or (2 if quick else 16),
+        repeat=4 if quick else 16,
+        batch_size=8,
+        lr=5e-3,
+        warmup=1.0,
+        val_fraction=0.2,  # 5 of 25 images held out (seeded)
+        dice=0.5,
+    )
+    common = Common(threads=args.threads, seed=args.seed, quiet=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_args.run_dir = Path(tmp) / "run"
+        start = time.perf_counter()
+        run_training(train_args, common)
+        train_s = time.perf_counter() - start
+        checkpoint = train_args.run_dir / "model.safetensors"
+        start = time.perf_counter()
+        scores, iou, labels, _ = run_evaluation(checkpoint, None, Path(tmp) / "eval", "val", common)
+        eval_s = time.perf_counter() - start
+        unet = load(checkpoint).model
+    ours, fcn = inference_speed(unet, 256, 4, rounds=1 if quick else 3, repeats=1 if quick else 3)
+    figures = {
+        "pixel_acc": round(scores["pixel_acc"], 4),
+        "membrane_iou": round(iou[0], 4),
+        "cell_iou": round(iou[1], 4),
+        "miou": round(scores["miou"], 4),
+        "constant_miou": round(scores["constant_miou"], 4),
+        "train_s": round(train_s, 1),
+        "evaluate_s": round(eval_s, 1),
+        "unet_images_per_s": round(ours, 2),
+        "fcn_resnet50_images_per_s": round(fcn, 2),
+        "unet_vs_fcn_resnet50": round(ours / fcn, 2),
+    }
+    goals = {"pixel_acc": 0.92, "membrane_iou": 0.70}
+    result = {
+        "figures": figures,
+        "goals": goals,
+        "goals_met": all(figures[k] >= v for k, v in goals.items()),
+        "protocol": {
+            "data": str(args.data),
+            "held_out": f"5 of 25 images, seeded split (seed {args.seed})",
+            "classes": labels,
+            "class_0": "membrane (mask value 0)",
+            "train": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(train_args).items()
+                if k != "run_dir"
+            },
+            "inference": "batch 4 of 256x256, eval mode, no_grad; U-Net 1 channel, "
+            "fcn_resnet50 3 channels, random weights; best of alternating rounds",
+        },
+        **environment(),
+        "torchvision": torchvision.__version__,
+    }
+    for key, value in figures.items():
+        print(f"{key:28s} {value}")
+    print("goals met" if result["goals_met"] else "goals NOT met", goals)
+    if not quick:
+        print(f"written: {write_result('segment_membrane', result)}")
+
+
+if __name__ == "__main__":
+    main()

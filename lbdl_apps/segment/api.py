@@ -1,0 +1,142 @@
+"""The segment Python API: `load(checkpoint).segment(image)` and `.predict(paths)`; the CLI
+uses it too."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from lbdl_apps.core.checkpoint import read_checkpoint
+from lbdl_apps.core.data import convert_image, load_image
+from lbdl_apps.core.device import resolve_device
+from lbdl_apps.core.errors import BatchReport, LbdlError
+from lbdl_apps.segment.data import preprocess_image
+from lbdl_apps.segment.metrics import sliding_logits
+from lbdl_apps.segment.model import build_model, size_multiple
+
+TASK = "segment"
+
+
+@dataclass
+class Segmentation:
+    """The class index mask (H, W) uint8 of one image, and the image itself (PIL)."""
+
+    path: str
+    mask: np.ndarray
+    image: Image.Image
+
+
+def colorize(mask: np.ndarray, palette: list[list[int]]) -> np.ndarray:
+    """Index mask -> RGB (H, W, 3) uint8 with the class colors (255: white)."""
+    table = np.full((256, 3), 255, np.uint8)
+    table[: len(palette)] = np.asarray(palette, np.uint8)
+    return table[mask]
+
+
+def overlay(image: Image.Image, mask: np.ndarray, palette: list[list[int]], alpha: float = 0.5):
+    """The image with the class colors blended over it (class 0 left uncolored)."""
+    base = np.asarray(image.convert("RGB"), np.float32)
+    colors = colorize(mask, palette).astype(np.float32)
+    painted = (mask > 0)[..., None]
+    blended = np.where(painted, (1 - alpha) * base + alpha * colors, base)
+    return Image.fromarray(blended.round().astype(np.uint8))
+
+
+def index_png(mask: np.ndarray, palette: list[list[int]]) -> Image.Image:
+    """A palette ("P") PNG whose pixel values are the class indices (the VOC convention)."""
+    image = Image.fromarray(mask.astype(np.uint8), "P")
+    flat = [v for color in palette for v in color]
+    image.putpalette(flat + [255] * (768 - len(flat)))
+    return image
+
+
+class Segmenter:
+    """A trained segmentation model with its classes and preprocessing."""
+
+    def __init__(self, model: nn.Module, meta: dict, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.meta = meta
+        self.labels: list[str] = meta["labels"]
+        self.preprocessing: dict = meta["preprocessing"]
+        self.palette: list[list[int]] = self.preprocessing["palette"]
+        self.multiple = size_multiple(meta["config"])
+        self.device = device
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.preprocessing["in_channels"] == 1 else "RGB"
+
+    def logits(self, image: Tensor, tile: int | None = None, overlap: int | None = None):
+        """Class logits (K, H, W) of a normalized (C, H, W) image; images larger than `tile`
+        (default: the training size) go through a sliding window."""
+        tile = tile or self.preprocessing["image_size"]
+        return sliding_logits(self.model, image, self.device, tile, self.multiple, overlap)
+
+    def segment(
+        self,
+        image: Image.Image | str | Path | np.ndarray,
+        tile: int | None = None,
+        overlap: int | None = None,
+    ) -> np.ndarray:
+        """The class index mask (H, W) uint8 of a PIL image, an array or an image file."""
+        return self._segment(self._image(image), tile, overlap)
+
+    def _image(self, image: Image.Image | str | Path | np.ndarray) -> Image.Image:
+        if isinstance(image, (str, Path)):
+            return load_image(image, self.mode)
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        return convert_image(image, self.mode)
+
+    def _segment(self, image: Image.Image, tile: int | None, overlap: int | None) -> np.ndarray:
+        tensor = preprocess_image(image, self.preprocessing)
+        return self.logits(tensor, tile, overlap).argmax(0).byte().numpy()
+
+    def iter_predict(
+        self,
+        paths: Iterable[str | Path],
+        report: BatchReport | None = None,
+        tile: int | None = None,
+        overlap: int | None = None,
+    ) -> Iterator[Segmentation]:
+        """Masks of image files one at a time; unreadable files go to `report` (or raise)."""
+        for path in map(Path, paths):
+            try:
+                image = load_image(path, self.mode)
+            except LbdlError as error:
+                if report is None:
+                    raise
+                report.failed(path, str(error).removeprefix(f"{path}: "))
+                continue
+            yield Segmentation(str(path), self._segment(image, tile, overlap), image)
+
+    def predict(
+        self,
+        paths: Iterable[str | Path],
+        report: BatchReport | None = None,
+        tile: int | None = None,
+        overlap: int | None = None,
+    ) -> list[Segmentation]:
+        return list(self.iter_predict(paths, report, tile, overlap))
+
+
+def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Segmenter:
+    """Load a `lbdl segment` checkpoint (a .safetensors file or a run folder)."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    state, meta = read_checkpoint(path, task=TASK)
+    model = build_model(meta["config"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise LbdlError(f"{path}: weights do not match the model config ({first})") from None
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    return Segmenter(model, meta, torch_device)
