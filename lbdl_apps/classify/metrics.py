@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import (
@@ -58,28 +55,3 @@ def evaluate_classifier(
     scores = {"loss": total_loss / max(count, 1)}
     scores.update({name: metric.compute().item() for name, metric in overall.items()})
     return scores, {name: metric.compute() for name, metric in per_class.items()}
-
-
-def plot_confusion(confusion: Tensor, labels: list[str], path: Path) -> None:
-    """Row-normalised confusion matrix as a PNG (rows: true class, columns: predicted)."""
-    rates = confusion.float() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
-    size = max(4.0, 0.45 * len(labels) + 2)
-    fig = Figure(figsize=(size, size))
-    ax = fig.subplots()
-    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=90)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(labels) <= 20:
-        for (i, j), value in zip(
-            torch.cartesian_prod(*[torch.arange(len(labels))] * 2).tolist(),
-            confusion.flatten().tolist(),
-            strict=True,
-        ):
-            color = "white" if rates[i, j] > 0.5 else "black"
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)

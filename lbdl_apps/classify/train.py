@@ -13,13 +13,13 @@ from torch.utils.data import DataLoader, Subset, default_collate
 
 from lbdl_apps.classify.api import TASK, load
 from lbdl_apps.classify.data import load_classify_data, mix_collate
-from lbdl_apps.classify.metrics import classification_loss, evaluate_classifier, plot_confusion
+from lbdl_apps.classify.metrics import classification_loss, evaluate_classifier
 from lbdl_apps.classify.model import build_model, default_config
 from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
+from lbdl_apps.core.runs import make_run_dir, plot_confusion, resume_arguments, save_run_config
 from lbdl_apps.core.train import TrainConfig, Trainer
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from lbdl_apps.core.checkpoint import atomic_path, load_state
 from lbdl_apps.core.cli_common import Common
@@ -212,3 +213,30 @@ def save_run_config(
     saved = {"task": task, "args": plain, "common": asdict(common), "model": model_config}
     with atomic_path(run_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(saved, indent=2))
+
+
+def plot_confusion(
+    confusion: Tensor, labels: list[str], path: Path, show: str = "count", title: str = ""
+) -> None:
+    """Confusion matrix as a PNG, coloured by rate per true class (rows: true, columns:
+    predicted); small matrices also print each cell's `show`: "count" or "rate"."""
+    rates = confusion.double() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
+    size = max(4.0, 0.45 * len(labels) + 2)
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=90)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(labels) <= 20:
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                text = f"{rates[i, j]:.2f}" if show == "rate" else str(int(confusion[i, j]))
+                color = "white" if rates[i, j] > 0.5 else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")

@@ -5,10 +5,8 @@ than the training size."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -85,28 +83,3 @@ def evaluate_segmenter(
     scores, iou = scores_from_confusion(matrix)
     model.train(was_training)
     return scores, iou, matrix
-
-
-def plot_confusion(confusion: Tensor, labels: list[str], path: Path) -> None:
-    """Row-normalised confusion matrix as a PNG (rows: true class, columns: predicted)."""
-    rates = confusion.double() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
-    size = max(4.0, 0.45 * len(labels) + 2)
-    fig = Figure(figsize=(size, size))
-    ax = fig.subplots()
-    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=90)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(labels) <= 12:
-        for i in range(len(labels)):
-            for j in range(len(labels)):
-                color = "white" if rates[i, j] > 0.5 else "black"
-                ax.text(
-                    j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color
-                )
-    ax.set_title("pixels, normalised per true class")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)

@@ -15,12 +15,12 @@ from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
+from lbdl_apps.core.runs import make_run_dir, plot_confusion, resume_arguments, save_run_config
 from lbdl_apps.core.train import TrainConfig, Trainer
 from lbdl_apps.segment.api import TASK, load
 from lbdl_apps.segment.data import list_collate, load_segment_data
 from lbdl_apps.segment.loss import SegmentationLoss, parse_class_weights
-from lbdl_apps.segment.metrics import evaluate_segmenter, plot_confusion
+from lbdl_apps.segment.metrics import evaluate_segmenter
 from lbdl_apps.segment.model import BACKBONES, build_model, default_config, size_multiple
 
 
@@ -225,7 +225,13 @@ def run_evaluation(
     )
     folder = out or Path(checkpoint).resolve().parent / "evaluate"
     folder.mkdir(parents=True, exist_ok=True)
-    plot_confusion(confusion, segmenter.labels, folder / "confusion_matrix.png")
+    plot_confusion(
+        confusion,
+        segmenter.labels,
+        folder / "confusion_matrix.png",
+        show="rate",
+        title="pixels, normalised per true class",
+    )
     with atomic_path(folder / "metrics.json") as tmp:
         tmp.write_text(
             json.dumps(
