@@ -128,22 +128,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         evaluate_fn=lambda m, loader, dev: {
             f"val_{k}": v for k, v in evaluate_classifier(m, loader, dev, num_classes)[0].items()
         },
-        config=TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            warmup_epochs=args.warmup,
-            amp=args.amp,
-            ema_decay=args.ema,
-            patience=args.patience,
-            monitor="val_acc",
-            mode="max",
-            save_period=args.save_period,
-            workers=args.workers,
-            seed=common.seed,
-            compile=args.compile,
-        ),
+        config=TrainConfig.from_args(args, common.seed, monitor="val_acc", mode="max"),
         run_dir=run_dir,
         device=device,
         checkpoint_meta=meta,

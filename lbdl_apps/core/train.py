@@ -71,6 +71,27 @@ class TrainConfig:
     seed: int = 0
     compile: bool = False
 
+    @classmethod
+    def from_args(cls, args: Any, seed: int, monitor: str, mode: str) -> TrainConfig:
+        """The settings of an app's `train` arguments, which use the same option names in
+        every app (epochs, batch_size, lr, weight_decay, warmup, amp, ema, patience, ...)."""
+        return cls(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_epochs=args.warmup,
+            amp=args.amp,
+            ema_decay=args.ema,
+            patience=args.patience,
+            monitor=monitor,
+            mode=mode,
+            save_period=args.save_period,
+            workers=args.workers,
+            seed=seed,
+            compile=args.compile,
+        )
+
     def __post_init__(self) -> None:
         checks = {
             "epochs": self.epochs >= 1,

@@ -115,9 +115,7 @@ def evaluate_restorer(model: nn.Module, loader: DataLoader, device: torch.device
     }
 
 
-def make_datasets(
-    data: DenoiseData, args: TrainArgs
-) -> tuple[PatchPairs, CenterPairs | None]:
+def make_datasets(data: DenoiseData, args: TrainArgs) -> tuple[PatchPairs, CenterPairs | None]:
     degradations = parse_specs(args.degrade)
     length = args.patches_per_epoch or default_patches_per_epoch(len(data.train))
     train = PatchPairs(data.train, degradations, args.patch_size, length, data.channels)
@@ -180,21 +178,11 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         val_set,
         loss_fn=partial(restoration_loss, kind=args.loss),
         evaluate_fn=evaluate_restorer,
-        config=TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            warmup_epochs=args.warmup,
-            amp=args.amp,
-            ema_decay=args.ema,
-            patience=args.patience,
+        config=TrainConfig.from_args(
+            args,
+            common.seed,
             monitor="val_psnr" if val_set is not None else "val_loss",
             mode="max" if val_set is not None else "min",
-            save_period=args.save_period,
-            workers=args.workers,
-            seed=common.seed,
-            compile=args.compile,
         ),
         run_dir=run_dir,
         device=device,
