@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from lbdl_apps.classify.data import preprocess_for_inference
 from lbdl_apps.classify.model import build_model
-from lbdl_apps.core.checkpoint import read_checkpoint
+from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.data import load_image
 from lbdl_apps.core.device import resolve_device
 from lbdl_apps.core.errors import BatchReport, LbdlError
@@ -86,15 +86,5 @@ class Classifier:
 
 def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Classifier:
     """Load a `lbdl classify` checkpoint (a .safetensors file or a run folder)."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    state, meta = read_checkpoint(path, task=TASK)
-    model = build_model(meta["config"])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise LbdlError(f"{path}: weights do not match the model config ({first})") from None
-    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    return Classifier(model, meta, torch_device)
+    model, meta = load_model(checkpoint, TASK, build_model)
+    return Classifier(model, meta, resolve_device(device))

@@ -10,13 +10,14 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from lbdl_apps.core.errors import LbdlError
 
@@ -122,3 +123,23 @@ def load_state(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a bad file; all mean the same here
         raise LbdlError(f"{path}: unreadable trainer state ({type(e).__name__})") from e
+
+
+def load_model(
+    checkpoint: str | Path, task: str, build: Callable[[dict[str, Any]], nn.Module]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """An app's trained model from its checkpoint (a .safetensors file or a run folder):
+    `build(meta["config"])` with the saved weights loaded, and the metadata."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    state, meta = read_checkpoint(path, task=task)
+    try:
+        model = build(meta["config"])
+        model.load_state_dict(state)
+    except (KeyError, TypeError) as error:
+        raise LbdlError(f"{path}: incomplete {task} metadata ({error})") from None
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise LbdlError(f"{path}: weights do not match the model config ({first})") from None
+    return model, meta

@@ -17,8 +17,11 @@ def _mps_available() -> bool:
     return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """Turn `auto|cpu|cuda|cuda:N|mps` into a torch.device; LbdlError if bad or unavailable."""
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """Turn `auto|cpu|cuda|cuda:N|mps` into a torch.device; LbdlError if bad or unavailable.
+    A torch.device is returned as it is."""
+    if isinstance(spec, torch.device):
+        return spec
     match = _SPEC.match(spec.strip().lower())
     if match is None:
         raise LbdlError(f"--device {spec}: not a device; use auto, cpu, cuda, cuda:N or mps")

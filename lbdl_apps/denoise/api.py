@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from lbdl_apps.core.checkpoint import read_checkpoint
+from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.data import convert_image, load_image, save_image
 from lbdl_apps.core.device import resolve_device
 from lbdl_apps.core.errors import BatchReport, LbdlError
@@ -148,17 +148,5 @@ class Restorer:
 
 def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Restorer:
     """Load a `lbdl denoise` checkpoint (a .safetensors file or a run folder)."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    state, meta = read_checkpoint(path, task=TASK)
-    try:
-        model = build_model(meta["config"])
-        model.load_state_dict(state)
-    except (KeyError, TypeError) as error:
-        raise LbdlError(f"{path}: incomplete denoise metadata ({error})") from None
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise LbdlError(f"{path}: weights do not match the model config ({first})") from None
-    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    return Restorer(model, meta, torch_device)
+    model, meta = load_model(checkpoint, TASK, build_model)
+    return Restorer(model, meta, resolve_device(device))
