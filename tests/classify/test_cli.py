@@ -19,13 +19,12 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from lbdl_apps.classify.data import make_shapes
 from lbdl_apps.classify.train import TrainArgs, run_training
-from lbdl_apps.cli import app
 from lbdl_apps.core.checkpoint import save_checkpoint
 from lbdl_apps.core.cli_common import Common
+from tests.cli_helpers import assert_user_error, lbdl, lbdl_subprocess
 
 EXIF_ORIENTATION = 0x0112
 TINY_MODEL = ["--model", "cnn", "--width", "4", "--depth", "1"]
@@ -35,34 +34,6 @@ TINY_MODEL = ["--model", "cnn", "--width", "4", "--depth", "1"]
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process runs write relative paths (runs/...) under tmp_path, never in the repo."""
     monkeypatch.chdir(tmp_path)
-
-
-def lbdl(*args: str | Path) -> object:
-    """`lbdl ARGS` in-process, on the root app."""
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def lbdl_subprocess(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    """The real `lbdl` command in a fresh process."""
-    return subprocess.run(
-        [sys.executable, "-m", "lbdl_apps", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-
-
-def assert_user_error(result, *names: str) -> str:
-    """Exit 2, no traceback, one line on stderr that contains each of `names`."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for name in names:
-        assert name in lines[0], lines[0]
-    return lines[0]
 
 
 def metrics_rows(run: Path) -> list[dict[str, str]]:

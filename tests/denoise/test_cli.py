@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from lbdl_apps.cli import app
 from lbdl_apps.core.checkpoint import save_checkpoint
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.denoise import load
 from lbdl_apps.denoise.data import dead_leaves
 from lbdl_apps.denoise.train import TrainArgs, run_evaluation, run_training
+from tests.cli_helpers import assert_user_error, lbdl, lbdl_subprocess
 from tests.denoise.test_model import small_model, write_checkpoint
 
 TINY = ["--model", "dncnn", "--width", "8", "--depth", "4", "--patch-size", "32",
@@ -32,33 +28,6 @@ TINY = ["--model", "dncnn", "--width", "8", "--depth", "4", "--patch-size", "32"
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process runs write relative paths (runs/...) under tmp_path, never in the repo."""
     monkeypatch.chdir(tmp_path)
-
-
-def lbdl(*args: str | Path) -> object:
-    """`lbdl ARGS` in-process, on the root app."""
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def lbdl_subprocess(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lbdl_apps", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-
-
-def assert_user_error(result, *names: str) -> str:
-    """Exit 2, no traceback, one line on stderr that contains each of `names`."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for name in names:
-        assert name in lines[0], lines[0]
-    return lines[0]
 
 
 def write_leaves(folder: Path, n: int, size: int = 48, seed: int = 0, color: bool = False):

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from lbdl_apps.cli import app
 from lbdl_apps.core.checkpoint import save_checkpoint
 from lbdl_apps.segment.data import make_scenes, palette_for
 from lbdl_apps.segment.model import build_model, default_config
+from tests.cli_helpers import assert_user_error, lbdl
 
 TINY = ["--width", "8", "--depth", "2", "--blocks", "1"]
 
@@ -27,21 +26,6 @@ TINY = ["--width", "8", "--depth", "2", "--blocks", "1"]
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-
-
-def lbdl(*args: str | Path) -> object:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, *names: str) -> str:
-    """Exit 2, no traceback, one line on stderr that contains each of `names`."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for name in names:
-        assert name in lines[0], lines[0]
-    return lines[0]
 
 
 def mask_folder(root: Path, n: int = 4, size: int = 16) -> list[Path]:
