@@ -34,7 +34,7 @@ from rich.progress import (
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
@@ -148,6 +148,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
+
+
+def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n))
+    after n updates, so that early EMA weights follow the training instead of averaging in
+    the random initialisation (a plain 0.999 EMA lags ~1000 steps behind)."""
+
+    @torch.no_grad()
+    def update(ema_params: list[Tensor], params: list[Tensor], n_averaged: Tensor) -> None:
+        n = float(n_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        if torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0]):
+            torch._foreach_lerp_(ema_params, params, weight)
+        else:  # integer buffers (BatchNorm's batch counter) follow the model
+            for ema, current in zip(ema_params, params, strict=True):
+                ema.copy_(current)
+
+    return update
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -359,7 +377,7 @@ class Trainer:
         self.model.to(self.device)
         self.ema = (
             AveragedModel(
-                self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+                self.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True
             )
             if cfg.ema_decay is not None
             else None

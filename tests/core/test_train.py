@@ -14,12 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
 
 from lbdl_apps.core.checkpoint import read_checkpoint
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.runs import MetricsLog
-from lbdl_apps.core.train import TrainConfig, Trainer, batch_size, to_device
+from lbdl_apps.core.train import TrainConfig, Trainer, batch_size, ema_with_warmup, to_device
 
 CPU = torch.device("cpu")
 META = {"task": "toy", "config": {"hidden": 32}}
@@ -251,3 +252,19 @@ def test_data_parallel_under_torchrun(tmp_path: Path) -> None:
     assert len(rows) == 2  # one writer: rank 0
     assert rows[-1]["val_accuracy"] > 0.9
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+
+
+def test_ema_decay_warms_up() -> None:
+    """A 0.999 EMA follows the first updates closely: decay min(0.999, (1 + n) / (10 + n))."""
+    model = nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        ema.update_parameters(model)  # the first update copies
+        model.weight.fill_(2.0)
+        ema.update_parameters(model)  # n = 1: decay 2/11
+    expected = 1.0 + (2.0 - 1.0) * (1 - 2 / 11)
+    assert ema.module.weight.item() == pytest.approx(expected)
+    for _ in range(5000):
+        ema.update_parameters(model)
+    assert ema.module.weight.item() == pytest.approx(2.0, abs=1e-2)
