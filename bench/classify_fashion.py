@@ -134,7 +134,7 @@ def train_one(
         "train_and_val_s": round(train_s, 1),
         "params": params,
         "model_config": config,
-        "train_args": {k: v for k, v in saved_args(args).items() if k != "run_dir"},
+        "train_args": {**saved_args(args), "data": shown_data, "run_dir": None},
         "lbdl_command": equivalent,
         "threads": torch.get_num_threads(),
         "loadavg_before": load_before,
