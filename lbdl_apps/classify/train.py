@@ -20,24 +20,16 @@ from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.runs import make_run_dir, plot_confusion, resume_arguments, save_run_config
-from lbdl_apps.core.train import TrainConfig, Trainer
+from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
 
 
 @dataclass
-class TrainArgs:
+class TrainArgs(TrainOptions):
     """Everything `lbdl classify train` was asked for; saved as the run's config.json."""
 
-    data: str | None = None
     model: str = "resnet-small"
-    epochs: int = 10
     batch_size: int = 128
     lr: float = 2e-3
-    name: str | None = None
-    run_dir: Path | None = None
-    exist_ok: bool = False
-    resume: Path | None = None
-    workers: int = 0
-    patience: int | None = None
     image_size: int | None = None
     width: int | None = None
     depth: int | None = None
@@ -48,15 +40,8 @@ class TrainArgs:
     cutmix: float = 0.0
     label_smoothing: float = 0.0
     weight_decay: float = 0.05
-    warmup: float = 1.0
-    ema: float | None = None
-    val_fraction: float = 0.1
     fraction: float = 1.0
-    amp: bool = True
-    compile: bool = False
-    save_period: int | None = None
     download: bool = False
-    skip_bad: bool = False
 
 
 def _model_config(args: TrainArgs, num_classes: int, in_channels: int, image_size: int) -> dict:

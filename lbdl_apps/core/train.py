@@ -51,6 +51,31 @@ REFRESH_S = 0.5  # how often the progress bar (and the NaN check) reads values o
 
 
 @dataclass
+class TrainOptions:
+    """The `train` options every app has under the same names (DESIGN.md). An app's
+    TrainArgs adds its own and may change these defaults; saved in the run's config.json."""
+
+    data: str | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    name: str | None = None
+    run_dir: Path | None = None
+    exist_ok: bool = False
+    resume: Path | None = None
+    workers: int = 0
+    patience: int | None = None
+    weight_decay: float = 1e-4
+    warmup: float = 1.0
+    ema: float | None = None
+    val_fraction: float = 0.1
+    amp: bool = True
+    compile: bool = False
+    save_period: int | None = None
+    skip_bad: bool = False
+
+
+@dataclass
 class TrainConfig:
     """What the Trainer does; saved as train_config.json in the run folder."""
 
@@ -72,9 +97,8 @@ class TrainConfig:
     compile: bool = False
 
     @classmethod
-    def from_args(cls, args: Any, seed: int, monitor: str, mode: str) -> TrainConfig:
-        """The settings of an app's `train` arguments, which use the same option names in
-        every app (epochs, batch_size, lr, weight_decay, warmup, amp, ema, patience, ...)."""
+    def from_args(cls, args: TrainOptions, seed: int, monitor: str, mode: str) -> TrainConfig:
+        """The Trainer settings of an app's `train` options."""
         return cls(
             epochs=args.epochs,
             batch_size=args.batch_size,

@@ -25,7 +25,7 @@ from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError, report
 from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
-from lbdl_apps.core.train import TrainConfig, Trainer
+from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
 from lbdl_apps.denoise.api import TASK, Restorer, load
 from lbdl_apps.denoise.data import (
     CenterPairs,
@@ -44,20 +44,11 @@ DEFAULT_DEGRADE = ("gaussian:25",)
 
 
 @dataclass
-class TrainArgs:
+class TrainArgs(TrainOptions):
     """Everything `lbdl denoise train` was asked for; saved as the run's config.json."""
 
-    data: str | None = None
     model: str = "unet"
-    epochs: int = 10
     batch_size: int = 16
-    lr: float = 1e-3
-    name: str | None = None
-    run_dir: Path | None = None
-    exist_ok: bool = False
-    resume: Path | None = None
-    workers: int = 0
-    patience: int | None = None
     degrade: list[str] = field(default_factory=lambda: list(DEFAULT_DEGRADE))
     patch_size: int = 64
     patches_per_epoch: int | None = None
@@ -65,14 +56,7 @@ class TrainArgs:
     depth: int | None = None
     channels: int | None = None
     loss: str = "mse"
-    weight_decay: float = 1e-4
     warmup: float = 0.5
-    ema: float | None = None
-    val_fraction: float = 0.1
-    amp: bool = True
-    compile: bool = False
-    save_period: int | None = None
-    skip_bad: bool = False
 
 
 def _model_config(args: TrainArgs, channels: int) -> dict[str, Any]:

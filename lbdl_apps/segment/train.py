@@ -16,7 +16,7 @@ from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.runs import make_run_dir, plot_confusion, resume_arguments, save_run_config
-from lbdl_apps.core.train import TrainConfig, Trainer
+from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
 from lbdl_apps.segment.api import TASK, load
 from lbdl_apps.segment.data import list_collate, load_segment_data
 from lbdl_apps.segment.loss import SegmentationLoss, parse_class_weights
@@ -25,22 +25,15 @@ from lbdl_apps.segment.model import BACKBONES, build_model, default_config, size
 
 
 @dataclass
-class TrainArgs:
+class TrainArgs(TrainOptions):
     """Everything `lbdl segment train` was asked for; saved as the run's config.json."""
 
-    data: str | None = None
     model: str = "unet"
     backbone: str = "resnet18"
     pretrained: str | None = None
     epochs: int = 20
     batch_size: int = 8
     lr: float = 2e-3
-    name: str | None = None
-    run_dir: Path | None = None
-    exist_ok: bool = False
-    resume: Path | None = None
-    workers: int = 0
-    patience: int | None = None
     image_size: int | None = None
     width: int | None = None
     depth: int | None = None
@@ -51,14 +44,7 @@ class TrainArgs:
     scenes: int = 400
     repeat: int = 1
     vflip: bool = False
-    weight_decay: float = 1e-4
-    warmup: float = 1.0
-    ema: float | None = None
     val_fraction: float = 0.2
-    amp: bool = True
-    compile: bool = False
-    save_period: int | None = None
-    skip_bad: bool = False
 
 
 def model_config(args: TrainArgs, num_classes: int, in_channels: int) -> dict[str, Any]:
