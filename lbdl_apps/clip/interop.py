@@ -47,11 +47,12 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 
 def is_openai_clip(sd: dict[str, Tensor]) -> bool:
     """Whether `sd` has the keys of an OpenAI / open_clip ViT CLIP."""
-    return all(k in sd for k in ("visual.conv1.weight", "token_embedding.weight", "ln_final.weight"))
+    keys = ("visual.conv1.weight", "token_embedding.weight", "ln_final.weight")
+    return all(k in sd for k in keys)
 
 
 def _layers(sd: dict[str, Tensor], prefix: str) -> int:
-    found = {k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)}
+    found = {k[len(prefix) :].split(".")[0] for k in sd if k.startswith(prefix)}
     return len(found)
 
 

@@ -88,7 +88,7 @@ def make_scenes(n: int, image_size: int = 32, seed: int = 0, split: str = "all")
     size = image_size
     images = np.empty((n, size, size, 3), np.uint8)
     captions, attributes = [], []
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    xx = np.linspace(0, 1, size, endpoint=False, dtype=np.float32)[None, :]
     for i in range(n):
         color, shape, size_name, cell = _pick_attributes(rng, split)
         base = rng.uniform(70, 110, 3)

@@ -63,7 +63,9 @@ class TextTokenizer:
         return cls(Tokenizer.from_str(meta["json"]), meta["context_length"])
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int = 1000, context_length: int = 32) -> TextTokenizer:
+def train_bpe(
+    texts: Iterable[str], vocab_size: int = 1000, context_length: int = 32
+) -> TextTokenizer:
     """A lower-case BPE tokenizer trained on `texts` (the training captions)."""
     tokenizer = Tokenizer(models.BPE(unk_token=UNK, end_of_word_suffix="</w>"))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
@@ -113,7 +115,8 @@ def openai_vocab_file() -> Path:
 def openai_tokenizer(context_length: int = 77) -> TextTokenizer:
     """OpenAI CLIP's tokenizer (49408 tokens) rebuilt with HF tokenizers: lower case, CLIP's
     word split, byte-level BPE with an end-of-word suffix."""
-    lines = gzip.open(openai_vocab_file()).read().decode("utf-8").split("\n")
+    with gzip.open(openai_vocab_file(), "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     symbols = list(_bytes_to_unicode().values())
     vocab_list = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
