@@ -60,6 +60,10 @@ def train(
         int | None, typer.Option(min=1, help="Stages (CNN/ResNet) or blocks (ViT).")
     ] = None,
     patch_size: Annotated[int | None, typer.Option(min=1, help="ViT patch size.")] = None,
+    conv_stem: Annotated[
+        int | None,
+        typer.Option(min=0, help="ViT: channels of two 3x3 convolutions before the patches."),
+    ] = None,
     pretrained: Annotated[
         str | None,
         typer.Option(help="ResNet18/34/50 ImageNet weights: 'DEFAULT' (download) or a .pth file."),

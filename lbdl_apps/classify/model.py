@@ -67,7 +67,7 @@ def default_config(
         config.update(stem="small" if image_size <= 64 else "imagenet")
     else:
         patch = 4 if image_size <= 32 else 16
-        config.update(patch_size=patch, width=128, depth=6, heads=4, mlp_ratio=2.0)
+        config.update(patch_size=patch, width=128, depth=6, heads=4, mlp_ratio=2.0, conv_stem=0)
     return config
 
 
@@ -105,5 +105,6 @@ def build_model(config: dict[str, Any]) -> nn.Module:
             mlp_ratio=config["mlp_ratio"],
             num_classes=classes,
             dropout=config["dropout"],
+            stem_channels=config.get("conv_stem", 0),
         )
     raise LbdlError(f"unknown model '{name}' in the checkpoint config")

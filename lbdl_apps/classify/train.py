@@ -34,6 +34,7 @@ class TrainArgs(TrainOptions):
     width: int | None = None
     depth: int | None = None
     patch_size: int | None = None
+    conv_stem: int | None = None
     pretrained: str | None = None
     augment: str = "basic"
     mixup: float = 0.0
@@ -46,7 +47,12 @@ class TrainArgs(TrainOptions):
 
 def _model_config(args: TrainArgs, num_classes: int, in_channels: int, image_size: int) -> dict:
     config = default_config(args.model, num_classes, in_channels, image_size)
-    overrides = {"width": args.width, "depth": args.depth, "patch_size": args.patch_size}
+    overrides = {
+        "width": args.width,
+        "depth": args.depth,
+        "patch_size": args.patch_size,
+        "conv_stem": args.conv_stem,
+    }
     for key, value in overrides.items():
         if value is not None:
             if key not in config:

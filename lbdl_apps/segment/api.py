@@ -59,8 +59,11 @@ def index_png(mask: np.ndarray, palette: list[list[int]]) -> Image.Image:
 class Segmenter:
     """A trained segmentation model with its classes and preprocessing."""
 
-    def __init__(self, model: nn.Module, meta: dict, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, meta: dict, device: torch.device, tta: bool = False
+    ) -> None:
         self.model = model.to(device).eval()
+        self.tta = tta
         self.meta = meta
         self.labels: list[str] = meta["labels"]
         self.preprocessing: dict = meta["preprocessing"]
@@ -74,9 +77,12 @@ class Segmenter:
 
     def logits(self, image: Tensor, tile: int | None = None, overlap: int | None = None):
         """Class logits (K, H, W) of a normalized (C, H, W) image; images larger than `tile`
-        (default: the training size) go through a sliding window."""
+        (default: the training size) go through a sliding window; with `tta`, the average
+        over the image's four flips."""
         tile = tile or self.preprocessing["image_size"]
-        return sliding_logits(self.model, image, self.device, tile, self.multiple, overlap)
+        return sliding_logits(
+            self.model, image, self.device, tile, self.multiple, overlap, flips=self.tta
+        )
 
     def segment(
         self,
@@ -126,7 +132,10 @@ class Segmenter:
         return list(self.iter_predict(paths, report, tile, overlap))
 
 
-def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Segmenter:
-    """Load a `lbdl segment` checkpoint (a .safetensors file or a run folder)."""
+def load(
+    checkpoint: str | Path, device: str | torch.device = "cpu", tta: bool = False
+) -> Segmenter:
+    """Load a `lbdl segment` checkpoint (a .safetensors file or a run folder); `tta` makes
+    every prediction the average over the image's four flips (4x the compute)."""
     model, meta = load_model(checkpoint, TASK, build_model)
-    return Segmenter(model, meta, resolve_device(device))
+    return Segmenter(model, meta, resolve_device(device), tta)

@@ -33,6 +33,9 @@ TileOption = Annotated[
     int | None,
     typer.Option(min=8, help="Sliding-window tile size (default: the training size)."),
 ]
+TtaOption = Annotated[
+    bool, typer.Option(help="Average over the four flips of each image (4x slower).")
+]
 
 
 @verb(app)
@@ -118,13 +121,14 @@ def evaluate(
     out: OutOption = None,
     split: Annotated[str, typer.Option(help="val (held-out part) or all of the data.")] = "val",
     tile: TileOption = None,
+    tta: TtaOption = False,
     *,
     common: Common,
 ) -> None:
     """mIoU, per-class IoU, pixel accuracy and a confusion matrix on full-size images."""
     from lbdl_apps.segment.train import run_evaluation
 
-    scores, iou, labels, folder = run_evaluation(checkpoint, data, out, split, common, tile)
+    scores, iou, labels, folder = run_evaluation(checkpoint, data, out, split, common, tile, tta)
     console = Console(quiet=common.quiet)
     table = Table("class", "IoU", title="per class")
     for label, value in zip(labels, iou, strict=True):
@@ -146,6 +150,7 @@ def predict(
     overlap: Annotated[
         int | None, typer.Option(min=0, help="Tile overlap in pixels (default: tile / 8).")
     ] = None,
+    tta: TtaOption = False,
     strict: StrictOption = False,
     *,
     common: Common,
@@ -156,7 +161,7 @@ def predict(
     from lbdl_apps.segment.api import colorize, index_png, load
     from lbdl_apps.segment.api import overlay as draw_overlay
 
-    segmenter = load(checkpoint, common.torch_device())
+    segmenter = load(checkpoint, common.torch_device(), tta)
     size = tile or segmenter.preprocessing["image_size"]
     if overlap is not None and overlap >= size // 2 + 1:
         raise LbdlError(f"--overlap {overlap}: must be below half the tile ({size})")

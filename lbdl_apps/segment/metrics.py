@@ -23,14 +23,19 @@ def sliding_logits(
     tile: int,
     multiple: int,
     overlap: int | None = None,
+    flips: bool = False,
 ) -> Tensor:
     """Class logits (K, H, W) of one normalized (C, H, W) image: whole when it fits in a
-    tile, else overlapping tiles whose logits are averaged (blended) where they overlap."""
+    tile, else overlapping tiles whose logits are averaged (blended) where they overlap.
+    `flips` averages the logits of the four horizontal/vertical flips (test-time augmentation)."""
     overlap = tile // 8 if overlap is None else overlap
     tile = max(multiple, tile // multiple * multiple)
+    views = [[], [-1], [-2], [-2, -1]] if flips else [[]]
 
     def run(batch: Tensor) -> Tensor:
-        return model(batch.to(device)).float().cpu()
+        batch = batch.to(device)
+        total = sum(model(batch.flip(dims)).flip(dims).float() for dims in views)
+        return (total / len(views)).cpu()
 
     return tiled_apply(run, image, tile=tile, overlap=overlap, multiple=multiple)
 
@@ -64,9 +69,11 @@ def evaluate_segmenter(
     num_classes: int,
     tile: int,
     multiple: int,
+    flips: bool = False,
 ) -> tuple[dict[str, float], list[float], Tensor]:
     """Scores, per-class IoU and the confusion matrix over (image, mask) items or lists of
-    them (the validation loader's batches), each image evaluated at its full size."""
+    them (the validation loader's batches), each image evaluated at its full size (with
+    `flips`, on the average of its four flips)."""
     was_training = model.training
     model.eval()
     confusion = MulticlassConfusionMatrix(
@@ -77,7 +84,7 @@ def evaluate_segmenter(
     for item in items:
         pairs = item if isinstance(item, list) else [item]
         for image, mask in pairs:
-            logits = sliding_logits(model, image, device, tile, multiple)
+            logits = sliding_logits(model, image, device, tile, multiple, flips=flips)
             confusion.update(logits.argmax(0)[None], mask[None])
     matrix = confusion.compute()
     scores, iou = scores_from_confusion(matrix)

@@ -155,9 +155,11 @@ def run_evaluation(
     split: str,
     common: Common,
     tile: int | None = None,
+    tta: bool = False,
 ) -> tuple[dict[str, float], list[float], list[str], Path]:
     """Evaluate a checkpoint on the validation part of its data (or of --data), or on all of
-    --data with split "all"; full-size images, sliding window; write metrics.json."""
+    --data with split "all"; full-size images, sliding window (with `tta`, averaged over
+    flips); write metrics.json."""
     if split not in ("val", "all"):
         raise LbdlError(f"--split {split}: choose val or all")
     segmenter = load(checkpoint, common.torch_device())
@@ -193,6 +195,7 @@ def run_evaluation(
         num_classes,
         tile or segmenter.preprocessing["image_size"],
         segmenter.multiple,
+        flips=tta,
     )
     folder = out or Path(checkpoint).resolve().parent / "evaluate"
     folder.mkdir(parents=True, exist_ok=True)
@@ -210,6 +213,7 @@ def run_evaluation(
                     "checkpoint": str(checkpoint),
                     "data": source,
                     "split": split,
+                    "tta": tta,
                     "images": len(chosen),
                     **scores,
                     "iou": {

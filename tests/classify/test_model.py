@@ -47,6 +47,17 @@ def test_vit_patch_size_must_divide_the_image() -> None:
     assert build_model(config)(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
+def test_model_options_apply_to_their_models_only() -> None:
+    from lbdl_apps.classify.train import TrainArgs, _model_config
+
+    config = _model_config(TrainArgs(model="vit", conv_stem=16, patch_size=7), 10, 1, 28)
+    vit = build_model(config)
+    assert vit.stem is not None and vit.patch_embed.in_channels == 16
+    assert vit(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(LbdlError, match="--conv-stem: not an option of --model cnn"):
+        _model_config(TrainArgs(model="cnn", conv_stem=16), 10, 1, 28)
+
+
 @pytest.mark.parametrize("name", ["cnn", "resnet-small", "vit"])
 def test_checkpoint_round_trip(make_checkpoint, name: str, tmp_path: Path) -> None:
     extra = {"width": 32, "depth": 2} if name == "vit" else {}

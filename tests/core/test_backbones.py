@@ -170,6 +170,13 @@ def test_vit_clip_options() -> None:
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 24)
 
 
+def test_vit_conv_stem_keeps_the_token_grid() -> None:
+    model = VisionTransformer(28, 7, in_channels=1, dim=32, depth=1, heads=2, stem_channels=8)
+    assert model.patch_embed.in_channels == 8
+    assert model.forward_features(torch.randn(2, 1, 28, 28)).shape == (2, 1 + 16, 32)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 1000)
+
+
 def test_encoder_shapes_and_padding() -> None:
     torch.manual_seed(0)
     encoder = TransformerEncoder(32, depth=2, heads=4).eval()

@@ -124,6 +124,24 @@ def test_sliding_window_matches_whole_image_away_from_borders() -> None:
     assert small.shape == (3, 30, 30)
 
 
+def test_flip_averaging_is_the_mean_of_the_four_flips_and_flip_equivariant() -> None:
+    """Test-time augmentation: the logits are the mean over the flipped images (flipped back),
+    so the prediction of a flipped image is exactly the flipped prediction."""
+    model = tiny("unet", classes=2, channels=1)
+    image = torch.randn(1, 40, 48)
+    cpu = torch.device("cpu")
+    tta = sliding_logits(model, image, cpu, tile=64, multiple=8, flips=True)
+    with torch.no_grad():
+        views = [[], [-1], [-2], [-2, -1]]
+        outs = [model(image[None].flip(d)[:, :, :, :]).flip(d)[0] for d in views]
+    plain = sliding_logits(model, image, cpu, tile=64, multiple=8)
+    torch.testing.assert_close(plain, outs[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tta, torch.stack(outs).mean(0), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(tta, plain, atol=1e-3)
+    mirrored = sliding_logits(model, image.flip(-1), cpu, tile=64, multiple=8, flips=True)
+    torch.testing.assert_close(mirrored, tta.flip(-1), atol=1e-5, rtol=1e-5)
+
+
 def test_short_training_beats_a_constant_predictor(tmp_path: Path) -> None:
     """~15 s on one thread; measured here: held-out mIoU ~0.40 vs constant ~0.21."""
     args = TrainArgs(

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lbdl_apps.core.layers import TransformerBlock
+from lbdl_apps.core.layers import ConvNormAct, TransformerBlock
 
 
 class VisionTransformer(nn.Module):
@@ -15,6 +15,8 @@ class VisionTransformer(nn.Module):
     The CLS token's final state goes through the optional projection `proj` (proj_dim, no
     bias, as CLIP's) and the optional classifier `head` (num_classes). OpenAI CLIP's image
     encoder is `patch_bias=False, pre_norm=True, act="quick_gelu", eps=1e-5, proj_dim=...`.
+    `stem_channels > 0` puts two 3x3 conv-BN-ReLU layers before the patch embedding (the
+    "early convolutions" of Xiao et al. 2021), which helps small ViTs trained from scratch.
     """
 
     def __init__(
@@ -33,12 +35,19 @@ class VisionTransformer(nn.Module):
         eps: float = 1e-6,
         patch_bias: bool = True,
         proj_dim: int | None = None,
+        stem_channels: int = 0,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch {patch_size}")
         self.patch_size = patch_size
         self.grid = image_size // patch_size
+        self.stem = None
+        if stem_channels:
+            self.stem = nn.Sequential(
+                ConvNormAct(in_channels, stem_channels), ConvNormAct(stem_channels, stem_channels)
+            )
+            in_channels = stem_channels
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, patch_size, bias=patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, self.grid**2 + 1, dim) * 0.02)
@@ -69,6 +78,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(
                 f"image size {tuple(x.shape[-2:])} is not a multiple of patch {self.patch_size}"
             )
+        if self.stem is not None:
+            x = self.stem(x)
         x = self.patch_embed(x)
         h, w = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
