@@ -127,20 +127,26 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def find_images(root: str | Path) -> list[Path]:
-    """Every image file under `root` (recursive, sorted; hidden files and folders skipped)."""
+def find_images(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Every image file under `root` (recursive, sorted; hidden files and folders skipped);
+    with `extensions`, the files with those (lower-case) suffixes instead, e.g. audio."""
     root = Path(root)
     return sorted(
         p
         for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_hidden(p, root)
+        if p.suffix.lower() in extensions and p.is_file() and not _is_hidden(p, root)
     )
 
 
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+def expand_inputs(
+    inputs: Sequence[str | Path],
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    what: str = "images",
+) -> list[Path]:
     """The files a batch verb works on: files as given (even with an unknown extension, so a
     bad one is reported by the batch rule), folders (their images, recursive) and globs.
-    An input that matches nothing is an LbdlError naming it. Duplicates are dropped."""
+    An input that matches nothing is an LbdlError naming it. Duplicates are dropped.
+    `extensions` and `what` ("audio files") make it look for other kinds of files."""
     found: dict[Path, None] = {}
     for item in inputs:
         text = str(item)
@@ -148,14 +154,16 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         if path.is_file():
             matches = [path]
         elif path.is_dir():
-            matches = find_images(path)
+            matches = find_images(path, extensions)
             if not matches:
-                raise LbdlError(f"{text}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise LbdlError(f"{text}: folder holds no {what} ({', '.join(extensions)})")
         elif _GLOB_CHARS & set(text):
             matches = []
             for hit in sorted(glob.glob(str(path), recursive=True)):
                 hit_path = Path(hit)
-                matches.extend(find_images(hit_path) if hit_path.is_dir() else [hit_path])
+                matches.extend(
+                    find_images(hit_path, extensions) if hit_path.is_dir() else [hit_path]
+                )
             if not matches:
                 raise LbdlError(f"{text}: pattern matches no files")
         else:

@@ -146,6 +146,28 @@ def test_find_images_and_expand_inputs(tmp_path: Path) -> None:
         expand_inputs([str(tmp_path / "empty")])
 
 
+def test_expand_inputs_with_other_extensions(tmp_path: Path) -> None:
+    """Batch verbs on audio: folders and globs give the files with the asked extensions."""
+    (tmp_path / "clips" / "deep").mkdir(parents=True)
+    for name in ("clips/a.wav", "clips/deep/b.FLAC", "clips/c.png", "clips/d.txt"):
+        (tmp_path / name).write_bytes(b"")
+    audio = (".wav", ".flac")
+    assert find_images(tmp_path / "clips", audio) == [
+        tmp_path / "clips/a.wav",
+        tmp_path / "clips/deep/b.FLAC",
+    ]
+    assert expand_inputs([str(tmp_path / "clips" / "*")], audio, "audio files") == [
+        tmp_path / "clips/a.wav",
+        tmp_path / "clips/c.png",  # a glob keeps the files it names, whatever their extension
+        tmp_path / "clips/d.txt",
+        tmp_path / "clips/deep/b.FLAC",
+    ]
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "pictures" / "x.png").write_bytes(b"")
+    with pytest.raises(LbdlError, match=r"pictures: folder holds no audio files \(\.wav"):
+        expand_inputs([str(tmp_path / "pictures")], audio, "audio files")
+
+
 def _idx_bytes(array: np.ndarray) -> bytes:
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
     return header + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
