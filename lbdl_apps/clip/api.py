@@ -162,6 +162,8 @@ class ClipModel:
 
 def check_labels(labels: Sequence[str]) -> None:
     """Zero-shot classification needs two or more distinct, non-empty labels."""
+    if not any(label.strip() for label in labels):
+        raise LbdlError("labels: the label list is empty")
     if any(not label.strip() for label in labels):
         raise LbdlError("labels: an empty label in the list")
     if len(labels) < 2:

@@ -1,0 +1,88 @@
+"""How well a CLIP model matches images and texts (book 6.6): retrieval recall@k in both
+directions, zero-shot classification accuracy with prompt ensembling, and the training step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from lbdl_apps.clip.loss import clip_loss
+from lbdl_apps.clip.model import CLIP
+
+RECALL_KS = (1, 5, 10)
+
+
+def contrastive_step(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
+    """The Trainer's loss function: the symmetric contrastive loss of a batch of pairs, the
+    in-batch image-to-text accuracy and the current 1 / temperature."""
+    images, tokens = batch
+    image_emb, text_emb, scale = model(images, tokens)
+    loss = clip_loss(image_emb, text_emb, scale)
+    with torch.no_grad():
+        hits = (image_emb @ text_emb.t()).argmax(dim=1) == torch.arange(
+            len(images), device=images.device
+        )
+    return loss, {"acc": hits.float().mean(), "scale": scale.detach()}
+
+
+@torch.no_grad()
+def embed_pairs(model: CLIP, loader: DataLoader, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Unit-norm image and text embeddings of every pair of `loader` (in order), on CPU."""
+    images, texts = [], []
+    for image_batch, token_batch in loader:
+        images.append(model.encode_image(image_batch.to(device)).float().cpu())
+        texts.append(model.encode_text(token_batch.to(device)).float().cpu())
+    return torch.cat(images), torch.cat(texts)
+
+
+def _ids(values: Sequence[str]) -> Tensor:
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(v, len(index)) for v in values])
+
+
+def retrieval_recalls(
+    image_emb: Tensor, text_emb: Tensor, image_keys: Sequence[str], captions: Sequence[str]
+) -> dict[str, float]:
+    """Recall@1/5/10 image->text and text->image over N pairs: a hit when a relevant item
+    (same image, or the very same caption) is among the k most similar."""
+    keys, texts = _ids(image_keys), _ids(captions)
+    relevant = (keys[:, None] == keys[None, :]) | (texts[:, None] == texts[None, :])
+    similarity = image_emb @ text_emb.t()
+    scores = {}
+    for name, sim, rel in (("i2t", similarity, relevant), ("t2i", similarity.t(), relevant.t())):
+        order = sim.topk(min(max(RECALL_KS), sim.shape[1]), dim=1).indices
+        hits = rel.gather(1, order)
+        for k in RECALL_KS:
+            scores[f"{name}_r{k}"] = hits[:, :k].any(dim=1).float().mean().item()
+    scores["recall_mean"] = sum(scores.values()) / len(scores)
+    return scores
+
+
+@torch.no_grad()
+def class_embeddings(model: CLIP, prompt_tokens: Tensor, num_classes: int) -> Tensor:
+    """Prompt ensembling: the embeddings of each class's prompts (num_classes x templates
+    rows, class-major) averaged and renormalized -> (num_classes, D)."""
+    emb = model.encode_text(prompt_tokens).float().cpu()
+    return F.normalize(emb.view(num_classes, -1, emb.shape[1]).mean(dim=1), dim=-1)
+
+
+def zero_shot_predictions(image_emb: Tensor, classes: Tensor) -> Tensor:
+    """The most similar class of each image."""
+    return (image_emb @ classes.t()).argmax(dim=1)
+
+
+def scene_attribute_accuracy(
+    predicted: Tensor, labels: Sequence[int], class_names: Sequence[str]
+) -> dict[str, float]:
+    """For "{color} {shape}" classes: how often the color and the shape alone are right."""
+    truth = [class_names[y].split(" ") for y in labels]
+    guess = [class_names[p].split(" ") for p in predicted.tolist()]
+    n = max(1, len(truth))
+    return {
+        "zero_shot_color_acc": sum(t[0] == g[0] for t, g in zip(truth, guess, strict=True)) / n,
+        "zero_shot_shape_acc": sum(t[1] == g[1] for t, g in zip(truth, guess, strict=True)) / n,
+    }
