@@ -1,0 +1,101 @@
+"""The Python API of `lbdl dqn`: load a trained agent, act, evaluate (book 6.7).
+
+from lbdl_apps.dqn import load
+agent = load("runs/dqn/train/model.safetensors")
+returns = agent.evaluate(episodes=10, epsilon=0.05)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lbdl_apps.core.checkpoint import load_model
+from lbdl_apps.core.device import resolve_device
+from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.dqn.agent import TASK, evaluate_policy
+from lbdl_apps.dqn.env import EnvSettings, make_env
+from lbdl_apps.dqn.model import build_q_network
+
+
+@dataclass
+class Agent:
+    """A trained Q-network and the environment settings it was trained with."""
+
+    q_network: nn.Module
+    settings: EnvSettings
+    meta: dict[str, Any]
+    device: torch.device
+
+    @property
+    def n_actions(self) -> int:
+        return int(self.meta["config"]["n_actions"])
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        """Q(s, a) for every action of one observation."""
+        with torch.inference_mode():
+            q = self.q_network(torch.as_tensor(np.asarray(obs)[None], device=self.device))
+        return q[0].float().cpu().numpy()
+
+    def act(
+        self, obs: np.ndarray, epsilon: float = 0.0, rng: np.random.Generator | None = None
+    ) -> int:
+        """Epsilon-greedy action for one observation (greedy by default)."""
+        rng = rng or np.random.default_rng()
+        if rng.random() < epsilon:
+            return int(rng.integers(self.n_actions))
+        return int(self.q_values(obs).argmax())
+
+    def evaluate(self, episodes: int = 10, epsilon: float = 0.05, seed: int = 0) -> list[float]:
+        """Returns of whole episodes played epsilon-greedily (epsilon 0: greedy)."""
+        return evaluate_policy(self.q_network, self.settings, episodes, epsilon, seed, self.device)
+
+
+def load(
+    checkpoint: str | Path, device: str | torch.device = "cpu", env: str | None = None
+) -> Agent:
+    """An agent from a dqn checkpoint (file or run folder). `env` plays another environment
+    id with the same preprocessing; its actions and observations must match the network's."""
+    model, meta = load_model(checkpoint, TASK, build_q_network)
+    device = resolve_device(device)
+    model.to(device).eval()
+    try:
+        settings = EnvSettings.from_dict(meta["env"])
+    except (KeyError, TypeError) as error:
+        raise LbdlError(f"{checkpoint}: incomplete dqn metadata ({error})") from None
+    if env is not None and env != settings.env_id:
+        settings = _other_env(settings, env, meta["config"], checkpoint)
+    return Agent(model, settings, meta, device)
+
+
+def _other_env(
+    settings: EnvSettings, env_id: str, config: dict, checkpoint: str | Path
+) -> EnvSettings:
+    """The checkpoint's preprocessing applied to `env_id`, checked against the network."""
+    other = EnvSettings.for_env(env_id)
+    if other.atari != settings.atari:
+        kind = "an Atari game" if settings.atari else "a classic-control task"
+        raise LbdlError(f"--env {env_id}: the checkpoint {checkpoint} was trained on {kind}")
+    other = replace(settings, env_id=env_id)
+    probe = make_env(other)
+    try:
+        actions = int(probe.action_space.n)
+        shape = tuple(probe.observation_space.shape)
+    finally:
+        probe.close()
+    if actions != config["n_actions"]:
+        raise LbdlError(
+            f"--env {env_id}: has {actions} actions but the checkpoint's Q-network has "
+            f"{config['n_actions']} (trained on {settings.env_id})"
+        )
+    if config["kind"] == "mlp" and shape != (config["obs_dim"],):
+        raise LbdlError(
+            f"--env {env_id}: observations of shape {shape}, the checkpoint's Q-network takes "
+            f"({config['obs_dim']},) (trained on {settings.env_id})"
+        )
+    return other
