@@ -1,0 +1,141 @@
+"""Default boxes, matching, box encoding and decoding of the single-shot detector (book 6.3).
+
+Boxes are in coordinates normalised to [0, 1] by the image size. Default boxes are
+(cx, cy, w, h); ground truth and detections are (x1, y1, x2, y2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms, box_convert, box_iou
+
+VARIANCES = (0.1, 0.2)  # offsets of centres and of log-sizes are divided by these
+
+
+def boxes_per_location(aspect_ratios: Sequence[float]) -> int:
+    """Two square boxes (scale s and sqrt(s s')) plus two per aspect ratio (a and 1/a)."""
+    return 2 + 2 * len(aspect_ratios)
+
+
+def default_scales(maps: int, smallest: float = 0.1, largest: float = 0.9) -> list[float]:
+    """maps + 1 scales spaced evenly from `smallest` to `largest` (the last one only serves
+    the sqrt(s s') square box of the last map)."""
+    if maps == 1:
+        return [smallest, largest]
+    step = (largest - smallest) / maps
+    return [round(smallest + i * step, 4) for i in range(maps + 1)]
+
+
+def default_boxes(
+    feature_sizes: Sequence[int], scales: Sequence[float], aspect_ratios: Sequence[float]
+) -> Tensor:
+    """The default boxes (N, 4) as (cx, cy, w, h): for each map of size f_k, each cell and
+    each of boxes_per_location shapes, in that order (the heads' output order)."""
+    if len(scales) != len(feature_sizes) + 1:
+        raise ValueError(f"need {len(feature_sizes) + 1} scales, got {len(scales)}")
+    boxes = []
+    for k, size in enumerate(feature_sizes):
+        s, s_next = scales[k], scales[k + 1]
+        shapes = [(s, s), (math.sqrt(s * s_next),) * 2]
+        for a in aspect_ratios:
+            r = math.sqrt(a)
+            shapes += [(s * r, s / r), (s / r, s * r)]
+        centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+        cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+        wh = torch.tensor(shapes, dtype=torch.float32)  # (A, 2)
+        cells = torch.stack([cx, cy], -1).reshape(-1, 1, 2).expand(-1, len(shapes), 2)
+        sizes = wh.unsqueeze(0).expand(size * size, -1, -1)
+        boxes.append(torch.cat([cells, sizes], -1).reshape(-1, 4))
+    return torch.cat(boxes).clamp(0.0, 1.0)
+
+
+def encode(matched: Tensor, priors: Tensor, variances: Sequence[float] = VARIANCES) -> Tensor:
+    """Offsets (N, 4) that turn default boxes `priors` (cx, cy, w, h) into `matched`
+    (x1, y1, x2, y2): centre shift over the prior size, log size ratio, over the variances."""
+    g = box_convert(matched, "xyxy", "cxcywh")
+    centre = (g[:, :2] - priors[:, :2]) / (variances[0] * priors[:, 2:])
+    size = torch.log(g[:, 2:].clamp(min=1e-6) / priors[:, 2:]) / variances[1]
+    return torch.cat([centre, size], 1)
+
+
+def decode(offsets: Tensor, priors: Tensor, variances: Sequence[float] = VARIANCES) -> Tensor:
+    """The inverse of `encode`: boxes (..., N, 4) as (x1, y1, x2, y2)."""
+    centre = priors[:, :2] + offsets[..., :2] * variances[0] * priors[:, 2:]
+    size = priors[:, 2:] * torch.exp(offsets[..., 2:] * variances[1])
+    return torch.cat([centre - size / 2, centre + size / 2], -1)
+
+
+def match(
+    gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, threshold: float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """Assign ground truth to default boxes (book 6.3): each default box takes the object it
+    overlaps most if their IoU reaches `threshold`, and each object also takes its best
+    default box whatever the IoU (its best one not taken by another object), so no object
+    goes unmatched. Returns the class targets
+    (N,) with 0 for "no object" and c + 1 for class c, and the matched boxes (N, 4)."""
+    n = len(priors)
+    if len(gt_boxes) == 0:
+        return torch.zeros(n, dtype=torch.long), torch.zeros(n, 4)
+    iou = box_iou(gt_boxes, box_convert(priors, "cxcywh", "xyxy"))  # (M, N)
+    best_iou, best_gt = iou.max(0)
+    free = iou.clone()
+    for j in iou.max(1).values.argsort(descending=True).tolist():  # best-placed objects first
+        prior = int(free[j].argmax())  # its best default box not given to another object
+        best_gt[prior], best_iou[prior] = j, 2.0
+        free[:, prior] = -1.0
+    labels = gt_labels[best_gt] + 1
+    labels[best_iou < threshold] = 0
+    return labels, gt_boxes[best_gt]
+
+
+def postprocess(
+    offsets: Tensor,
+    logits: Tensor,
+    priors: Tensor,
+    conf: float = 0.01,
+    iou: float = 0.45,
+    max_det: int = 100,
+    classes: Sequence[int] | None = None,
+) -> list[dict[str, Tensor]]:
+    """Detections of a batch of network outputs: decoded boxes, softmax class probabilities
+    without "no object", then `select`."""
+    boxes = decode(offsets, priors).clamp(0.0, 1.0)
+    probs = logits.float().softmax(-1)[..., 1:]
+    return select(boxes, probs, conf, iou, max_det, classes)
+
+
+def select(
+    boxes: Tensor,
+    probs: Tensor,
+    conf: float = 0.01,
+    iou: float = 0.45,
+    max_det: int = 100,
+    classes: Sequence[int] | None = None,
+    pre_nms: int = 1000,
+) -> list[dict[str, Tensor]]:
+    """Per image, from boxes (B, N, 4) x1 y1 x2 y2 in [0, 1] and class probabilities
+    (B, N, C): every (box, class) pair above `conf` is a candidate (the `pre_nms` best
+    kept), then per-class non-maximum suppression (torchvision.ops.batched_nms) and the
+    `max_det` best. Gives boxes, scores and labels (0-based) per image."""
+    if classes is not None:
+        keep_class = torch.zeros(probs.shape[-1], dtype=torch.bool, device=probs.device)
+        keep_class[list(classes)] = True
+        probs = probs * keep_class
+    results = []
+    for image_boxes, image_probs in zip(boxes, probs, strict=True):
+        scores = image_probs.flatten()
+        candidates = (scores > conf).nonzero().squeeze(1)
+        if len(candidates) > pre_nms:
+            candidates = candidates[scores[candidates].topk(pre_nms).indices]
+        box_index = candidates // image_probs.shape[1]
+        labels = candidates % image_probs.shape[1]
+        chosen_boxes, chosen_scores = image_boxes[box_index], scores[candidates]
+        kept = batched_nms(chosen_boxes, chosen_scores, labels, iou)[:max_det]
+        results.append(
+            {"boxes": chosen_boxes[kept], "scores": chosen_scores[kept], "labels": labels[kept]}
+        )
+    return results

@@ -1,0 +1,236 @@
+"""Detection datasets (book 6.3): annotated images from VOC / COCO / YOLO folders or the
+built-in scenes, box-aware augmentation with torchvision.transforms.v2 (boxes as
+tv_tensors.BoundingBoxes travel with the image through every geometric step), and the
+training targets: default boxes matched to the objects and their encoded offsets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from lbdl_apps.core.data import load_image, split_indices
+from lbdl_apps.core.errors import LbdlError, report
+from lbdl_apps.detect.boxes import encode, match
+from lbdl_apps.detect.formats import Bad, Record, read_annotations
+from lbdl_apps.detect.scenes import SCENE_CLASSES, make_scene
+
+MEAN = [0.485, 0.456, 0.406]  # ImageNet statistics: what pretrained backbones expect
+STD = [0.229, 0.224, 0.225]
+SCENE_SIZE = 96
+VAL_SEED_OFFSET = 1_000_003  # validation scenes come from another stream than training ones
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation
+
+
+class Augment:
+    """SSD's augmentation (book 6.3) with transforms.v2 on (image, {"boxes", "labels"}):
+    photometric distortion, zoom-out (the image placed on a larger canvas: smaller objects),
+    a random crop that keeps some IoU with the objects, horizontal flip, then resize to the
+    square input; boxes that leave the crop are dropped with their labels."""
+
+    def __init__(self, image_size: int, zoom_out: float = 4.0) -> None:
+        fill = [round(255 * m) for m in MEAN]
+        self.photometric = v2.RandomPhotometricDistort(p=0.5)
+        self.zoom = v2.RandomZoomOut(fill=fill, side_range=(1.0, zoom_out), p=0.5)
+        self.crop = v2.RandomIoUCrop()
+        self.flip = v2.RandomHorizontalFlip()
+        self.resize = v2.Resize((image_size, image_size), antialias=True)
+        self.sanitize = v2.SanitizeBoundingBoxes(min_size=1.0)
+
+    def __call__(self, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        image, target = self.photometric(image, target)
+        if zoom_out_possible(self.zoom):
+            image, target = self.zoom(image, target)
+        if len(target["boxes"]):  # the IoU crop needs objects to keep
+            image, target = self.sanitize(*self.crop(image, target))
+        image, target = self.flip(image, target)
+        return self.sanitize(*self.resize(image, target))
+
+
+def zoom_out_possible(zoom: v2.RandomZoomOut) -> bool:
+    return zoom.side_range[1] > 1.0
+
+
+def resize_only(image_size: int) -> v2.Resize:
+    """Evaluation and prediction: the image resized to the square input, nothing else."""
+    return v2.Resize((image_size, image_size), antialias=True)
+
+
+def normalize(image: Tensor) -> Tensor:
+    """uint8 (C, H, W) -> float, ImageNet mean/std normalized."""
+    return v2.functional.normalize(image.float().div(255), MEAN, STD)
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets
+
+
+class DetectionDataset(Dataset):
+    """Items of a detection set after `transform`, as the image (normalized, C x S x S) and:
+    with `priors` (training), the matched targets (offsets (N, 4), classes (N,), 0 = no
+    object); without, the objects {"boxes" (M, 4) in [0, 1], "labels" (M,)}."""
+
+    def __init__(
+        self,
+        load: Callable[[int], tuple[Tensor, np.ndarray, np.ndarray]],
+        length: int,
+        transform: Callable[[Any, Any], tuple[Any, Any]],
+        priors: Tensor | None = None,
+        iou_threshold: float = 0.5,
+    ) -> None:
+        self.load, self.length = load, length
+        self.transform = transform
+        self.priors = priors
+        self.iou_threshold = iou_threshold
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Any, ...]:
+        pixels, boxes, labels = self.load(index)
+        height, width = pixels.shape[-2:]
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.as_tensor(boxes).reshape(-1, 4), format="XYXY", canvas_size=(height, width)
+            ),
+            "labels": torch.as_tensor(labels, dtype=torch.long),
+        }
+        image, target = self.transform(tv_tensors.Image(pixels), target)
+        size = torch.tensor(image.shape[-2:][::-1], dtype=torch.float32).repeat(2)
+        boxes = target["boxes"].as_subclass(Tensor).float() / size
+        image = normalize(image.as_subclass(Tensor))
+        if self.priors is None:
+            return image, {"boxes": boxes, "labels": target["labels"]}
+        classes, matched = match(boxes, target["labels"], self.priors, self.iou_threshold)
+        return image, encode(matched, self.priors), classes
+
+
+def eval_collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, list[dict]]:
+    """Validation batches: stacked images and the list of their objects."""
+    return torch.stack([image for image, _ in batch]), [target for _, target in batch]
+
+
+def record_loader(records: Sequence[Record]) -> Callable[[int], tuple[Tensor, Any, Any]]:
+    def load(index: int) -> tuple[Tensor, np.ndarray, np.ndarray]:
+        record = records[index]
+        image = v2.functional.pil_to_tensor(load_image(record.image, "RGB"))
+        return image, record.boxes, record.labels
+
+    return load
+
+
+def scene_loader(size: int, seed: int) -> Callable[[int], tuple[Tensor, Any, Any]]:
+    def load(index: int) -> tuple[Tensor, np.ndarray, np.ndarray]:
+        image, boxes, labels = make_scene(index, size, seed)
+        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), boxes, labels
+
+    return load
+
+
+# ----------------------------------------------------------------------------------------------
+# What train and evaluate read
+
+
+@dataclass
+class DetectData:
+    """Records (or scene streams) of the training and validation splits, and class names."""
+
+    train_load: Callable[[int], tuple[Tensor, Any, Any]]
+    train_count: int
+    val_load: Callable[[int], tuple[Tensor, Any, Any]]
+    val_count: int
+    labels: list[str]
+    source: str
+    format: str
+    objects: int = 0
+
+    def train_set(self, image_size: int, priors: Tensor, zoom_out: float, iou: float) -> Dataset:
+        return DetectionDataset(
+            self.train_load, self.train_count, Augment(image_size, zoom_out), priors, iou
+        )
+
+    def val_set(self, image_size: int) -> Dataset:
+        resize = resize_only(image_size)
+        return DetectionDataset(self.val_load, self.val_count, lambda i, t: resize(i, t))
+
+
+def reject_bad(bad: list[Bad], total: int, skip_bad: bool) -> None:
+    """DESIGN.md's rule for bad training records: an error naming the first and the count,
+    or with `skip_bad` a warning for each."""
+    if not bad:
+        return
+    if not skip_bad:
+        path, reason = bad[0]
+        noun = "record" if len(bad) == 1 else "records"
+        raise LbdlError(
+            f"{len(bad)} bad {noun}, first: {path}: {reason} (add --skip-bad to train on the rest)"
+        )
+    for path, reason in bad:
+        report(f"warning: skipping bad record {path}: {reason}")
+    report(f"warning: skipped {len(bad)} bad records of {total}")
+
+
+def parse_classes(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or len(set(names)) != len(names):
+        raise LbdlError(f"--classes {text}: give distinct class names, comma separated")
+    return names
+
+
+def load_detect_data(
+    data: str | None,
+    fmt: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    skip_bad: bool = False,
+    scenes: int = 2000,
+    classes: list[str] | None = None,
+    scene_size: int = SCENE_SIZE,
+) -> DetectData:
+    """The built-in scenes (data None: `scenes` training scenes and a fifth as many held out,
+    each from its own stream) or an annotated dataset split with a seeded `val_fraction`."""
+    if data is None:
+        if fmt is not None:
+            raise LbdlError(f"--format {fmt}: needs --data")
+        return DetectData(
+            scene_loader(scene_size, seed),
+            scenes,
+            scene_loader(scene_size, seed + VAL_SEED_OFFSET),
+            max(scenes // 5, 8),
+            list(SCENE_CLASSES),
+            f"built-in scenes ({scene_size}px)",
+            "scenes",
+        )
+    found = read_annotations(Path(data).expanduser(), fmt, classes)
+    reject_bad(found.bad, len(found.records) + len(found.bad), skip_bad)
+    records = found.records
+    if not records:
+        raise LbdlError(f"{data}: holds no annotated images")
+    if not found.classes:
+        raise LbdlError(f"{data}: its annotations name no classes")
+    train_idx, val_idx = split_indices(len(records), val_fraction, seed)
+    train = [records[i] for i in train_idx]
+    val = [records[i] for i in val_idx]
+    return DetectData(
+        record_loader(train),
+        len(train),
+        record_loader(val),
+        len(val),
+        found.classes,
+        f"{data} ({found.format})",
+        found.format,
+        sum(len(r.labels) for r in records),
+    )

@@ -1,0 +1,337 @@
+"""Readers of the annotation formats detectors are trained on: Pascal VOC XML folders, COCO
+JSON (images + instances file) and YOLO txt label folders with classes.txt. Each gives
+records (image file, pixel boxes x1 y1 x2 y2, class indices) and the bad records it met
+(missing image, box outside the image, unknown class, empty or unreadable annotation)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lbdl_apps.core.data import IMAGE_EXTENSIONS, find_images
+from lbdl_apps.core.errors import LbdlError
+
+FORMATS = ("voc", "coco", "yolo")
+SLACK = 1.0  # pixels a box may pass the image border by (VOC boxes are 1-based)
+Bad = tuple[Path, str]
+
+
+@dataclass
+class Record:
+    """One image and its objects: boxes (M, 4) float32 pixels, labels (M,) int64."""
+
+    image: Path
+    boxes: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class Annotations:
+    records: list[Record]
+    bad: list[Bad]
+    classes: list[str]
+    format: str
+
+
+def read_classes_txt(path: Path) -> list[str]:
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise LbdlError(f"{path}: lists no class names")
+    if len(set(names)) != len(names):
+        raise LbdlError(f"{path}: a class name appears twice")
+    return names
+
+
+def check_box(box: list[float], width: int, height: int) -> str | None:
+    """Why a pixel box cannot be used on a width x height image, or None."""
+    x1, y1, x2, y2 = box
+    shown = f"({x1:g}, {y1:g}, {x2:g}, {y2:g})"
+    if x1 < -SLACK or y1 < -SLACK or x2 > width + SLACK or y2 > height + SLACK:
+        return f"box {shown} outside the {width}x{height} image"
+    if x2 <= x1 or y2 <= y1:
+        return f"box {shown} has no area"
+    return None
+
+
+def _clip(boxes: list[list[float]], width: int, height: int) -> np.ndarray:
+    array = np.asarray(boxes, np.float32).reshape(-1, 4)
+    array[:, 0::2] = array[:, 0::2].clip(0, width)
+    array[:, 1::2] = array[:, 1::2].clip(0, height)
+    return array
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header; LbdlError naming the file if unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception as error:
+        raise LbdlError(f"{path}: cannot read image ({type(error).__name__})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Format detection
+
+
+def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def voc_annotation_dir(root: Path) -> Path | None:
+    for folder in (root / "Annotations", root / "annotations", root):
+        if folder.is_dir() and any(folder.glob("*.xml")):
+            return folder
+    return None
+
+
+def coco_file(root: Path) -> Path | None:
+    if root.is_file():
+        return root
+    for folder in (root / "annotations", root):
+        files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        if files:
+            return next((f for f in files if f.name.startswith("instances")), files[0])
+    return None
+
+
+def detect_format(path: Path) -> str:
+    """voc, coco or yolo, from what the path holds."""
+    if path.is_file():
+        if path.suffix.lower() == ".json":
+            return "coco"
+        raise LbdlError(f"{path}: not a dataset (give a folder or a COCO .json file)")
+    if voc_annotation_dir(path) is not None:
+        return "voc"
+    if (path / "labels").is_dir() or (path / "classes.txt").is_file():
+        return "yolo"
+    if coco_file(path) is not None:
+        return "coco"
+    raise LbdlError(
+        f"{path}: no annotations found (VOC *.xml, COCO *.json or YOLO labels/ + classes.txt)"
+    )
+
+
+def read_annotations(path: Path, fmt: str | None, classes: list[str] | None = None) -> Annotations:
+    """The records of a dataset in format `fmt` (None: detected)."""
+    if not path.exists():
+        raise LbdlError(f"{path}: no such file or folder")
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise LbdlError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    reader = {"voc": read_voc, "coco": read_coco, "yolo": read_yolo}[fmt]
+    return reader(path, classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pascal VOC
+
+
+def _voc_image(root: Path, xml_path: Path, filename: str | None) -> Path | None:
+    folders = [
+        d for d in (root / "JPEGImages", root / "images", root, xml_path.parent) if d.is_dir()
+    ]
+    for folder in folders:
+        if filename and (folder / filename).is_file():
+            return folder / filename
+        for ext in IMAGE_EXTENSIONS:
+            if (folder / f"{xml_path.stem}{ext}").is_file():
+                return folder / f"{xml_path.stem}{ext}"
+    return None
+
+
+def _parse_voc(
+    xml_path: Path,
+) -> tuple[str | None, tuple[int, int] | None, list[tuple[str, list[float]]]]:
+    if xml_path.stat().st_size == 0:
+        raise ValueError("empty annotation file")
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as error:
+        raise ValueError(f"not valid XML ({error})") from None
+    size = root.find("size")
+    dims = None
+    if size is not None and size.findtext("width") and size.findtext("height"):
+        dims = (int(float(size.findtext("width"))), int(float(size.findtext("height"))))
+    objects = []
+    for obj in root.iter("object"):
+        box = obj.find("bndbox")
+        if box is None:
+            raise ValueError("an object without <bndbox>")
+        try:
+            coords = [float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+        except (TypeError, ValueError):
+            raise ValueError("a <bndbox> without numeric xmin/ymin/xmax/ymax") from None
+        objects.append(((obj.findtext("name") or "").strip(), coords))
+    return root.findtext("filename"), dims, objects
+
+
+def read_voc(root: Path, classes: list[str] | None) -> Annotations:
+    folder = voc_annotation_dir(root)
+    if folder is None:
+        raise LbdlError(f"{root}: no VOC *.xml annotations (in Annotations/, annotations/ or here)")
+    if classes is None and (root / "classes.txt").is_file():
+        classes = read_classes_txt(root / "classes.txt")
+    parsed, bad = [], []
+    for xml_path in sorted(folder.glob("*.xml")):
+        try:
+            filename, dims, objects = _parse_voc(xml_path)
+        except ValueError as error:
+            bad.append((xml_path, str(error)))
+            continue
+        image = _voc_image(root, xml_path, filename)
+        if image is None:
+            bad.append((xml_path, f"image {filename or xml_path.stem + '.*'} not found"))
+            continue
+        parsed.append((xml_path, image, dims, objects))
+    names = classes or sorted({name for *_, objects in parsed for name, _ in objects})
+    index = {name: i for i, name in enumerate(names)}
+    records = []
+    for xml_path, image, dims, objects in parsed:
+        try:
+            width, height = dims or image_size(image)
+        except LbdlError as error:
+            bad.append((image, str(error).removeprefix(f"{image}: ")))
+            continue
+        problem = next(
+            (f"unknown class '{name}'" for name, _ in objects if name not in index), None
+        ) or next((p for _, box in objects if (p := check_box(box, width, height))), None)
+        if problem:
+            bad.append((xml_path, problem))
+            continue
+        boxes = _clip([box for _, box in objects], width, height)
+        labels = np.asarray([index[name] for name, _ in objects], np.int64)
+        records.append(Record(image, boxes, labels))
+    return Annotations(records, sorted(bad, key=lambda b: str(b[0])), names, "voc")
+
+
+# ----------------------------------------------------------------------------------------------
+# COCO
+
+
+def _coco_image_root(json_path: Path) -> Path:
+    for folder in (json_path.parent / "images", json_path.parent.parent / "images"):
+        if folder.is_dir():
+            return folder
+    return json_path.parent
+
+
+def read_coco(path: Path, classes: list[str] | None) -> Annotations:
+    json_path = coco_file(path)
+    if json_path is None:
+        raise LbdlError(f"{path}: no COCO *.json file")
+    if json_path.stat().st_size == 0:
+        raise LbdlError(f"{json_path}: empty annotation file")
+    try:
+        data = json.loads(json_path.read_text())
+        images, annotations = data["images"], data.get("annotations", [])
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise LbdlError(f"{json_path}: not valid JSON ({error})") from None
+    except (KeyError, TypeError) as error:
+        raise LbdlError(f"{json_path}: not a COCO instances file (no {error})") from None
+    names = [c["name"] for c in categories]
+    if classes is not None and classes != names:
+        raise LbdlError(f"{json_path}: its categories {names[:5]} differ from {classes[:5]}")
+    index = {c["id"]: i for i, c in enumerate(categories)}
+    by_image: dict[int, list[dict]] = {}
+    for ann in annotations:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    root = _coco_image_root(json_path)
+    records, bad = [], []
+    for info in images:
+        image = root / info["file_name"]
+        if not image.is_file():
+            bad.append((image, f"image of {json_path.name} id {info['id']} not found"))
+            continue
+        width, height = info.get("width"), info.get("height")
+        if not width or not height:
+            width, height = image_size(image)
+        anns = [a for a in by_image.get(info["id"], []) if not a.get("iscrowd", 0)]
+        problem = next(
+            (
+                f"unknown category id {a['category_id']}"
+                for a in anns
+                if a["category_id"] not in index
+            ),
+            None,
+        )
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+        problem = problem or next(
+            (p for box in boxes if (p := check_box(box, width, height))), None
+        )
+        if problem:
+            bad.append((image, problem))
+            continue
+        labels = np.asarray([index[a["category_id"]] for a in anns], np.int64)
+        records.append(Record(image, _clip(boxes, width, height), labels))
+    return Annotations(records, sorted(bad, key=lambda b: str(b[0])), names, "coco")
+
+
+# ----------------------------------------------------------------------------------------------
+# YOLO
+
+
+def read_yolo(root: Path, classes: list[str] | None) -> Annotations:
+    image_dir = _first_dir(root, ("images",)) or root
+    label_dir = _first_dir(root, ("labels",)) or root
+    if classes is None:
+        listing = next(
+            (p for p in (root / "classes.txt", label_dir / "classes.txt") if p.is_file()), None
+        )
+        if listing is None:
+            raise LbdlError(f"{root}: a YOLO dataset needs classes.txt (one class name a line)")
+        classes = read_classes_txt(listing)
+    images = {p.relative_to(image_dir).with_suffix(""): p for p in find_images(image_dir)}
+    label_files = {
+        p.relative_to(label_dir).with_suffix(""): p
+        for p in sorted(label_dir.rglob("*.txt"))
+        if p.name != "classes.txt"
+    }
+    bad: list[Bad] = [
+        (label_files[key], "image not found") for key in sorted(label_files.keys() - images.keys())
+    ]
+    records = []
+    for key, image in sorted(images.items()):
+        label_file = label_files.get(key)
+        rows = label_file.read_text().split("\n") if label_file else []  # no file: no objects
+        try:
+            width, height = image_size(image)
+        except LbdlError as error:
+            bad.append((image, str(error).removeprefix(f"{image}: ")))
+            continue
+        boxes, labels, problem = [], [], None
+        for number, line in enumerate(rows, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                cls, cx, cy, w, h = int(fields[0]), *map(float, fields[1:5])
+                if len(fields) != 5:
+                    raise ValueError
+            except ValueError:
+                problem = f"line {number}: expected 'class cx cy w h'"
+                break
+            if not 0 <= cls < len(classes):
+                problem = f"line {number}: unknown class index {cls} ({len(classes)} classes)"
+                break
+            box = [
+                (cx - w / 2) * width,
+                (cy - h / 2) * height,
+                (cx + w / 2) * width,
+                (cy + h / 2) * height,
+            ]
+            if problem := check_box(box, width, height):
+                problem = f"line {number}: {problem}"
+                break
+            boxes.append(box)
+            labels.append(cls)
+        if problem:
+            bad.append((label_file or image, problem))
+            continue
+        records.append(Record(image, _clip(boxes, width, height), np.asarray(labels, np.int64)))
+    return Annotations(records, sorted(bad, key=lambda b: str(b[0])), list(classes), "yolo")
