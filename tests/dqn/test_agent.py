@@ -1,0 +1,106 @@
+"""The agent loop on CartPole: epsilon schedule, target network updated only when
+scheduled, learning that clearly beats a random policy, resume (book 6.7)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lbdl_apps.core.cli_common import Common
+from lbdl_apps.dqn.agent import Run, TrainArgs, epsilon_at, evaluate_policy, run_training
+from lbdl_apps.dqn.api import load
+
+
+def test_epsilon_decays_linearly_then_stays():
+    args = TrainArgs(total_steps=1000, eps_start=1.0, eps_end=0.1, eps_fraction=0.5)
+    assert epsilon_at(0, args) == 1.0
+    assert epsilon_at(250, args) == pytest.approx(0.55)
+    assert epsilon_at(500, args) == pytest.approx(0.1)
+    assert epsilon_at(900, args) == pytest.approx(0.1)
+
+
+def short_run(tmp_path, total_steps: int, **options) -> Run:
+    args = TrainArgs(
+        total_steps=total_steps,
+        learning_starts=50,
+        train_freq=1,
+        gradient_steps=1,
+        target_update=300,
+        eval_every=10**6,
+        eval_episodes=1,
+        hidden=[32, 32],
+        run_dir=tmp_path,
+        exist_ok=True,
+        **options,
+    )
+    args = args.resolved(args.env_settings())
+    run = Run(args, Common(quiet=True), tmp_path)
+    initial = {k: v.clone() for k, v in run.learner.online.state_dict().items()}
+    run.train(__import__("rich.console").console.Console(quiet=True))
+    run.initial = initial
+    return run
+
+
+def same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_target_network_changes_only_when_scheduled(tmp_path):
+    before = short_run(tmp_path / "a", 299)
+    assert before.learner.updates == 299 - 64 + 1  # from a full batch (64) on
+    assert same(before.learner.target.state_dict(), before.initial)  # not yet due
+    assert not same(before.learner.online.state_dict(), before.initial)
+    due = short_run(tmp_path / "b", 300)
+    assert same(due.learner.target.state_dict(), due.learner.online.state_dict())
+    polyak = short_run(tmp_path / "c", 300, tau=0.5)
+    target, online = polyak.learner.target.state_dict(), polyak.learner.online.state_dict()
+    for key in target:
+        assert torch.allclose(target[key], 0.5 * polyak.initial[key] + 0.5 * online[key])
+
+
+def test_short_cartpole_training_beats_a_random_policy(tmp_path):
+    summary = run_training(
+        TrainArgs(total_steps=4000, eval_every=2000, eval_episodes=5, run_dir=tmp_path),
+        Common(quiet=True, seed=0),
+    )
+    agent = load(tmp_path / "model.safetensors")
+    trained = np.mean(agent.evaluate(episodes=10, epsilon=0.0, seed=123))
+    random_policy = torch.nn.Linear(4, 2)
+    torch.nn.init.zeros_(random_policy.weight)
+    random_returns = evaluate_policy(random_policy, agent.settings, 10, 1.0, 123, agent.device)
+    assert np.mean(random_returns) < 40
+    assert trained > 150, summary
+    assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
+    assert agent.meta["env"]["env_id"] == "CartPole-v1"
+    assert agent.meta["hyper_parameters"]["lr"] == 2.3e-3
+
+
+def test_double_dueling_n_step_learns(tmp_path):
+    run_training(
+        TrainArgs(
+            total_steps=4000, eval_every=2000, eval_episodes=5, run_dir=tmp_path,
+            double=True, dueling=True, n_step=3,
+        ),
+        Common(quiet=True, seed=1),
+    )
+    agent = load(tmp_path)
+    assert agent.meta["config"]["dueling"] and agent.meta["hyper_parameters"]["n_step"] == 3
+    assert np.mean(agent.evaluate(episodes=10, epsilon=0.0, seed=7)) > 100
+
+
+def test_resume_continues_the_run_with_its_replay_memory(tmp_path):
+    args = TrainArgs(
+        total_steps=1500, eval_every=500, eval_episodes=2, stop_return=0.0, save_replay=True,
+        learning_starts=200, hidden=[16], run_dir=tmp_path,
+    )
+    run_training(args, Common(quiet=True))  # stops at the first evaluation (return >= 0)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["progress"]["step"] == 500
+    assert (tmp_path / "replay.npz").exists()
+    summary = run_training(TrainArgs(resume=tmp_path), Common(quiet=True))
+    assert summary["steps"] == 1000
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [500, 1000]
