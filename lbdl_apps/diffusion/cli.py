@@ -96,6 +96,9 @@ def train(
         typer.Option(help="Class of a built-in scene without --clip: color, shape or color-shape."),
     ] = "color-shape",
     builtin_count: BuiltinOption = 6000,
+    fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Train on this fraction of the images.")
+    ] = 1.0,
     preview: Annotated[
         int, typer.Option(min=0, help="Samples drawn into samples/ after training (0: none).")
     ] = 16,

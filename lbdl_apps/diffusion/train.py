@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from torch import Tensor, nn
+from torch.utils.data import Subset
 
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
@@ -55,6 +56,7 @@ class TrainArgs(TrainOptions):
     hflip: bool = False
     scene_label: str = "color-shape"
     builtin_count: int = 6000
+    fraction: float = 1.0
     preview: int = 16
 
 
@@ -111,6 +113,8 @@ def _check(args: TrainArgs) -> None:
         raise LbdlError(f"--width {args.width}: must be a multiple of 8")
     if args.blocks < 1:
         raise LbdlError(f"--blocks {args.blocks}: must be at least 1")
+    if not 0.0 < args.fraction <= 1.0:
+        raise LbdlError(f"--fraction {args.fraction}: must be in (0, 1]")
     if args.builtin_count < 1:
         raise LbdlError(f"--builtin-count {args.builtin_count}: must be at least 1")
 
@@ -143,6 +147,8 @@ def prepare(args: TrainArgs, seed: int) -> tuple[DiffusionData, dict[str, Any], 
         embeddings, index = embed_captions(encoder, data.train.captions)
         train_set = EmbeddedCaptions(data.train, embeddings, index)
         text_dim = encoder.embed_dim
+    if args.fraction < 1.0:  # the readers shuffle with the seed, so a prefix is a fair sample
+        train_set = Subset(train_set, range(max(1, int(len(train_set) * args.fraction))))
     config = default_config(
         data.image_size,
         data.channels,
