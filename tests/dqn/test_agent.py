@@ -81,8 +81,13 @@ def test_short_cartpole_training_beats_a_random_policy(tmp_path):
 def test_double_dueling_n_step_learns(tmp_path):
     run_training(
         TrainArgs(
-            total_steps=4000, eval_every=2000, eval_episodes=5, run_dir=tmp_path,
-            double=True, dueling=True, n_step=3,
+            total_steps=4000,
+            eval_every=2000,
+            eval_episodes=5,
+            run_dir=tmp_path,
+            double=True,
+            dueling=True,
+            n_step=3,
         ),
         Common(quiet=True, seed=1),
     )
@@ -93,8 +98,14 @@ def test_double_dueling_n_step_learns(tmp_path):
 
 def test_resume_continues_the_run_with_its_replay_memory(tmp_path):
     args = TrainArgs(
-        total_steps=1500, eval_every=500, eval_episodes=2, stop_return=0.0, save_replay=True,
-        learning_starts=200, hidden=[16], run_dir=tmp_path,
+        total_steps=1500,
+        eval_every=500,
+        eval_episodes=2,
+        stop_return=0.0,
+        save_replay=True,
+        learning_starts=200,
+        hidden=[16],
+        run_dir=tmp_path,
     )
     run_training(args, Common(quiet=True))  # stops at the first evaluation (return >= 0)
     state = torch.load(tmp_path / "state.pt", weights_only=True)

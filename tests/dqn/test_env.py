@@ -42,8 +42,15 @@ def test_replay_rebuilds_pong_observations_across_an_episode_end():
         obs, rewards, terminated, truncated, info = envs.step(actions)
         ended = terminated | truncated
         final = info["final_obs"][0][None] if ended[0] else None
-        memory.add(actions, rewards, terminated, truncated, newest_frames(obs, 4), ended,
-                   None if final is None else newest_frames(final, 4))
+        memory.add(
+            actions,
+            rewards,
+            terminated,
+            truncated,
+            newest_frames(obs, 4),
+            ended,
+            None if final is None else newest_frames(final, 4),
+        )
         if ended[0]:
             seen.append(final[0])
         seen.append(obs[0])
