@@ -3,7 +3,7 @@ directions, zero-shot classification accuracy with prompt ensembling, and the tr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,18 +44,34 @@ def _ids(values: Sequence[str]) -> Tensor:
     return torch.tensor([index.setdefault(v, len(index)) for v in values])
 
 
+def _hits(sim: Tensor, relevant: Callable[[slice], Tensor], chunk: int) -> Tensor:
+    """(N, max k) whether each query's k-th nearest item is relevant, in query chunks."""
+    k = min(max(RECALL_KS), sim.shape[1])
+    rows = []
+    for start in range(0, len(sim), chunk):
+        part = slice(start, start + chunk)
+        rows.append(relevant(part).gather(1, sim[part].topk(k, dim=1).indices))
+    return torch.cat(rows)
+
+
 def retrieval_recalls(
-    image_emb: Tensor, text_emb: Tensor, image_keys: Sequence[str], captions: Sequence[str]
+    image_emb: Tensor,
+    text_emb: Tensor,
+    image_keys: Sequence[str],
+    captions: Sequence[str],
+    chunk: int = 1024,
 ) -> dict[str, float]:
     """Recall@1/5/10 image->text and text->image over N pairs: a hit when a relevant item
     (same image, or the very same caption) is among the k most similar."""
     keys, texts = _ids(image_keys), _ids(captions)
-    relevant = (keys[:, None] == keys[None, :]) | (texts[:, None] == texts[None, :])
+
+    def relevant(rows: slice) -> Tensor:  # symmetric, so it serves both directions
+        return (keys[rows, None] == keys[None, :]) | (texts[rows, None] == texts[None, :])
+
     similarity = image_emb @ text_emb.t()
     scores = {}
-    for name, sim, rel in (("i2t", similarity, relevant), ("t2i", similarity.t(), relevant.t())):
-        order = sim.topk(min(max(RECALL_KS), sim.shape[1]), dim=1).indices
-        hits = rel.gather(1, order)
+    for name, sim in (("i2t", similarity), ("t2i", similarity.t())):
+        hits = _hits(sim, relevant, chunk)
         for k in RECALL_KS:
             scores[f"{name}_r{k}"] = hits[:, :k].any(dim=1).float().mean().item()
     scores["recall_mean"] = sum(scores.values()) / len(scores)

@@ -73,7 +73,7 @@ def test_train_evaluate_zero_shot_subprocess(tmp_path: Path, scene_pngs) -> None
         ("zero-shot", run, scene_pngs, "--labels", "red,green,blue", "--out", tmp_path / "zs"),
     ]  # fmt: skip
     for step in steps:
-        result = lbdl_subprocess("clip", *step, cwd=tmp_path)
+        result = lbdl_subprocess("clip", *step, cwd=tmp_path, timeout=400)
         assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert {"i2t_r1", "t2i_r10", "zero_shot_acc"} <= set(metrics)
