@@ -70,7 +70,7 @@ def train(
         int | None,
         typer.Option(
             min=32,
-            help="Square input size (default: 96 built-in, 128 resnet-small, 300 otherwise).",
+            help="Square input size (default: 64 built-in, 128 resnet-small, 300 otherwise).",
         ),
     ] = None,
     width: Annotated[int | None, typer.Option(min=4, help="Backbone base width.")] = None,
@@ -92,6 +92,13 @@ def train(
     zoom_out: Annotated[
         float | None,
         typer.Option(help="Largest zoom-out of the augmentation (default 4; 1.5 built-in)."),
+    ] = None,
+    augment: Annotated[
+        str | None,
+        typer.Option(
+            help="ssd (photometric, zoom-out, IoU crop, flip), light (photometric, "
+            "flip) or none; default: ssd, light on the built-in scenes."
+        ),
     ] = None,
     scenes: Annotated[int, typer.Option(min=8, help="Built-in training scenes.")] = 2000,
     weight_decay: Annotated[float, typer.Option(min=0.0)] = 1e-4,

@@ -25,7 +25,7 @@ from lbdl_apps.detect.scenes import SCENE_CLASSES, make_scene
 
 MEAN = [0.485, 0.456, 0.406]  # ImageNet statistics: what pretrained backbones expect
 STD = [0.229, 0.224, 0.225]
-SCENE_SIZE = 96
+SCENE_SIZE = 64
 VAL_SEED_OFFSET = 1_000_003  # validation scenes come from another stream than training ones
 
 
@@ -33,13 +33,21 @@ VAL_SEED_OFFSET = 1_000_003  # validation scenes come from another stream than t
 # Augmentation
 
 
+AUGMENTS = ("ssd", "light", "none")
+
+
 class Augment:
     """SSD's augmentation (book 6.3) with transforms.v2 on (image, {"boxes", "labels"}):
     photometric distortion, zoom-out (the image placed on a larger canvas: smaller objects),
     a random crop that keeps some IoU with the objects, horizontal flip, then resize to the
-    square input; boxes that leave the crop are dropped with their labels."""
+    square input; boxes that leave the crop are dropped with their labels. "light" keeps
+    only the photometric distortion and the flip (enough for endless built-in scenes),
+    "none" only resizes."""
 
-    def __init__(self, image_size: int, zoom_out: float = 4.0) -> None:
+    def __init__(self, image_size: int, zoom_out: float = 4.0, kind: str = "ssd") -> None:
+        if kind not in AUGMENTS:
+            raise LbdlError(f"--augment {kind}: choose one of {', '.join(AUGMENTS)}")
+        self.kind = kind
         fill = [round(255 * m) for m in MEAN]
         self.photometric = v2.RandomPhotometricDistort(p=0.5)
         self.zoom = v2.RandomZoomOut(fill=fill, side_range=(1.0, zoom_out), p=0.5)
@@ -49,17 +57,16 @@ class Augment:
         self.sanitize = v2.SanitizeBoundingBoxes(min_size=1.0)
 
     def __call__(self, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        image, target = self.photometric(image, target)
-        if zoom_out_possible(self.zoom):
-            image, target = self.zoom(image, target)
-        if len(target["boxes"]):  # the IoU crop needs objects to keep
-            image, target = self.sanitize(*self.crop(image, target))
-        image, target = self.flip(image, target)
+        if self.kind != "none":
+            image, target = self.photometric(image, target)
+        if self.kind == "ssd":
+            if self.zoom.side_range[1] > 1.0:
+                image, target = self.zoom(image, target)
+            if len(target["boxes"]):  # the IoU crop needs objects to keep
+                image, target = self.sanitize(*self.crop(image, target))
+        if self.kind != "none":
+            image, target = self.flip(image, target)
         return self.sanitize(*self.resize(image, target))
-
-
-def zoom_out_possible(zoom: v2.RandomZoomOut) -> bool:
-    return zoom.side_range[1] > 1.0
 
 
 def resize_only(image_size: int) -> v2.Resize:
@@ -155,9 +162,11 @@ class DetectData:
     format: str
     objects: int = 0
 
-    def train_set(self, image_size: int, priors: Tensor, zoom_out: float, iou: float) -> Dataset:
+    def train_set(
+        self, image_size: int, priors: Tensor, zoom_out: float, iou: float, augment: str = "ssd"
+    ) -> Dataset:
         return DetectionDataset(
-            self.train_load, self.train_count, Augment(image_size, zoom_out), priors, iou
+            self.train_load, self.train_count, Augment(image_size, zoom_out, augment), priors, iou
         )
 
     def val_set(self, image_size: int) -> Dataset:

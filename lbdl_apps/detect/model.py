@@ -18,7 +18,7 @@ BACKBONES = ("resnet-small", "resnet18", "resnet34", "resnet50")
 PRETRAINABLE = ("resnet18", "resnet34", "resnet50")
 
 
-def default_config(num_classes: int, backbone: str = "resnet-small", image_size: int = 96):
+def default_config(num_classes: int, backbone: str = "resnet-small", image_size: int = 64):
     """The model config stored in checkpoints: everything `build_model` needs."""
     return {
         "num_classes": num_classes,
@@ -67,7 +67,7 @@ class SSD(nn.Module):
         self,
         num_classes: int,
         backbone: str = "resnet-small",
-        image_size: int = 96,
+        image_size: int = 64,
         width: int = 16,
         extra_width: int = 128,
         scales: list[float] | None = None,

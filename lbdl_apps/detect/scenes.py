@@ -30,7 +30,7 @@ def _paint(image: np.ndarray, mask: np.ndarray, color: np.ndarray) -> None:
     image += alpha * color.astype(np.float32)
 
 
-def make_scene(index: int, size: int = 96, seed: int = 0):
+def make_scene(index: int, size: int = 64, seed: int = 0):
     """Scene `index` of the stream `seed`: an RGB image (size, size, 3) uint8, boxes (M, 4)
     float32 (x1, y1, x2, y2 in pixels) and labels (M,) int64 (indices into SCENE_CLASSES)."""
     rng = np.random.default_rng([seed, index])

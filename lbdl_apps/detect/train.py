@@ -18,7 +18,13 @@ from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
 from lbdl_apps.detect.api import TASK, load
-from lbdl_apps.detect.data import SCENE_SIZE, eval_collate, load_detect_data, parse_classes
+from lbdl_apps.detect.data import (
+    AUGMENTS,
+    SCENE_SIZE,
+    eval_collate,
+    load_detect_data,
+    parse_classes,
+)
 from lbdl_apps.detect.loss import SSDLoss
 from lbdl_apps.detect.metrics import evaluate_detector, per_class_ap, plot_pr_curves, summary
 from lbdl_apps.detect.model import BACKBONES, PRETRAINABLE, build_model, default_config
@@ -40,6 +46,7 @@ class TrainArgs(TrainOptions):
     iou_threshold: float = 0.5
     neg_ratio: float = 3.0
     zoom_out: float | None = None
+    augment: str | None = None
     scenes: int = 2000
     epochs: int = 30
     batch_size: int = 32
@@ -59,12 +66,17 @@ def _floats(text: str | None, option: str) -> list[float] | None:
     return values
 
 
+def input_size(args: TrainArgs) -> int:
+    """The square input side: --image-size, or 64 for the built-in scenes, 128 for the small
+    backbone and 300 (as SSD300) for the ImageNet ones."""
+    small = args.backbone == "resnet-small"
+    return args.image_size or (SCENE_SIZE if args.data is None else 128 if small else 300)
+
+
 def model_config(args: TrainArgs, num_classes: int) -> dict[str, Any]:
     if args.backbone not in BACKBONES:
         raise LbdlError(f"--backbone {args.backbone}: choose one of {', '.join(BACKBONES)}")
-    small = args.backbone == "resnet-small"
-    size = args.image_size or (SCENE_SIZE if args.data is None else 128 if small else 300)
-    config = default_config(num_classes, args.backbone, size)
+    config = default_config(num_classes, args.backbone, input_size(args))
     if args.width is not None:
         config["width"] = args.width
     config["scales"] = _floats(args.scales, "scales")
@@ -83,6 +95,8 @@ def _check(args: TrainArgs) -> None:
         raise LbdlError(f"--freeze-epochs {args.freeze_epochs}: must be below --epochs")
     if not 0 < args.iou_threshold < 1:
         raise LbdlError(f"--iou-threshold {args.iou_threshold}: must be in (0, 1)")
+    if args.augment is not None and args.augment not in AUGMENTS:
+        raise LbdlError(f"--augment {args.augment}: choose one of {', '.join(AUGMENTS)}")
     if args.zoom_out is not None and args.zoom_out < 1:
         raise LbdlError(f"--zoom-out {args.zoom_out}: must be >= 1 (1: no zoom-out)")
 
@@ -129,7 +143,10 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     run_dir = make_run_dir(TASK, args.name, args.run_dir, args.exist_ok or args.resume is not None)
     save_run_config(run_dir, TASK, args, common, config)
     zoom = args.zoom_out or (1.5 if args.data is None else 4.0)
-    train_set = data.train_set(config["image_size"], model.priors, zoom, args.iou_threshold)
+    augment = args.augment or ("light" if args.data is None else "ssd")
+    train_set = data.train_set(
+        config["image_size"], model.priors, zoom, args.iou_threshold, augment
+    )
     val_set = data.val_set(config["image_size"]) if data.val_count else None
     meta = {
         "task": TASK,
@@ -208,6 +225,7 @@ def run_evaluation(
         meta.get("seed", 0),
         scenes=meta.get("scenes", 2000),
         classes=detector.labels if source is not None else None,
+        scene_size=detector.image_size,
     )
     if dataset.labels != detector.labels:
         raise LbdlError(
