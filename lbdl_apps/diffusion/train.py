@@ -22,6 +22,7 @@ from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
 from lbdl_apps.diffusion.api import MODEL_KIND, TASK, load, save_samples
 from lbdl_apps.diffusion.data import (
+    SCENE_LABELS,
     Captioned,
     DiffusionData,
     EmbeddedCaptions,
@@ -107,6 +108,23 @@ def choose_condition(args: TrainArgs, data: DiffusionData) -> str:
 
 
 def _check(args: TrainArgs) -> None:
+    """The option values that need no data, checked before any data is read."""
+    if args.condition not in (*CONDITIONS, "auto"):
+        raise LbdlError(f"--condition {args.condition}: choose auto, {', '.join(CONDITIONS)}")
+    if args.condition == "text" and not args.clip:
+        raise LbdlError(
+            "--condition text: needs --clip CKPT, the CLIP model whose text "
+            "embeddings condition the model"
+        )
+    if args.clip is not None and args.condition in ("none", "class"):
+        raise LbdlError(f"--clip: only for text conditioning, not --condition {args.condition}")
+    if args.scene_label not in SCENE_LABELS:
+        raise LbdlError(
+            f"--scene-label {args.scene_label}: choose one of {', '.join(SCENE_LABELS)}"
+        )
+    default_config(
+        8, 3, schedule=args.schedule, timesteps=args.timesteps, prediction=args.prediction
+    )  # checks these three
     if not 0.0 <= args.cond_drop < 1.0:
         raise LbdlError(f"--cond-drop {args.cond_drop}: must be in [0, 1)")
     if args.width < 8 or args.width % 8:
@@ -123,8 +141,6 @@ def prepare(args: TrainArgs, seed: int) -> tuple[DiffusionData, dict[str, Any], 
     """The data, the model config, the training set (captions embedded once) and the CLIP
     text encoder of a text-conditional model (None otherwise)."""
     _check(args)
-    if args.clip is not None and args.condition in ("none", "class"):
-        raise LbdlError(f"--clip: only for text conditioning, not --condition {args.condition}")
     text_wanted = args.condition == "text" or (args.condition == "auto" and args.clip)
     data = load_diffusion_data(
         args.data,

@@ -12,8 +12,17 @@ from lbdl_apps.core.checkpoint import save_checkpoint
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.diffusion.train import TrainArgs, run_training
 
-TINY = {"image_size": 8, "width": 8, "blocks": 1, "timesteps": 50, "builtin_count": 64,
-        "epochs": 1, "batch_size": 32, "preview": 0, "exist_ok": True}  # fmt: skip
+TINY = {
+    "image_size": 8,
+    "width": 8,
+    "blocks": 1,
+    "timesteps": 50,
+    "builtin_count": 64,
+    "epochs": 1,
+    "batch_size": 32,
+    "preview": 0,
+    "exist_ok": True,
+}
 
 
 def train_tiny(run_dir: Path, **overrides) -> Path:
@@ -37,11 +46,16 @@ def clip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny `lbdl clip` checkpoint (untrained weights, BPE trained on scene captions)."""
     captions = make_scenes(200, 8, seed=0).captions
     tokenizer = train_bpe(captions, 120, 24)
-    config = clip_config("tiny", 8, tokenizer.vocab_size, tokenizer.context_length,
-                         tokenizer.eot_id)  # fmt: skip
+    config = clip_config(
+        "tiny", 8, tokenizer.vocab_size, tokenizer.context_length, tokenizer.eot_id
+    )
     config.update(vision_width=16, text_width=16, embed_dim=16, vision_heads=2, text_heads=2)
     path = tmp_path_factory.mktemp("clip") / "clip.safetensors"
-    meta = {"task": "clip", "config": config, "tokenizer": tokenizer.to_meta(),
-            "preprocessing": {"image_size": 8, "mean": [0.5] * 3, "std": [0.25] * 3}}  # fmt: skip
+    meta = {
+        "task": "clip",
+        "config": config,
+        "tokenizer": tokenizer.to_meta(),
+        "preprocessing": {"image_size": 8, "mean": [0.5] * 3, "std": [0.25] * 3},
+    }
     save_checkpoint(path, build_clip(config).state_dict(), meta)
     return path

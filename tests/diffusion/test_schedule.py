@@ -1,6 +1,7 @@
 """The forward process (book 7.2): schedules against hand-computed values, the closed form of
 q(x_t | x_0) against the step-by-step chain, and the eps/v parameterisations."""
 
+import itertools
 import math
 
 import pytest
@@ -74,6 +75,6 @@ def test_timesteps_are_evenly_spaced_and_decreasing() -> None:
     assert s.timesteps(1000) == list(range(999, -1, -1))
     ten = s.timesteps(10)
     assert len(ten) == 10 and ten[0] == 999 and ten[-1] == 0
-    assert all(a > b for a, b in zip(ten, ten[1:]))
+    assert all(a > b for a, b in itertools.pairwise(ten))
     with pytest.raises(ValueError):
         s.timesteps(0)
