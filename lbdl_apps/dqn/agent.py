@@ -317,6 +317,7 @@ class Run:
         self.progress = RunProgress()
         self.log = MetricsLog(run_dir)
         self.warm_until = args.learning_starts
+        self.eval_seconds = self.eval_cpu_seconds = 0.0
 
     # ---------------------------------------------------------------- files
     def meta(self) -> dict[str, Any]:
@@ -380,6 +381,7 @@ class Run:
     # ---------------------------------------------------------------- loop
     def evaluate(self) -> tuple[float, float]:
         args = self.args
+        started, started_cpu = time.perf_counter(), time.process_time()
         returns = evaluate_policy(
             self.learner.online,
             self.settings,
@@ -388,7 +390,15 @@ class Run:
             self.common.seed + 10_000 + len(self.progress.evals),
             self.device,
         )
+        self.eval_seconds += time.perf_counter() - started
+        self.eval_cpu_seconds += time.process_time() - started_cpu
         return float(np.mean(returns)), float(np.std(returns))
+
+    def speed(self, step0: int, t0: float) -> float:
+        """Environment steps per second of training (evaluations excluded)."""
+        return (self.progress.step - step0) / max(
+            1e-9, time.perf_counter() - t0 - self.eval_seconds
+        )
 
     def train(self, console: Console) -> dict[str, Any]:
         args, progress, learner, memory = self.args, self.progress, self.learner, self.memory
@@ -398,6 +408,7 @@ class Run:
         memory.start(newest_frames(obs, stack))
         losses: list[torch.Tensor] = []
         t0, step0, last_refresh = time.perf_counter(), progress.step, 0.0
+        cpu0 = time.process_time()
         bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -454,7 +465,7 @@ class Run:
                 now_t = time.perf_counter()
                 if now_t - last_refresh > REFRESH_S:
                     last_refresh = now_t
-                    speed = (progress.step - step0) / (now_t - t0)
+                    speed = self.speed(step0, t0)
                     bar.update(
                         task,
                         completed=progress.step,
@@ -472,7 +483,7 @@ class Run:
                     stop = self._checkpoint(
                         losses,
                         console,
-                        (progress.step - step0) / (time.perf_counter() - t0),
+                        self.speed(step0, t0),
                         epsilon,
                     )
                     losses = []
@@ -481,7 +492,8 @@ class Run:
         self.envs.close()
         return {
             "steps": progress.step,
-            "steps_per_s": (progress.step - step0) / (time.perf_counter() - t0),
+            "steps_per_s": self.speed(step0, t0),
+            "cpu_s": time.process_time() - cpu0 - self.eval_cpu_seconds,
             "best_eval_return": progress.best,
             "last_eval_return": progress.evals[-1][1] if progress.evals else None,
             "episodes": len(progress.episodes),
