@@ -13,14 +13,15 @@ from torch import Tensor
 
 from lbdl_apps.clip.model import CLIP
 from lbdl_apps.clip.tokenizer import openai_tokenizer
-from lbdl_apps.core.backbones.vit import _map_blocks, from_openai_clip_visual_state_dict
+from lbdl_apps.core.backbones.vit import (
+    from_openai_clip_text_state_dict,
+    from_openai_clip_visual_state_dict,
+)
 from lbdl_apps.core.errors import LbdlError
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 HEAD_WIDTH = 64  # OpenAI's models have width / 64 attention heads
-_BLOCK_NAMES = {"ln_1": "ln1", "attn.out_proj": "attn.out_proj", "ln_2": "ln2",
-                "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}  # fmt: skip
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -81,12 +82,7 @@ def openai_config(sd: dict[str, Tensor], act: str = "quick_gelu") -> dict[str, A
 def from_openai_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """OpenAI / open_clip CLIP keys -> the keys of our CLIP."""
     out = {f"visual.{k}": v for k, v in from_openai_clip_visual_state_dict(sd).items()}
-    text = {k: v for k, v in sd.items() if not k.startswith("visual.")}
-    decoder = _map_blocks(text, "transformer.resblocks.", _BLOCK_NAMES)
-    decoder["token_embed.weight"] = sd["token_embedding.weight"]
-    decoder["pos_embed.weight"] = sd["positional_embedding"]
-    decoder["norm.weight"] = sd["ln_final.weight"]
-    decoder["norm.bias"] = sd["ln_final.bias"]
+    decoder = from_openai_clip_text_state_dict(sd)
     out.update({f"text.transformer.{k}": v for k, v in decoder.items()})
     out["text.proj.weight"] = sd["text_projection"].t()
     out["logit_scale"] = sd["logit_scale"].reshape(())

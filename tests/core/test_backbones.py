@@ -245,3 +245,23 @@ def test_load_torchvision_weights_into_gray_model(tmp_path: Path) -> None:
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():  # a gray image is the RGB image with three equal channels
         torch.testing.assert_close(gray(x), ref(x.expand(-1, 3, -1, -1)), atol=1e-4, rtol=1e-4)
+
+
+def test_openai_clip_text_tower_maps_onto_the_decoder() -> None:
+    open_clip = pytest.importorskip("open_clip")
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    from lbdl_apps.core.backbones import from_openai_clip_text_state_dict
+
+    torch.manual_seed(0)
+    text_cfg = CLIPTextCfg(context_length=12, vocab_size=100, width=128, heads=2, layers=2)
+    vision_cfg = CLIPVisionCfg(layers=1, width=64, patch_size=8, image_size=16)
+    ref = open_clip.CLIP(32, vision_cfg, text_cfg, quick_gelu=True).eval()
+    ours = TransformerDecoder(100, 128, depth=2, heads=2, max_len=12, cross_attention=False,
+                              act="quick_gelu").eval()  # fmt: skip
+    ours.load_state_dict(from_openai_clip_text_state_dict(ref.state_dict()), strict=True)
+    tokens = torch.randint(1, 98, (2, 12))
+    tokens[:, 7], tokens[:, 8:] = 99, 0  # end of text (the highest id), then padding
+    with torch.no_grad():
+        pooled = ours.forward_features(tokens)[:, 7] @ ref.text_projection
+        torch.testing.assert_close(pooled, ref.encode_text(tokens), atol=1e-5, rtol=1e-5)

@@ -12,6 +12,7 @@ from lbdl_apps.core.backbones.transformer import TransformerDecoder, Transformer
 from lbdl_apps.core.backbones.unet import UNet
 from lbdl_apps.core.backbones.vit import (
     VisionTransformer,
+    from_openai_clip_text_state_dict,
     from_openai_clip_visual_state_dict,
     from_torchvision_state_dict,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "TransformerEncoder",
     "UNet",
     "VisionTransformer",
+    "from_openai_clip_text_state_dict",
     "from_openai_clip_visual_state_dict",
     "from_torchvision_state_dict",
     "load_torchvision_weights",

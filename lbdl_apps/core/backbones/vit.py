@@ -159,3 +159,19 @@ def from_openai_clip_visual_state_dict(sd: dict[str, Tensor]) -> dict[str, Tenso
         out[f"{ours}.bias"] = sd[f"{theirs}.bias"]
     out["proj.weight"] = sd["proj"].t()
     return out
+
+
+def from_openai_clip_text_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """OpenAI CLIP's text tower (token_embedding, positional_embedding, transformer.*,
+    ln_final) -> the keys of TransformerDecoder(vocab, width, layers, width // 64, context,
+    cross_attention=False, act="quick_gelu"). CLIP's `text_projection` is not part of the
+    decoder: its transpose is the weight of a bias-free Linear(width, embed_dim)."""
+    names = {"ln_1": "ln1", "attn.out_proj": "attn.out_proj", "ln_2": "ln2",
+             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    text = {k: v for k, v in sd.items() if not k.startswith("visual.")}
+    out = _map_blocks(text, "transformer.resblocks.", names)
+    out["token_embed.weight"] = sd["token_embedding.weight"]
+    out["pos_embed.weight"] = sd["positional_embedding"]
+    out["norm.weight"] = sd["ln_final.weight"]
+    out["norm.bias"] = sd["ln_final.bias"]
+    return out
