@@ -1,0 +1,143 @@
+"""Spoken digits (FSDD) with `lbdl asr train`: leave-one-speaker-out word error rate.
+
+For each of the 4 speakers of ../shared/data/fsdd, a recognizer is trained on the other
+three (10% of their clips held out for choosing the best epoch), with synthesized eSpeak NG
+digits mixed into training, and its best checkpoint transcribes every clip of the unseen
+speaker. Reported: WER and CER per held-out speaker, their mean, and each fold's wall time
+(data, training, validation and the test transcription). Goals: mean WER <= 5%, each fold
+within 20 wall-clock minutes on a 2-core CPU (threads and load average recorded).
+
+    python bench/asr_fsdd.py --quick               # ~2 minutes: one fold, a sliver
+    python bench/asr_fsdd.py --threads 1           # writes bench/results/asr_fsdd.json
+    python bench/asr_fsdd.py --speakers theo       # one fold, merged into the existing JSON
+
+The equivalent `lbdl asr train ...` command of each fold is printed and recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lbdl_apps.asr.train import TrainArgs, run_training
+from lbdl_apps.core.cli_common import Common
+
+try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
+    from common import command, environment, now, read_result, write_result
+except ImportError:
+    from bench.common import command, environment, now, read_result, write_result
+
+NAME = "asr_fsdd"
+REPO = Path(__file__).resolve().parents[1]
+DATA = "../shared/data/fsdd"  # relative to the repository root
+SPEAKERS = ("george", "jackson", "nicolas", "theo")
+BUDGET_S = 20 * 60
+GOAL_WER = 0.05
+# Settings of every fold (TrainArgs fields besides data, test speaker and run folder).
+CONFIG: dict[str, Any] = {
+    "model": "nano",
+    "epochs": 10,
+    "batch_size": 16,
+    "lr": 2e-3,
+    "warmup": 0.5,
+    "vocab_size": 300,
+    "max_tokens": 16,
+    "label_smoothing": 0.1,
+    "extra_builtin": 500,
+    "speed": 0.15,
+    "noise_snr": 10.0,
+    "freq_masks": 2,
+    "time_masks": 2,
+    "val_fraction": 0.1,
+}
+QUICK = {"epochs": 1, "extra_builtin": 50, "val_fraction": 0.5}
+
+
+def cli_command(speaker: str, config: dict[str, Any]) -> str:
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config.items())
+    return f"lbdl asr train --data {DATA} --test-speakers {speaker} {flags}"
+
+
+def run_fold(speaker: str, config: dict[str, Any], threads: int) -> dict[str, Any]:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"asr_fsdd_{speaker}_"))
+    before = environment()["loadavg"]
+    start = time.perf_counter()
+    try:
+        args = TrainArgs(
+            data=str(REPO / DATA), test_speakers=speaker, run_dir=run_dir, exist_ok=True,
+            **config,
+        )  # fmt: skip
+        scores = run_training(args, Common(threads=threads, quiet=True, seed=0))
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    wall = time.perf_counter() - start
+    result = {
+        "test_speaker": speaker,
+        "wer": scores["test_wer"],
+        "cer": scores["test_cer"],
+        "utterances": scores["test_utterances"],
+        "wall_s": round(wall, 1),
+        "within_budget": wall <= BUDGET_S,
+        "loadavg_before": before,
+        "loadavg_after": environment()["loadavg"],
+        "command": cli_command(speaker, config),
+    }
+    print(
+        f"{speaker}: WER {result['wer']:.4f} CER {result['cer']:.4f} "
+        f"({result['utterances']} clips) in {wall / 60:.1f} min"
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one fold, a sliver (~2 min)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--speakers", nargs="+", default=list(SPEAKERS), choices=SPEAKERS)
+    options = parser.parse_args()
+    torch.set_num_threads(options.threads)
+    if not (REPO / DATA).is_dir():
+        raise SystemExit(f"{REPO / DATA} is absent")
+    config = {**CONFIG, **(QUICK if options.quick else {})}
+    speakers = options.speakers[:1] if options.quick else options.speakers
+    for speaker in speakers:
+        fold = run_fold(speaker, config, options.threads)
+        if not options.quick:  # written after every fold: a long run keeps what it measured
+            save(fold, config)
+    if options.quick:
+        print("quick run: nothing written")
+
+
+def save(fold: dict[str, Any], config: dict[str, Any]) -> None:
+    """Merge one fold into bench/results/asr_fsdd.json and recompute the means."""
+    previous = read_result(NAME) or {}
+    by_speaker = {f["test_speaker"]: f for f in previous.get("folds", [])}
+    by_speaker[fold["test_speaker"]] = fold
+    merged = [by_speaker[s] for s in SPEAKERS if s in by_speaker]
+    mean_wer = sum(f["wer"] for f in merged) / len(merged)
+    result = {
+        "benchmark": NAME,
+        "goal": f"mean WER <= {GOAL_WER:.0%}, each fold <= {BUDGET_S // 60} min",
+        "mean_wer": mean_wer,
+        "mean_cer": sum(f["cer"] for f in merged) / len(merged),
+        "folds_done": len(merged),
+        "goal_met": len(merged) == len(SPEAKERS)
+        and mean_wer <= GOAL_WER
+        and all(f["within_budget"] for f in merged),
+        "folds": merged,
+        "config": config,
+        "finished": now(),
+        **environment(),
+        "command": command(),
+    }
+    print(f"mean WER {mean_wer:.4f} over {len(merged)} folds -> {write_result(NAME, result)}")
+
+
+if __name__ == "__main__":
+    main()

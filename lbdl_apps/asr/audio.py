@@ -1,0 +1,85 @@
+"""Audio in, log-mel spectrogram out: the front end of the speech recognizer (book 6.5).
+
+Files are read with soundfile (wav, flac, ogg, mp3), mixed down to mono and resampled to
+16 kHz with torchaudio; the model sees an 80-bin log-mel spectrogram with 25 ms windows
+every 10 ms, clamped to 8 decades below its maximum and scaled to about [-1, 1] (Whisper).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio
+from torch import Tensor
+
+from lbdl_apps.core.errors import LbdlError
+
+SAMPLE_RATE = 16_000
+N_FFT = 400  # 25 ms at 16 kHz
+HOP = 160  # 10 ms
+N_MELS = 80
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
+
+
+def read_audio(path: str | Path) -> np.ndarray:
+    """A sound file as float32 mono at 16 kHz; LbdlError naming the file when it is unreadable,
+    empty, or in a sample format soundfile cannot decode."""
+    import soundfile
+
+    path = Path(path)
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        reason = str(error).split(":")[-1].strip() or type(error).__name__
+        raise LbdlError(f"{path}: not a readable audio file ({reason})") from None
+    except OSError as error:
+        raise LbdlError(f"{path}: cannot read ({error.strerror})") from None
+    if data.shape[0] == 0:
+        raise LbdlError(f"{path}: audio file holds no samples")
+    return resample(data.mean(axis=1), rate)
+
+
+def resample(wave: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a mono float waveform from `rate` to `target` Hz (torchaudio, sinc filter)."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if rate == target:
+        return wave
+    with torch.no_grad():
+        return _resampler(rate, target)(torch.from_numpy(wave)).numpy()
+
+
+@lru_cache(maxsize=16)
+def _resampler(rate: int, target: int) -> torchaudio.transforms.Resample:
+    """A resampler with its sinc kernel computed once per pair of rates."""
+    return torchaudio.transforms.Resample(rate, target)
+
+
+@lru_cache(maxsize=1)
+def _mel_transform() -> torchaudio.transforms.MelSpectrogram:
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP, n_mels=N_MELS, power=2.0
+    )
+
+
+def normalize_log_mel(mel: Tensor) -> Tensor:
+    """log10 of a power mel spectrogram (..., 80, T), floored 8 decades below its max, / 4."""
+    log = mel.clamp(min=1e-10).log10()
+    peak = log.amax(dim=(-2, -1), keepdim=True)
+    return (torch.maximum(log, peak - 8.0) + 4.0) / 4.0
+
+
+def log_mel(wave: np.ndarray | Tensor) -> Tensor:
+    """One 16 kHz waveform -> its (80, samples // 160) normalized log-mel spectrogram (the
+    last centered frame dropped, as Whisper: 30 s give exactly 3000 frames)."""
+    wave = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+    if len(wave) < N_FFT:
+        raise LbdlError(f"audio too short: {len(wave)} samples, at least {N_FFT} needed")
+    return normalize_log_mel(_mel_transform()(wave)[..., :-1])
+
+
+def frames(samples: int) -> int:
+    """Spectrogram frames of `samples` audio samples."""
+    return samples // HOP

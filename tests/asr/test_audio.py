@@ -1,0 +1,70 @@
+"""The front end of `lbdl asr` (book 6.5): audio reading, mixdown, resampling, log-mel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torchaudio
+
+from lbdl_apps.asr.audio import SAMPLE_RATE, frames, log_mel, read_audio
+from lbdl_apps.core.errors import LbdlError
+
+
+def chirp(seconds: float, rate: int) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * (200 + 400 * t) * t)).astype(np.float32)
+
+
+def test_log_mel_matches_a_direct_torchaudio_computation() -> None:
+    wave = chirp(1.0, SAMPLE_RATE)
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate=16_000, n_fft=400, win_length=400, hop_length=160, n_mels=80
+    )(torch.from_numpy(wave))[:, :-1]
+    log = torch.log10(torch.clamp(mel, min=1e-10))
+    expected = (torch.maximum(log, log.max() - 8.0) + 4.0) / 4.0
+    got = log_mel(wave)
+    assert got.shape == (80, frames(len(wave))) == (80, 100)  # 10 ms hop
+    torch.testing.assert_close(got, expected)
+
+
+def test_stereo_is_mixed_down_and_any_rate_resampled(tmp_path: Path) -> None:
+    left = chirp(0.5, 8000)
+    stereo = np.stack([left, np.zeros_like(left)], axis=1)
+    soundfile.write(tmp_path / "stereo.wav", stereo, 8000)
+    wave = read_audio(tmp_path / "stereo.wav")
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    assert len(wave) == 2 * len(left)  # 8 kHz -> 16 kHz
+    # the mixdown is the mean of the channels: half the amplitude of the left one
+    assert np.abs(wave).max() == pytest.approx(0.25, abs=0.03)
+    soundfile.write(tmp_path / "hi.flac", chirp(0.5, 44_100), 44_100)
+    assert len(read_audio(tmp_path / "hi.flac")) == 8000
+
+
+def unsupported_wav() -> bytes:
+    """A RIFF/WAVE header whose format tag (0x4242) no decoder knows, then some data."""
+    fmt = (0x4242).to_bytes(2, "little") + (1).to_bytes(2, "little")
+    fmt += (16_000).to_bytes(4, "little") + (32_000).to_bytes(4, "little")
+    fmt += (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+    body = b"WAVE" + b"fmt " + len(fmt).to_bytes(4, "little") + fmt
+    body += b"data" + (64).to_bytes(4, "little") + bytes(64)
+    return b"RIFF" + len(body).to_bytes(4, "little") + body
+
+
+def test_bad_audio_files_are_named_errors(tmp_path: Path) -> None:
+    (tmp_path / "text.wav").write_text("not audio at all")
+    (tmp_path / "zero.wav").write_bytes(b"")
+    soundfile.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16_000)
+    (tmp_path / "odd.wav").write_bytes(unsupported_wav())
+    for name, reason in [
+        ("text.wav", "not a readable audio file"),
+        ("zero.wav", "not a readable audio file"),
+        ("empty.wav", "audio file holds no samples"),
+        ("odd.wav", "not a readable audio file"),
+        ("absent.wav", "not a readable audio file|cannot read"),
+    ]:
+        with pytest.raises(LbdlError, match=rf"{name}: ({reason})"):
+            read_audio(tmp_path / name)

@@ -1,0 +1,145 @@
+"""`lbdl asr` from the command line: transcription end to end on real wav files in a
+subprocess, output formats, the no-speech threshold, and the rules for bad input
+(DESIGN.md: a user error is one line and exit 2; a batch names each bad file and exits 3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from lbdl_apps.asr.api import TASK, Segment, Transcript, load
+from lbdl_apps.asr.model import build_model, default_config
+from lbdl_apps.asr.outputs import to_srt, to_vtt
+from lbdl_apps.asr.tokenizer import TextTokenizer
+from lbdl_apps.core.checkpoint import save_checkpoint
+from tests.asr.test_audio import unsupported_wav
+from tests.cli_helpers import assert_user_error, lbdl, lbdl_subprocess
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    """An (untrained) recognizer saved as `train` saves it: weights, config, tokenizer."""
+    tokenizer = TextTokenizer.train(["one two three", "good morning"], vocab_size=280)
+    config = default_config("nano", tokenizer.vocab_size, max_tokens=12)
+    config |= {"dim": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1}
+    torch.manual_seed(0)
+    path = tmp_path / "model.safetensors"
+    meta = {"task": TASK, "config": config, "tokenizer": tokenizer.to_json(), "data": None}
+    save_checkpoint(path, build_model(config).state_dict(), meta)
+    return path
+
+
+def speech_like(path: Path, seconds: float, rate: int = 16_000, channels: int = 1) -> Path:
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    wave = wave + 0.01 * rng.standard_normal(len(t))
+    soundfile.write(path, np.stack([wave] * channels, 1) if channels > 1 else wave, rate)
+    return path
+
+
+@pytest.mark.slow
+def test_transcribe_end_to_end_in_a_subprocess(tmp_path: Path, checkpoint: Path) -> None:
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    speech_like(clips / "short.wav", 1.0)
+    speech_like(clips / "stereo_44k.wav", 2.0, rate=44_100, channels=2)
+    speech_like(tmp_path / "long.flac", 61.0, rate=8000)  # three 30-second windows
+    (clips / "not_audio.wav").write_text("hello")
+    (clips / "zero_bytes.wav").write_bytes(b"")
+    soundfile.write(clips / "empty.wav", np.zeros(0), 16_000)
+    (clips / "odd_format.wav").write_bytes(unsupported_wav())
+    done = lbdl_subprocess(
+        "asr", "transcribe", checkpoint, clips, tmp_path / "long.flac", "--out", tmp_path / "out",
+        cwd=tmp_path, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    for bad in ("not_audio.wav", "zero_bytes.wav", "empty.wav", "odd_format.wav"):
+        assert bad in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "3 files processed, 4 failed" in done.stdout
+    out = tmp_path / "out"
+    for name in ("short", "stereo_44k", "long"):
+        assert {p.suffix for p in out.glob(f"{name}.*")} == {".txt", ".json", ".srt", ".vtt"}
+    long = json.loads((out / "long.json").read_text())
+    assert [(s["start"], s["end"]) for s in long["segments"]] == [(0, 30), (30, 60), (60, 61)]
+    assert long["duration"] == pytest.approx(61.0)
+    assert (out / "long.vtt").read_text().startswith("WEBVTT")
+
+
+def test_predict_is_transcribe_and_the_no_speech_threshold(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    clip = speech_like(tmp_path / "a.wav", 1.5)
+    result = lbdl("asr", "predict", checkpoint, clip, "--out", "o", "--format", "json",
+                  "--no-speech-threshold", "1.0")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    loud = json.loads(Path("o/a.json").read_text())
+    assert loud["text"]  # an untrained model babbles: the threshold lets it through
+    assert not list(Path("o").glob("a.txt"))  # only the asked format
+    result = lbdl("asr", "transcribe", checkpoint, tmp_path / "*.wav", "--out", "o2",
+                  "--format", "txt,json", "--no-speech-threshold", "0.0")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    silent = json.loads(Path("o2/a.json").read_text())
+    assert silent["text"] == "" and Path("o2/a.txt").read_text() == "\n"
+    assert silent["segments"][0]["no_speech_prob"] > 0.0
+
+
+def test_batched_transcription_equals_one_file_at_a_time(tmp_path: Path, checkpoint) -> None:
+    paths = [speech_like(tmp_path / f"{i}.wav", s) for i, s in enumerate([0.5, 1.7, 1.1])]
+    recognizer = load(checkpoint)
+    together = [t.text for t in recognizer.transcribe(paths, batch_size=3)]
+    alone = [recognizer.transcribe([p])[0].text for p in paths]
+    assert together == alone
+    beams = recognizer.transcribe(paths, beam_size=3)
+    assert len(beams) == 3 and all(isinstance(t.text, str) for t in beams)
+
+
+def test_subtitle_formats() -> None:
+    transcript = Transcript(
+        "x.wav", "hello there", 62.5,
+        [Segment(0.0, 30.0, "hello", -0.1, 0.0), Segment(30.0, 60.0, "", -1, 0.9),
+         Segment(60.0, 62.5, "there", -0.2, 0.1)],
+    )  # fmt: skip
+    assert to_srt(transcript) == (
+        "1\n00:00:00,000 --> 00:00:30,000\nhello\n\n2\n00:01:00,000 --> 00:01:02,500\nthere\n\n"
+    )
+    assert to_vtt(transcript).splitlines()[:4] == [
+        "WEBVTT", "", "00:00:00.000 --> 00:00:30.000", "hello",
+    ]  # fmt: skip
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, checkpoint: Path) -> None:
+    clip = speech_like(tmp_path / "a.wav", 0.5)
+    assert_user_error(lbdl("asr", "transcribe", tmp_path / "none.safetensors", clip),
+                      "none.safetensors", "no such file")  # fmt: skip
+    assert_user_error(lbdl("asr", "transcribe", checkpoint, clip, "--format", "docx"),
+                      "--format docx")  # fmt: skip
+    assert_user_error(lbdl("asr", "transcribe", checkpoint, tmp_path / "missing.wav"),
+                      "missing.wav", "no such file")  # fmt: skip
+    (tmp_path / "pictures").mkdir()
+    assert_user_error(lbdl("asr", "transcribe", checkpoint, tmp_path / "pictures"),
+                      "pictures", "no audio files")  # fmt: skip
+    result = lbdl("asr", "transcribe", checkpoint, clip, tmp_path / "b.wav", "--strict")
+    assert_user_error(result, "b.wav")
+    (tmp_path / "b.wav").write_text("not audio")
+    assert_user_error(lbdl("asr", "transcribe", checkpoint, tmp_path / "b.wav", "--strict"),
+                      "b.wav", "not a readable audio file")  # fmt: skip
+    assert_user_error(lbdl("asr", "train", "--data", tmp_path / "nowhere"), "nowhere")
+    assert_user_error(lbdl("asr", "train", "--data", clip), "a manifest must be")
+    assert_user_error(lbdl("asr", "train", "--model", "huge"), "--model huge")
+    assert_user_error(lbdl("asr", "train", "--split-by", "age"), "--split-by age")
+    assert_user_error(lbdl("asr", "evaluate", checkpoint, "--split", "dev"), "--split dev")
+    (tmp_path / "m.csv").write_text("audio,text\na.wav,hi\n")
+    assert_user_error(lbdl("asr", "evaluate", checkpoint, "--data", tmp_path / "m.csv"),
+                      "cannot split 1 item")  # fmt: skip

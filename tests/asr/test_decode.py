@@ -1,0 +1,63 @@
+"""Decoding of `lbdl asr` (book 6.5): the key/value cache changes nothing but the cost, beam
+width 1 is greedy, and padding a batch changes no result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lbdl_apps.asr.decode import beam_search, greedy_decode
+from lbdl_apps.asr.model import build_model, default_config, encoded_lengths
+
+SOT, EOT, NO_SPEECH = 1, 2, 3
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = build_model(default_config("nano", vocab_size=300, max_tokens=24)).eval()
+    with torch.no_grad():  # larger weights: outputs that depend more on the audio
+        for p in net.parameters():
+            if p.ndim > 1:
+                p.normal_(0, 0.2)
+    return net
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    return torch.randn(3, 80, 50), torch.tensor([50, 37, 20])
+
+
+def test_encoder_halves_the_frames_and_masks_padding(model) -> None:
+    mel, lengths = batch()
+    audio, mask = model.encode(mel, lengths)
+    assert audio.shape == (3, 25, 128)
+    assert mask.sum(1).tolist() == [0, 25 - 19, 25 - 10]
+    assert encoded_lengths(lengths).tolist() == [25, 19, 10]
+
+
+def test_cached_decoding_gives_the_tokens_of_uncached_decoding(model) -> None:
+    mel, lengths = batch()
+    cached = greedy_decode(model, mel, lengths, SOT, EOT, NO_SPEECH)
+    uncached = greedy_decode(model, mel, lengths, SOT, EOT, NO_SPEECH, use_cache=False)
+    assert [h.tokens for h in cached] == [h.tokens for h in uncached]
+    assert len({tuple(h.tokens) for h in cached}) > 1  # the utterances decode differently
+    for a, b in zip(cached, uncached, strict=True):
+        assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-4)
+
+
+def test_beam_width_one_equals_greedy_and_wider_beams_score_higher(model) -> None:
+    mel, lengths = batch()
+    greedy = greedy_decode(model, mel, lengths, SOT, EOT, NO_SPEECH, max_tokens=12)
+    beam1 = beam_search(model, mel, lengths, SOT, EOT, NO_SPEECH, beam_size=1, max_tokens=12)
+    assert [h.tokens for h in beam1] == [h.tokens for h in greedy]
+    beam4 = beam_search(model, mel, lengths, SOT, EOT, NO_SPEECH, beam_size=4, max_tokens=12)
+    assert len(beam4) == 3 and all(len(h.tokens) <= 11 for h in beam4)
+
+
+def test_a_padded_batch_decodes_like_each_utterance_alone(model) -> None:
+    mel, lengths = batch()
+    together = greedy_decode(model, mel, lengths, SOT, EOT, NO_SPEECH)
+    for i, n in enumerate(lengths.tolist()):
+        alone = greedy_decode(model, mel[i : i + 1, :, :n], None, SOT, EOT, NO_SPEECH)
+        assert alone[0].tokens == together[i].tokens
