@@ -97,8 +97,10 @@ def train(
     *,
     common: Common,
 ) -> None:
-    """Train a CLIP model on image-caption pairs (CSV/JSONL, COCO, .txt sidecars, class
-    folders with prompt templates, idx files) or the built-in captioned scenes."""
+    """Train a CLIP model on image-caption pairs or the built-in captioned scenes.
+
+    Pairs: CSV/JSONL manifests, COCO captions, .txt sidecars, class folders with prompt
+    templates, idx files."""
     from lbdl_apps.clip.train import TrainArgs, run_training
 
     args = TrainArgs(**{k: v for k, v in locals().items() if k in TrainArgs.__dataclass_fields__})
@@ -116,8 +118,9 @@ def evaluate(
     *,
     common: Common,
 ) -> None:
-    """Recall@1/5/10 image->text and text->image, and zero-shot accuracy when the data has
-    labels; writes metrics.json."""
+    """Retrieval recall@1/5/10 both ways, and zero-shot accuracy when the data has labels.
+
+    Writes metrics.json."""
     from lbdl_apps.clip.train import run_evaluation
 
     templates = _check_templates(template)
@@ -147,8 +150,10 @@ def zero_shot(
     *,
     common: Common,
 ) -> None:
-    """Classify images among labels never trained on: each label's prompts are embedded and
-    averaged, and every image gets the labels ranked by probability (table + zero_shot.csv)."""
+    """Rank labels for each image by probability, from text prompts alone.
+
+    Each label's prompts are embedded and averaged (prompt ensembling); writes
+    zero_shot.csv and zero_shot.json."""
     from lbdl_apps.clip.api import DEFAULT_TEMPLATES, check_labels, load
     from lbdl_apps.clip.outputs import write_zero_shot
     from lbdl_apps.core.data import expand_inputs
@@ -198,8 +203,7 @@ def embed(
     *,
     common: Common,
 ) -> None:
-    """Embed images or texts: embeddings.npy (N, D, unit norm) and embeddings.json
-    describing each row."""
+    """Embed images or texts into embeddings.npy, with embeddings.json naming each row."""
     from lbdl_apps.clip.api import load
     from lbdl_apps.clip.outputs import write_embeddings
     from lbdl_apps.core.data import expand_inputs
