@@ -212,7 +212,8 @@ class Learner:
         target = build_q_network(config).to(device)
         target.load_state_dict(online.state_dict())
         target.requires_grad_(False)
-        optimizer = torch.optim.Adam(online.parameters(), lr=args.lr)
+        fused = device.type in ("cpu", "cuda")  # one kernel for all parameters: ~10% faster steps
+        optimizer = torch.optim.Adam(online.parameters(), lr=args.lr, fused=fused or None)
         return cls(online, target, optimizer, args, device)
 
     def train_step(self, memory: ReplayMemory) -> torch.Tensor:
@@ -281,7 +282,10 @@ def evaluate_policy(
                 obs, _, terminated, truncated, info = env.step(action)
                 if terminated or truncated:
                     break
-            returns.append(float(info["episode"]["r"]) if "episode" in info else float("nan"))
+            done = "episode" in info  # else cut at MAX_EVAL_STEPS: the return so far
+            returns.append(
+                float(info["episode"]["r"] if done else env.get_wrapper_attr("episode_returns"))
+            )
     finally:
         env.close()
         q_net.train()

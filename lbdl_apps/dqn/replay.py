@@ -131,12 +131,6 @@ class ReplayMemory:
             else:
                 self._write(env, next_frames[env], first=False)
 
-    def __len__(self) -> int:
-        """Transitions that can be sampled now (about: a few per env wait for their s')."""
-        return int(
-            np.maximum(np.minimum(self.written, self.slots) - self.stack - self.n_step, 0).sum()
-        )
-
     # ----------------------------------------------------------------- sampling
     def sample(self, batch_size: int) -> Batch:
         """`batch_size` transitions drawn uniformly, with n-step returns cut at episode ends."""
