@@ -118,11 +118,11 @@ def pair_metrics(
     image_emb, text_emb = embed_pairs(model, loader, device)
     scale = float(model.scale())
     size = loader.batch_size or len(image_emb)
-    losses = [
-        float(clip_loss(image_emb[i : i + size], text_emb[i : i + size], scale)) * len(chunk)
-        for i, chunk in ((i, image_emb[i : i + size]) for i in range(0, len(image_emb), size))
-    ]
-    scores = {"loss": sum(losses) / len(image_emb)}
+    total = 0.0
+    for start in range(0, len(image_emb), size):  # the loss of each batch, as in training
+        images, texts = image_emb[start : start + size], text_emb[start : start + size]
+        total += float(clip_loss(images, texts, scale)) * len(images)
+    scores = {"loss": total / len(image_emb)}
     scores.update(retrieval_recalls(image_emb, text_emb, pairs.image_keys, pairs.first_captions()))
     if prompts is not None and class_names and pairs.labels is not None:
         classes = class_embeddings(model, prompts.to(device), len(class_names))
