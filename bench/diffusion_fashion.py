@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--epochs", type=int, default=2, help="Diffusion training epochs.")
+    parser.add_argument("--fraction", type=float, default=1.0, help="Of the training images.")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--blocks", type=int, default=1)
     parser.add_argument("--samples", type=int, default=500, help="Samples (over 10 classes).")
@@ -114,7 +115,7 @@ def main() -> None:
         batch_size=64,
         lr=2e-3,
         warmup=0.1,
-        fraction=0.02 if quick else 1.0,
+        fraction=0.02 if quick else options.fraction,
         preview=0,
         run_dir=work / "diffusion",
         exist_ok=True,
@@ -122,6 +123,7 @@ def main() -> None:
     record["diffusion_command"] = (
         f"lbdl diffusion train --data {options.data} --epochs {args.epochs} --width {args.width} "
         f"--blocks {args.blocks} --batch-size 64 --lr 0.002 --warmup 0.1 --preview 0 "
+        f"--fraction {args.fraction} "
         f"--threads {options.threads}"
     )
     last, record["diffusion_time"] = stage(run_training, args, common)

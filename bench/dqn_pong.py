@@ -10,7 +10,7 @@ Adam 1e-4, batch 32, train every 4 steps, target copied every 1000 steps, learni
 step 20k, epsilon 1 -> 0.01 over the first 100k steps; evaluation every 25k steps (5
 episodes, epsilon 0.05). On a GPU it reports the frames needed to reach > 0 and > 18.
 
-    python bench/dqn_pong.py --quick                       # ~2 minutes: 3k steps
+    python bench/dqn_pong.py --quick                       # ~2 minutes: 1500 steps
     python bench/dqn_pong.py --minutes 60                  # a first sitting
     python bench/dqn_pong.py --resume --minutes 60         # the next ones
 """
@@ -48,7 +48,7 @@ def settings(steps: int, quick: bool) -> dict[str, Any]:
         "target_update": 1000,
         "eps_end": 0.01,
         "eps_fraction": 0.2,
-        "eval_every": 1500 if quick else 25_000,
+        "eval_every": 750 if quick else 25_000,
         "eval_episodes": 1 if quick else 5,
         "save_replay": True,
     }
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
-    steps = 3000 if options.quick else options.steps
+    steps = 1500 if options.quick else options.steps
     run_dir = (
         options.run_dir.with_name(options.run_dir.name + "_quick")
         if options.quick
