@@ -116,8 +116,7 @@ def train(
     *,
     common: Common,
 ) -> None:
-    """Train a denoiser on an image folder, class folders, idx files, an image-caption
-    manifest or the built-in captioned scenes."""
+    """Train a denoiser on images, classes, captions or the built-in scenes."""
     from lbdl_apps.diffusion.train import TrainArgs, run_training
 
     args = TrainArgs(**{k: v for k, v in locals().items() if k in TrainArgs.__dataclass_fields__})
@@ -170,6 +169,9 @@ def sample(
     folder = out or Path("runs") / TASK / "sample"
     save_samples(samples, folder)
     print(f"{n} samples: {folder / 'grid.png'}")
+
+
+verb(app, name="predict", help="The same as sample (the verb name every app has).")(sample)
 
 
 @verb(app)
@@ -247,8 +249,7 @@ def train_guide(
     *,
     common: Common,
 ) -> None:
-    """Train a noised CLIP (images noised to a random step, the step as input) for
-    `sample --clip-guide`; its schedule must match the diffusion model's."""
+    """Train a noised CLIP (noised images, the step as input) for sample --clip-guide."""
     from lbdl_apps.diffusion.guide import GuideArgs, run_train_guide
 
     args = GuideArgs(**{k: v for k, v in locals().items() if k in GuideArgs.__dataclass_fields__})

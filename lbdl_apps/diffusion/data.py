@@ -33,6 +33,7 @@ from lbdl_apps.core.errors import LbdlError
 
 SCENE_LABELS = ("color", "shape", "color-shape")
 BUILTIN_SIZE = 32
+MAX_FILE_SIZE = 64  # default side for image files: larger ones are scaled down
 
 
 @dataclass
@@ -221,14 +222,15 @@ def load_diffusion_data(
         data, image_size, val_fraction=0.0, seed=seed, skip_bad=skip_bad, augment="none"
     )
     channels = channels or found.in_channels
+    size = image_size or min(found.image_size, MAX_FILE_SIZE)
     mode = "L" if channels == 1 else "RGB"
     for part, flip in ((found.train, hflip), (found.test, False)):
         if part is not None:
-            part.transform = image_transform(found.image_size, channels, flip)
+            part.transform = image_transform(size, channels, flip)
             if isinstance(part, ImageRecords):
                 part.mode = mode
     return DiffusionData(
-        found.train, "class", found.labels, channels, found.image_size, found.source, found.test
+        found.train, "class", found.labels, channels, size, found.source, found.test
     )
 
 
