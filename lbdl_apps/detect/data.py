@@ -104,7 +104,7 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Any, ...]:
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
         pixels, boxes, labels = self.load(index)
         height, width = pixels.shape[-2:]
         target = {
