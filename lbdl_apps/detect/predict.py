@@ -12,9 +12,10 @@ from rich.console import Console
 
 from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
-from lbdl_apps.core.data import expand_inputs, save_image
+from lbdl_apps.core.data import expand_inputs, find_images, save_image
 from lbdl_apps.core.errors import BatchReport
 from lbdl_apps.detect.api import (
+    VIDEO_EXTENSIONS,
     Detections,
     coco_results,
     draw,
@@ -49,6 +50,22 @@ class VideoOut:
             self.tmp.replace(self.path)
 
 
+def expand_media(inputs: list[str]) -> list[Path]:
+    """Image files, folders and globs as `core.data.expand_inputs` finds them, plus the
+    videos inside the given folders."""
+    videos: list[Path] = []
+    rest: list[str] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+            videos += found
+            if found and not find_images(path):
+                continue
+        rest.append(item)
+    return (expand_inputs(rest) if rest else []) + videos
+
+
 def _unique_stem(path: str, used: set[str]) -> str:
     stem = Path(path).stem
     while stem in used:  # same name in two folders
@@ -73,7 +90,7 @@ def run_prediction(
     """Detect objects in every input; returns the batch exit code (3 if a file failed)."""
     detector = load(checkpoint, common.torch_device())
     chosen = detector.class_indices(classes)
-    paths = expand_inputs(inputs)
+    paths = expand_media(inputs)
     report = BatchReport(strict=strict)
     folder = out or Path("runs") / TASK / "predict"
     folder.mkdir(parents=True, exist_ok=True)

@@ -143,3 +143,15 @@ def test_user_errors_are_one_line(checkpoint: Path, tmp_path: Path) -> None:
     assert_user_error(
         lbdl("detect", "evaluate", checkpoint, "--split", "all"), "--split all", "--data"
     )
+
+
+def test_folders_give_their_images_and_videos(tmp_path: Path) -> None:
+    from lbdl_apps.detect.predict import expand_media
+
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "clips").mkdir()
+    Image.fromarray(make_scene(0, 32, seed=1)[0]).save(tmp_path / "mixed" / "a.png")
+    _video(tmp_path / "mixed" / "b.mp4", frames=1)
+    _video(tmp_path / "clips" / "c.avi", frames=1)
+    found = expand_media(["mixed", "clips"])
+    assert [p.name for p in found] == ["a.png", "b.mp4", "c.avi"]
