@@ -124,6 +124,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         args.skip_bad,
         args.scenes,
         parse_classes(args.classes),
+        scene_size=input_size(args),
     )
     config = model_config(args, len(data.labels))
     console.print(
@@ -160,8 +161,8 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         "scenes": args.scenes,
     }
 
-    def evaluate(model, loader, dev):
-        return summary(evaluate_detector(model, loader, dev))
+    def evaluate(model, loader, dev):  # no objects to find at all: an mAP of 0
+        return {k: v or 0.0 for k, v in summary(evaluate_detector(model, loader, dev)).items()}
 
     base = TrainConfig.from_args(args, common.seed, monitor="val_map", mode="max")
     phases = []
