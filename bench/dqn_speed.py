@@ -30,9 +30,9 @@ from lbdl_apps.dqn.agent import TrainArgs, run_training
 from lbdl_apps.dqn.env import EnvSettings, make_env
 
 try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
-    from common import environment, write_result
+    from common import environment, read_result, write_result
 except ImportError:
-    from bench.common import environment, write_result
+    from bench.common import environment, read_result, write_result
 
 NAME = "dqn_speed"
 GOALS = {"CartPole-v1": 1.5, "ALE/Pong-v5": 1.1}
@@ -164,6 +164,10 @@ def main() -> None:
             flush=True,
         )
     result["after"] = environment()
+    earlier = read_result(NAME)
+    if earlier and set(options.envs) != set(SETTINGS):  # one env measured again: keep the other
+        result["envs"] = {**earlier.get("envs", {}), **result["envs"]}
+        result["earlier_runs"] = {"before": earlier.get("before"), "after": earlier.get("after")}
     if not options.quick:
         print(f"wrote {write_result(NAME, result)}")
 

@@ -39,3 +39,11 @@ def test_mlp_layers_follow_hidden_sizes():
     net = build_q_network(q_network_config((6,), 3, [64, 32], dueling=False))
     linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(6, 64), (64, 32), (32, 3)]
+
+
+def test_nature_network_gives_the_same_values_in_either_memory_format():
+    torch.manual_seed(0)
+    net = build_q_network(q_network_config((4, 84, 84), 4, [512], dueling=True))
+    obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    reference = net.head(net.features(obs.float().contiguous() / 255.0))
+    assert torch.allclose(net(obs), reference, atol=1e-5)
