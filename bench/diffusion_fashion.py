@@ -4,7 +4,8 @@ mean >= 85%, the classifier's own test accuracy beside it) and gives the feature
 Fréchet distance and KID to the test set. CPU time of each stage is recorded.
 
 Same code paths as the CLI: `lbdl classify train` for the judge, `lbdl diffusion train` and
-`lbdl diffusion evaluate` for the model; DDIM sampling with classifier-free guidance.
+`lbdl diffusion evaluate` for the model; DDPM sampling (respaced) with classifier-free
+guidance.
 
     python bench/diffusion_fashion.py --quick --threads 1   # ~2 minutes, a smoke test
     python bench/diffusion_fashion.py --threads 1           # bench/results/diffusion_fashion.json
@@ -64,7 +65,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--blocks", type=int, default=1)
     parser.add_argument("--samples", type=int, default=500, help="Samples (over 10 classes).")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps.")
+    parser.add_argument("--steps", type=int, default=25, help="Sampling steps.")
+    parser.add_argument("--sampler", default="ddpm", help="ddpm or ddim.")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--classifier", type=Path, help="Use this classify checkpoint.")
     parser.add_argument("--keep", type=Path, help="Keep the run folders here.")
@@ -142,18 +144,19 @@ def main() -> None:
         None,
         None,
         options.steps,
-        "ddim",
+        options.sampler,
         options.guidance,
     )
     record["evaluate_command"] = (
         f"lbdl diffusion evaluate RUN/model.safetensors --classifier CLASSIFIER --data "
         f"{options.data} --n {n} --n-real {result.real} --steps {options.steps} "
+        f"--sampler {options.sampler} "
         f"--guidance {options.guidance}"
     )
     record.update(
         samples=result.samples,
         real_images=result.real,
-        sampler=f"ddim, {options.steps} steps, guidance {options.guidance}",
+        sampler=f"{options.sampler}, {options.steps} steps, guidance {options.guidance}",
         per_class_acc={k: round(v, 4) for k, v in result.per_class.items()},
         mean_class_acc=round(result.scores["mean_class_acc"], 4),
         goal_mean_class_acc=GOAL,

@@ -126,7 +126,7 @@ class Diffuser:
         prompts: Sequence[str] | None = None,
         classes: Sequence[str] | None = None,
         steps: int = 50,
-        sampler: str = "ddim",
+        sampler: str = "ddpm",
         guidance: float | None = None,
         eta: float = 0.0,
         seed: int = 0,

@@ -33,7 +33,9 @@ app = typer.Typer(
 TASK = "diffusion"
 
 StepsOption = Annotated[int, typer.Option(help="Denoising steps (evenly spaced over T).")]
-SamplerOption = Annotated[str, typer.Option(help="ddpm (ancestral) or ddim.")]
+SamplerOption = Annotated[
+    str, typer.Option(help="ddpm (ancestral, robust) or ddim (deterministic with --eta 0).")
+]
 GuidanceOption = Annotated[
     float | None,
     typer.Option(help="Classifier-free guidance scale of a conditional model (default 3)."),
@@ -132,7 +134,7 @@ def sample(
     class_: ClassOption = None,
     n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 16,
     steps: StepsOption = 50,
-    sampler: SamplerOption = "ddim",
+    sampler: SamplerOption = "ddpm",
     guidance: GuidanceOption = None,
     eta: Annotated[float, typer.Option(min=0.0, help="DDIM noise (0: deterministic).")] = 0.0,
     batch_size: BatchSizeOption = 64,
@@ -188,7 +190,7 @@ def evaluate(
     class_: ClassOption = None,
     prompt: Annotated[list[str] | None, typer.Option(help="Prompts (text models).")] = None,
     steps: StepsOption = 50,
-    sampler: SamplerOption = "ddim",
+    sampler: SamplerOption = "ddpm",
     guidance: GuidanceOption = None,
     batch_size: BatchSizeOption = 100,
     out: OutOption = None,

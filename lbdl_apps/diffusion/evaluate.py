@@ -67,7 +67,7 @@ def run_evaluation(
     classes: list[str] | None = None,
     prompts: list[str] | None = None,
     steps: int = 50,
-    sampler: str = "ddim",
+    sampler: str = "ddpm",
     guidance: float | None = None,
     batch_size: int = 100,
 ) -> EvalResult:

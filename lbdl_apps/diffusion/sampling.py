@@ -76,7 +76,7 @@ def sample_loop(
     schedule: NoiseSchedule,
     shape: tuple[int, ...],
     steps: int,
-    sampler: str = "ddim",
+    sampler: str = "ddpm",
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",

@@ -1,5 +1,5 @@
 """The diffusion step of `lbdl tour`: train a class-conditional denoiser on the built-in scenes
-(a class per color), then sample each class with DDIM and classifier-free guidance."""
+(a class per color), then sample each class with DDPM and classifier-free guidance."""
 
 from __future__ import annotations
 
@@ -47,6 +47,6 @@ def diffusion_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
         f"{args.builtin_count} built-in scenes of {args.image_size} px, a class per color; "
         "columns: the classes in order ("
         + ", ".join(diffuser.labels)
-        + "), DDIM with classifier-free guidance 3"
+        + "), DDPM (50 steps) with classifier-free guidance 3"
         + (" (--quick: a smoke test, too short to learn)" if quick else ""),
     )
