@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -22,9 +22,13 @@ from lbdl_apps.diffusion.model import build_model
 from lbdl_apps.diffusion.sampling import SAMPLERS, progress_bar, sample_loop
 from lbdl_apps.diffusion.schedule import NoiseSchedule
 
+if TYPE_CHECKING:
+    from lbdl_apps.diffusion.guide import ClipGuide
+
 TASK = "diffusion"
 MODEL_KIND = "denoiser"
 DEFAULT_GUIDANCE = 3.0
+KINDS = {"none": "unconditional", "class": "class-conditional", "text": "text-conditional"}
 
 
 @dataclass
@@ -99,9 +103,7 @@ class Diffuser:
         return None, ["unconditional"]
 
     def _kind(self) -> str:
-        return {"none": "unconditional", "class": "class-conditional", "text": "text-conditional"}[
-            self.condition
-        ]
+        return KINDS[self.condition]
 
     def predictor(self, cond: Tensor | None, guidance: float):
         """(x_t, t) -> (eps, x0), with classifier-free guidance at scale `guidance`:
@@ -131,7 +133,7 @@ class Diffuser:
         eta: float = 0.0,
         seed: int = 0,
         batch_size: int = 64,
-        clip_guide: Any = None,
+        clip_guide: ClipGuide | None = None,
         clip_scale: float = 0.0,
         quiet: bool = True,
     ) -> Samples:
@@ -193,7 +195,7 @@ class Diffuser:
 
 
 def save_samples(samples: Samples, out: str | Path) -> list[Path]:
-    """grid.png (one row per condition when they cycle) and NNN_condition.png per sample."""
+    """grid.png (one column per condition when they cycle) and NNN_condition.png per sample."""
     folder = Path(out)
     paths = [
         save_image(image, folder / f"{i:03d}_{_safe_name(name)}.png")
