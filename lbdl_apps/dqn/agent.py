@@ -574,6 +574,8 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, Any]:
     """Train a DQN agent; returns a summary (steps, steps/s, best and last evaluation)."""
     if args.resume is not None:
         args, common = resume_arguments(args, common)
+    else:
+        common.apply()  # the seed makes the run repeatable, from the CLI or the API alike
     args = args.resolved(args.env_settings())
     console = Console(quiet=common.quiet)
     run_dir = make_run_dir(TASK, args.name, args.run_dir, args.exist_ok)

@@ -72,7 +72,7 @@ def test_short_cartpole_training_beats_a_random_policy(tmp_path):
     torch.nn.init.zeros_(random_policy.weight)
     random_returns = evaluate_policy(random_policy, agent.settings, 10, 1.0, 123, agent.device)
     assert np.mean(random_returns) < 40
-    assert trained > 150, summary
+    assert trained > 120, summary  # random: ~22
     assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
     assert agent.meta["env"]["env_id"] == "CartPole-v1"
     assert agent.meta["hyper_parameters"]["lr"] == 2.3e-3
@@ -93,7 +93,7 @@ def test_double_dueling_n_step_learns(tmp_path):
     )
     agent = load(tmp_path)
     assert agent.meta["config"]["dueling"] and agent.meta["hyper_parameters"]["n_step"] == 3
-    assert np.mean(agent.evaluate(episodes=10, epsilon=0.0, seed=7)) > 100
+    assert np.mean(agent.evaluate(episodes=10, epsilon=0.0, seed=7)) > 150
 
 
 def test_resume_continues_the_run_with_its_replay_memory(tmp_path):
