@@ -6,8 +6,9 @@ tokens, 448 text positions) and random weights (nothing is downloaded). On the s
 log-mel spectrogram (3000 frames), each package's own greedy decoding with its KV cache
 writes the same number of tokens: ours `greedy_decode` (what transcribe uses), Whisper's
 `whisper.decode` (what whisper.transcribe uses; English, no timestamps, fp32). Reported:
-encoder time, decoding tokens/s and our/Whisper ratio (goal >= 1), and the real-time factor
-(processing time / audio duration) of `Recognizer.transcribe` on a 60 s file (two windows).
+encoder time, decoding tokens/s and our/Whisper ratio (goal >= 1), the best of 3 rounds that
+alternate the two models, and the real-time factor (processing time / audio duration) of
+`Recognizer.transcribe` on a 60 s file (two windows).
 
     python bench/asr_speed.py --quick        # < 1 minute, nothing written
     python bench/asr_speed.py --threads 1    # writes bench/results/asr_speed.json
@@ -93,6 +94,18 @@ def whisper_peer(mel: torch.Tensor, tokens: int, repeats: int) -> dict[str, floa
             "tokens_per_s": made / (total_s - encode_s)}  # fmt: skip
 
 
+def fastest(best: dict[str, float], new: dict[str, float]) -> dict[str, float]:
+    """Per figure, the best of two measurements (least time, most tokens/s)."""
+    if not best:
+        return new
+    return {
+        "encoder_s": min(best["encoder_s"], new["encoder_s"]),
+        "tokens": new["tokens"],
+        "decode_s": min(best["decode_s"], new["decode_s"]),
+        "tokens_per_s": max(best["tokens_per_s"], new["tokens_per_s"]),
+    }
+
+
 def real_time_factor(wave: np.ndarray, repeats: int) -> dict[str, float]:
     """transcribe() of a file with a tiny-dimension model (random weights, BPE vocabulary
     of the built-in transcripts, at most 96 tokens a window)."""
@@ -123,8 +136,10 @@ def main() -> None:
     mel = log_mel(wave[: 30 * SAMPLE_RATE])
     assert mel.shape == (80, 3000)
     env_before = environment()
-    mine = ours(mel, tokens, repeats)
-    peer = whisper_peer(mel, tokens, repeats)
+    mine, peer = {}, {}
+    for _ in range(repeats):  # alternate the two models: a load change hits both alike
+        mine = fastest(mine, ours(mel, tokens, 1))
+        peer = fastest(peer, whisper_peer(mel, tokens, 1))
     rtf = real_time_factor(wave if not options.quick else wave[: 30 * SAMPLE_RATE], repeats)
     ratio = mine["tokens_per_s"] / peer["tokens_per_s"]
     result = {

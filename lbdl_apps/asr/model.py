@@ -56,6 +56,9 @@ class AudioEncoder(nn.Module):
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
         self.positions = SinusoidalPositionalEncoding(dim, (max_frames + 1) // 2)
         self.transformer = TransformerEncoder(dim, depth, heads, dropout=dropout)
+        for conv in (self.conv1, self.conv2):  # He initialisation: audio features of unit
+            nn.init.kaiming_normal_(conv.weight)  # scale, not drowned by the positions
+            nn.init.zeros_(conv.bias)
 
     def forward(self, mel: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """(B, n_mels, T) -> (B, ceil(T / 2), dim) features and their padding mask (True at
