@@ -115,3 +115,29 @@ def test_resume_continues_the_run_with_its_replay_memory(tmp_path):
     assert summary["steps"] == 1000
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [500, 1000]
+
+
+def test_atari_loop_with_two_envs_ends_transitions_at_lost_lives(tmp_path):
+    args = TrainArgs(
+        env="ALE/Breakout-v5",
+        total_steps=400,
+        num_envs=2,
+        buffer_size=1000,
+        batch_size=8,
+        learning_starts=200,
+        eval_every=10**6,
+        eval_episodes=1,
+        run_dir=tmp_path,
+        exist_ok=True,
+    )
+    args = args.resolved(args.env_settings())
+    run = Run(args, Common(quiet=True, seed=0), tmp_path)
+    summary = run.train(__import__("rich.console").console.Console(quiet=True))
+    memory = run.memory
+    assert memory.frames.shape == (2, 500, 84, 84) and memory.frames.dtype == np.uint8
+    assert (memory.written >= 200).all()  # both environments wrote their own stream
+    # a lost life ends the transition, and the game goes on: the next slot starts a transition
+    lost_lives = memory.terminated & memory.valid & np.roll(memory.valid, -1, axis=1)
+    assert lost_lives.sum() >= 2
+    assert summary["updates"] == (400 - 200) // 4 + 1
+    assert run.learner.online(torch.from_numpy(memory.sample(4).obs)).shape == (4, 4)
