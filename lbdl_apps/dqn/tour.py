@@ -16,7 +16,7 @@ from lbdl_apps.dqn.api import load
 @register_tour_step("dqn", "Deep Q-learning (book 6.7)")
 def dqn_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
     run_dir = workdir / "train"
-    steps = 1500 if quick else 20_000
+    steps = 2500 if quick else 20_000
     args = TrainArgs(
         env="CartPole-v1",
         total_steps=steps,
@@ -35,5 +35,5 @@ def dqn_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
         metrics={"greedy_return": float(np.mean(trained)), "random_return": float(np.mean(random))},
         images=[run_dir / "learning_curve.png"],
         notes=f"DQN (MLP Q-network) trained {steps} steps on CartPole-v1 (max return 500)"
-        + (" (--quick: a smoke test, too short to learn)" if quick else ""),
+        + (" (--quick: a short run, far from solved)" if quick else ""),
     )
