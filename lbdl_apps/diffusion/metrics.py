@@ -4,6 +4,7 @@ classifier's accuracy on samples of each requested class (torchmetrics does the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -69,9 +70,11 @@ def distribution_scores(
     if n < 2:
         raise LbdlError("the Fréchet distance needs at least 2 real and 2 generated images")
     fid = FrechetInceptionDistance(feature=features, normalize=True, sync_on_compute=False)
-    kid = KernelInceptionDistance(
-        feature=features, subset_size=min(kid_subset, n), normalize=True, sync_on_compute=False
-    )
+    with warnings.catch_warnings():  # "will save all extracted features": n is small here
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(
+            feature=features, subset_size=min(kid_subset, n), normalize=True, sync_on_compute=False
+        )
     for metric in (fid, kid):
         for batch in real:
             metric.update(batch, real=True)
