@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--sampler", default="ddpm", help="ddpm or ddim.")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--classifier", type=Path, help="Use this classify checkpoint.")
+    parser.add_argument("--init", help="Continue from this diffusion checkpoint.")
     parser.add_argument("--keep", type=Path, help="Keep the run folders here.")
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
@@ -119,14 +120,15 @@ def main() -> None:
         warmup=0.1,
         fraction=0.02 if quick else options.fraction,
         preview=0,
+        init=options.init,
         run_dir=work / "diffusion",
         exist_ok=True,
     )
+    init = f"--init {options.init} " if options.init else ""
     record["diffusion_command"] = (
         f"lbdl diffusion train --data {options.data} --epochs {args.epochs} --width {args.width} "
         f"--blocks {args.blocks} --batch-size 64 --lr 0.002 --warmup 0.1 --preview 0 "
-        f"--fraction {args.fraction} "
-        f"--threads {options.threads}"
+        f"--fraction {args.fraction} {init}--threads {options.threads}"
     )
     last, record["diffusion_time"] = stage(run_training, args, common)
     record["final_train_loss"] = last.get("train_loss")

@@ -104,6 +104,9 @@ def train(
     preview: Annotated[
         int, typer.Option(min=0, help="Samples drawn into samples/ after training (0: none).")
     ] = 16,
+    init: Annotated[
+        str | None, typer.Option(help="Start from this diffusion checkpoint (same model).")
+    ] = None,
     ema: Annotated[float | None, typer.Option(help="EMA decay of the weights.")] = 0.999,
     warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up epochs.")] = 0.5,
     weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.0,

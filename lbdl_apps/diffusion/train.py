@@ -59,6 +59,7 @@ class TrainArgs(TrainOptions):
     builtin_count: int = 6000
     fraction: float = 1.0
     preview: int = 16
+    init: str | None = None
 
 
 def diffusion_loss(
@@ -182,6 +183,17 @@ def prepare(args: TrainArgs, seed: int) -> tuple[DiffusionData, dict[str, Any], 
     return data, config, train_set, encoder
 
 
+def start_from(model: nn.Module, config: dict[str, Any], checkpoint: str) -> None:
+    """`--init CKPT`: start from the weights of a diffusion model of the same config."""
+    previous = load(checkpoint)
+    if previous.config != config:
+        changed = sorted(
+            k for k in {*config, *previous.config} if config.get(k) != previous.config.get(k)
+        )
+        raise LbdlError(f"--init {checkpoint}: its model differs ({', '.join(changed)})")
+    model.load_state_dict(previous.model.state_dict())
+
+
 def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     """Train (EMA weights saved every epoch), then write a preview grid; return the last
     epoch's metrics."""
@@ -193,6 +205,8 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     model = build_model(config)
     if encoder is not None:
         model.clip.load_state_dict(encoder.state_dict())
+    if args.init is not None and args.resume is None:
+        start_from(model, config, args.init)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     console.print(
         f"data: {data.source}; {len(train_set)} images; {config['condition']} "  # type: ignore[arg-type]

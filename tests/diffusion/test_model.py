@@ -146,3 +146,13 @@ def test_clip_guidance_steers_an_unconditional_model(
     mismatched = train_tiny(tmp_path / "other", condition="none", timesteps=60)
     with pytest.raises(LbdlError, match="schedule"):
         load(mismatched).sample(1, prompts=prompts, clip_guide=guide)
+
+
+def test_init_starts_from_a_checkpoint_of_the_same_model(tmp_path: Path, class_model: Path) -> None:
+    with pytest.raises(LbdlError, match=r"--init .*base"):
+        train_tiny(tmp_path / "wider", scene_label="color", width=16, init=str(class_model))
+    path = train_tiny(
+        tmp_path / "b", scene_label="color", init=str(class_model), lr=1e-12, ema=None, warmup=0.0
+    )
+    before, after = load(class_model).model.state_dict(), load(path).model.state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
