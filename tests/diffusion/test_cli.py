@@ -122,6 +122,7 @@ def test_train_then_sample_end_to_end(tmp_path: Path) -> None:
         "--threads",
         "1",
         cwd=tmp_path,
+        timeout=600,
     )
     assert trained.returncode == 0, trained.stderr
     assert (run / "model.safetensors").is_file() and (run / "samples" / "grid.png").is_file()
@@ -149,6 +150,7 @@ def test_train_then_sample_end_to_end(tmp_path: Path) -> None:
             "2",
             "-q",
             cwd=tmp_path,
+            timeout=300,
         )
         assert sampled.returncode == 0, sampled.stderr
         files = sorted(p.name for p in (tmp_path / name).iterdir())
