@@ -17,6 +17,7 @@ steadier one). Goals: ratio >= 1.5 on CartPole, >= 1.1 on Pong.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -135,7 +136,7 @@ def main() -> None:
             order = [("lbdl", run_ours), ("sb3", run_sb3)]
             for name, fn in order if repeat % 2 == 0 else order[::-1]:
                 measured = fn(env_id, steps, seed=repeat)
-                measured["loadavg_after"] = list(__import__("os").getloadavg())
+                measured["loadavg_after"] = list(os.getloadavg())
                 runs[name].append(measured)
                 print(
                     f"{env_id} {name}: {measured['steps_per_s']:.0f} steps/s, "

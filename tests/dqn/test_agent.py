@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.dqn.agent import Run, TrainArgs, epsilon_at, evaluate_policy, run_training
@@ -22,7 +23,8 @@ def test_epsilon_decays_linearly_then_stays():
     assert epsilon_at(900, args) == pytest.approx(0.1)
 
 
-def short_run(tmp_path, total_steps: int, **options) -> Run:
+def short_run(tmp_path, total_steps: int, **options) -> tuple[Run, dict]:
+    """A CartPole run trained from step 50 at every step; and its initial weights."""
     args = TrainArgs(
         total_steps=total_steps,
         learning_starts=50,
@@ -39,9 +41,8 @@ def short_run(tmp_path, total_steps: int, **options) -> Run:
     args = args.resolved(args.env_settings())
     run = Run(args, Common(quiet=True), tmp_path)
     initial = {k: v.clone() for k, v in run.learner.online.state_dict().items()}
-    run.train(__import__("rich.console").console.Console(quiet=True))
-    run.initial = initial
-    return run
+    run.train(Console(quiet=True))
+    return run, initial
 
 
 def same(a: dict, b: dict) -> bool:
@@ -49,16 +50,16 @@ def same(a: dict, b: dict) -> bool:
 
 
 def test_target_network_changes_only_when_scheduled(tmp_path):
-    before = short_run(tmp_path / "a", 299)
+    before, before_initial = short_run(tmp_path / "a", 299)
     assert before.learner.updates == 299 - 64 + 1  # from a full batch (64) on
-    assert same(before.learner.target.state_dict(), before.initial)  # not yet due
-    assert not same(before.learner.online.state_dict(), before.initial)
-    due = short_run(tmp_path / "b", 300)
+    assert same(before.learner.target.state_dict(), before_initial)  # not yet due
+    assert not same(before.learner.online.state_dict(), before_initial)
+    due, _ = short_run(tmp_path / "b", 300)
     assert same(due.learner.target.state_dict(), due.learner.online.state_dict())
-    polyak = short_run(tmp_path / "c", 300, tau=0.5)
+    polyak, polyak_initial = short_run(tmp_path / "c", 300, tau=0.5)
     target, online = polyak.learner.target.state_dict(), polyak.learner.online.state_dict()
     for key in target:
-        assert torch.allclose(target[key], 0.5 * polyak.initial[key] + 0.5 * online[key])
+        assert torch.allclose(target[key], 0.5 * polyak_initial[key] + 0.5 * online[key])
 
 
 def test_short_cartpole_training_beats_a_random_policy(tmp_path):
@@ -132,7 +133,7 @@ def test_atari_loop_with_two_envs_ends_transitions_at_lost_lives(tmp_path):
     )
     args = args.resolved(args.env_settings())
     run = Run(args, Common(quiet=True, seed=0), tmp_path)
-    summary = run.train(__import__("rich.console").console.Console(quiet=True))
+    summary = run.train(Console(quiet=True))
     memory = run.memory
     assert memory.frames.shape == (2, 500, 84, 84) and memory.frames.dtype == np.uint8
     assert (memory.written >= 200).all()  # both environments wrote their own stream
