@@ -16,13 +16,13 @@ def test_short_training_on_builtin_digits_beats_chance(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = TrainArgs(
         builtin="digit",
-        builtin_size=400,  # + 40 validation and 40 test clips, other voices' draws
+        builtin_size=600,  # + 60 validation and 60 test clips, drawn apart
         width=64,
         depth=1,
         heads=2,
-        epochs=6,
+        epochs=5,
         batch_size=8,
-        lr=4e-3,
+        lr=3e-3,
         warmup=0.5,
         vocab_size=300,
         max_tokens=8,
@@ -35,9 +35,9 @@ def test_short_training_on_builtin_digits_beats_chance(tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert float(rows[-1]["train_loss"]) < 0.75 * float(rows[0]["train_loss"])
     # chance: guessing the most frequent digit gives a WER of about 0.9
-    assert scores["test_wer"] < 0.75, scores
+    assert scores["test_wer"] < 0.5, scores
     evaluated, rows_scored, folder = run_evaluation(
         run / "model.safetensors", None, tmp_path / "eval", "test", 2, Common(threads=1)
     )
     assert evaluated["wer"] == pytest.approx(scores["test_wer"], abs=0.15)
-    assert len(rows_scored) == 40 and (folder / "results.csv").is_file()
+    assert len(rows_scored) == 60 and (folder / "results.csv").is_file()
