@@ -78,8 +78,3 @@ def log_mel(wave: np.ndarray | Tensor) -> Tensor:
     if len(wave) < N_FFT:
         raise LbdlError(f"audio too short: {len(wave)} samples, at least {N_FFT} needed")
     return normalize_log_mel(_mel_transform()(wave)[..., :-1])
-
-
-def frames(samples: int) -> int:
-    """Spectrogram frames of `samples` audio samples."""
-    return samples // HOP

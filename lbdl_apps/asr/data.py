@@ -166,6 +166,8 @@ def check_utterances(utterances: list[Utterance], skip_bad: bool) -> list[Uttera
             reason = None
             if info.frames == 0:
                 reason = "audio file holds no samples"
+            elif info.duration < 0.025:
+                reason = f"shorter than one 25 ms window ({info.duration * 1000:.1f} ms)"
             elif info.duration > MAX_SECONDS:
                 reason = f"longer than {MAX_SECONDS:.0f} s ({info.duration:.1f} s)"
         except Exception as error:  # soundfile raises several kinds; all mean unreadable

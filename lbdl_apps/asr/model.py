@@ -39,11 +39,6 @@ def default_config(name: str, vocab_size: int, max_tokens: int = 128) -> dict[st
     }
 
 
-def encoded_lengths(frames: Tensor) -> Tensor:
-    """Encoder positions of spectrograms of `frames` frames (the second conv has stride 2)."""
-    return (frames - 1) // 2 + 1
-
-
 class AudioEncoder(nn.Module):
     """Two 1D convolutions with GELU (the second with stride 2, halving the frame rate),
     sinusoidal positions, then pre-LN transformer blocks (book 6.5, 4.10, 5.3)."""
