@@ -100,23 +100,36 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one fold, a sliver (~2 min)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--speakers", nargs="+", default=list(SPEAKERS), choices=SPEAKERS)
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a setting of CONFIG, e.g. --set epochs=20 lr=3e-3",
+    )
+    parser.add_argument("--result", default=NAME, help="name of the results JSON")
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
     if not (REPO / DATA).is_dir():
         raise SystemExit(f"{REPO / DATA} is absent")
-    config = {**CONFIG, **(QUICK if options.quick else {})}
+    changes = dict(item.split("=", 1) for item in options.set)
+    config = {**CONFIG, **{k: type(CONFIG[k])(v) for k, v in changes.items()}}
+    config |= QUICK if options.quick else {}
     speakers = options.speakers[:1] if options.quick else options.speakers
     for speaker in speakers:
         fold = run_fold(speaker, config, options.threads)
         if not options.quick:  # written after every fold: a long run keeps what it measured
-            save(fold, config)
+            save(fold, config, options.result)
     if options.quick:
         print("quick run: nothing written")
 
 
-def save(fold: dict[str, Any], config: dict[str, Any]) -> None:
-    """Merge one fold into bench/results/asr_fsdd.json and recompute the means."""
-    previous = read_result(NAME) or {}
+def save(fold: dict[str, Any], config: dict[str, Any], name: str) -> None:
+    """Merge one fold into bench/results/<name>.json (folds of the same settings only) and
+    recompute the means."""
+    previous = read_result(name) or {}
+    if previous.get("config") != config:
+        previous = {}
     by_speaker = {f["test_speaker"]: f for f in previous.get("folds", [])}
     by_speaker[fold["test_speaker"]] = fold
     merged = [by_speaker[s] for s in SPEAKERS if s in by_speaker]
@@ -136,7 +149,7 @@ def save(fold: dict[str, Any], config: dict[str, Any]) -> None:
         **environment(),
         "command": command(),
     }
-    print(f"mean WER {mean_wer:.4f} over {len(merged)} folds -> {write_result(NAME, result)}")
+    print(f"mean WER {mean_wer:.4f} over {len(merged)} folds -> {write_result(name, result)}")
 
 
 if __name__ == "__main__":
