@@ -10,10 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from lbdl_apps.core.cli_common import (
+    AmpOption,
     BatchSizeOption,
     Common,
+    CompileOption,
     ConfigOption,
     DataOption,
+    EmaOption,
     EpochsOption,
     ExistOkOption,
     LrOption,
@@ -22,7 +25,11 @@ from lbdl_apps.core.cli_common import (
     PatienceOption,
     ResumeOption,
     RunDirOption,
+    SavePeriodOption,
     StrictOption,
+    ValFractionOption,
+    WarmupOption,
+    WeightDecayOption,
     WorkersOption,
     verb,
 )
@@ -67,7 +74,7 @@ def train(
         str | None, typer.Option(help="Comma-separated speakers held out for the test.")
     ] = None,
     test_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
-    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
+    val_fraction: ValFractionOption = 0.1,
     builtin: Annotated[
         str, typer.Option(help="Built-in speech: mixed, digits, digit (one) or phrases.")
     ] = "mixed",
@@ -85,14 +92,12 @@ def train(
     ] = None,
     freq_masks: Annotated[int, typer.Option(min=0, help="SpecAugment frequency masks.")] = 0,
     time_masks: Annotated[int, typer.Option(min=0, help="SpecAugment time masks.")] = 0,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.01,
-    warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up epochs.")] = 1.0,
-    ema: Annotated[float | None, typer.Option(help="EMA decay of the weights, e.g. 0.999.")] = None,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on GPU.")] = True,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
-    save_period: Annotated[
-        int | None, typer.Option(min=1, help="Save state every N steps.")
-    ] = None,
+    weight_decay: WeightDecayOption = 0.01,
+    warmup: WarmupOption = 1.0,
+    ema: EmaOption = None,
+    amp: AmpOption = True,
+    compile: CompileOption = False,
+    save_period: SavePeriodOption = None,
     skip_bad: Annotated[
         bool, typer.Option(help="Warn about bad audio files and train on the rest.")
     ] = False,

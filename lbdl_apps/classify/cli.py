@@ -13,10 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from lbdl_apps.core.cli_common import (
+    AmpOption,
     BatchSizeOption,
     Common,
+    CompileOption,
     ConfigOption,
     DataOption,
+    EmaOption,
     EpochsOption,
     ExistOkOption,
     LrOption,
@@ -25,7 +28,11 @@ from lbdl_apps.core.cli_common import (
     PatienceOption,
     ResumeOption,
     RunDirOption,
+    SavePeriodOption,
     StrictOption,
+    ValFractionOption,
+    WarmupOption,
+    WeightDecayOption,
     WorkersOption,
     verb,
 )
@@ -74,18 +81,16 @@ def train(
     mixup: Annotated[float, typer.Option(min=0.0, help="MixUp alpha (0: off).")] = 0.0,
     cutmix: Annotated[float, typer.Option(min=0.0, help="CutMix alpha (0: off).")] = 0.0,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.05,
-    warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up epochs.")] = 1.0,
-    ema: Annotated[float | None, typer.Option(help="EMA decay of the weights, e.g. 0.999.")] = None,
-    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
+    weight_decay: WeightDecayOption = 0.05,
+    warmup: WarmupOption = 1.0,
+    ema: EmaOption = None,
+    val_fraction: ValFractionOption = 0.1,
     fraction: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Train on this fraction of the training set.")
     ] = 1.0,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on GPU.")] = True,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
-    save_period: Annotated[
-        int | None, typer.Option(min=1, help="Save state every N steps.")
-    ] = None,
+    amp: AmpOption = True,
+    compile: CompileOption = False,
+    save_period: SavePeriodOption = None,
     download: Annotated[bool, typer.Option(help="Download a named dataset if missing.")] = False,
     skip_bad: Annotated[
         bool, typer.Option(help="Warn about bad images and train on the rest.")

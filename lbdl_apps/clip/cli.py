@@ -10,10 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from lbdl_apps.core.cli_common import (
+    AmpOption,
     BatchSizeOption,
     Common,
+    CompileOption,
     ConfigOption,
     DataOption,
+    EmaOption,
     EpochsOption,
     ExistOkOption,
     LrOption,
@@ -22,7 +25,11 @@ from lbdl_apps.core.cli_common import (
     PatienceOption,
     ResumeOption,
     RunDirOption,
+    SavePeriodOption,
     StrictOption,
+    ValFractionOption,
+    WarmupOption,
+    WeightDecayOption,
     WorkersOption,
     verb,
 )
@@ -79,18 +86,16 @@ def train(
         str | None,
         typer.Option(help="Start from these weights (a clip checkpoint or OpenAI/open_clip)."),
     ] = None,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.1,
-    warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up epochs.")] = 1.0,
-    ema: Annotated[float | None, typer.Option(help="EMA decay of the weights, e.g. 0.999.")] = None,
-    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
+    weight_decay: WeightDecayOption = 0.1,
+    warmup: WarmupOption = 1.0,
+    ema: EmaOption = None,
+    val_fraction: ValFractionOption = 0.1,
     fraction: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Train on this fraction of the pairs.")
     ] = 1.0,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on GPU.")] = True,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
-    save_period: Annotated[
-        int | None, typer.Option(min=1, help="Save state every N steps.")
-    ] = None,
+    amp: AmpOption = True,
+    compile: CompileOption = False,
+    save_period: SavePeriodOption = None,
     skip_bad: Annotated[
         bool, typer.Option(help="Warn about bad images and train on the rest.")
     ] = False,

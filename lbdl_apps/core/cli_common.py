@@ -139,6 +139,15 @@ PatienceOption = Annotated[
 ]
 OutOption = Annotated[Path | None, typer.Option(help="Output folder (created if missing).")]
 StrictOption = Annotated[bool, typer.Option(help="Stop at the first unreadable input (exit 2).")]
+WeightDecayOption = Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")]
+WarmupOption = Annotated[float, typer.Option(min=0.0, help="Warm-up epochs.")]
+EmaOption = Annotated[float | None, typer.Option(help="EMA decay of the weights, e.g. 0.999.")]
+ValFractionOption = Annotated[
+    float, typer.Option(min=0.0, max=0.9, help="Share of the data held out for validation.")
+]
+AmpOption = Annotated[bool, typer.Option(help="Mixed precision on GPU.")]
+CompileOption = Annotated[bool, typer.Option(help="torch.compile the model.")]
+SavePeriodOption = Annotated[int | None, typer.Option(min=1, help="Save state every N steps.")]
 
 
 def run_guarded(fn: Callable[[], Any], debug: bool) -> Any:

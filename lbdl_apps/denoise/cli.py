@@ -10,10 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from lbdl_apps.core.cli_common import (
+    AmpOption,
     BatchSizeOption,
     Common,
+    CompileOption,
     ConfigOption,
     DataOption,
+    EmaOption,
     EpochsOption,
     ExistOkOption,
     LrOption,
@@ -22,7 +25,11 @@ from lbdl_apps.core.cli_common import (
     PatienceOption,
     ResumeOption,
     RunDirOption,
+    SavePeriodOption,
     StrictOption,
+    ValFractionOption,
+    WarmupOption,
+    WeightDecayOption,
     WorkersOption,
     verb,
 )
@@ -60,22 +67,18 @@ def train(
         int | None, typer.Option(min=1, help="Patches per epoch (default 16 per image, >= 1024).")
     ] = None,
     width: Annotated[int | None, typer.Option(min=1, help="Base width (channels).")] = None,
-    depth: Annotated[
-        int | None, typer.Option(min=1, help="U-Net levels or DnCNN layers.")
-    ] = None,
+    depth: Annotated[int | None, typer.Option(min=1, help="U-Net levels or DnCNN layers.")] = None,
     channels: Annotated[
         int | None, typer.Option(help="1 (gray) or 3 (color); default: from the data.")
     ] = None,
     loss: Annotated[str, typer.Option(help="mse or l1.")] = "mse",
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = 1e-4,
-    warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up epochs.")] = 0.5,
-    ema: Annotated[float | None, typer.Option(help="EMA decay of the weights, e.g. 0.999.")] = None,
-    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on GPU.")] = True,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
-    save_period: Annotated[
-        int | None, typer.Option(min=1, help="Save state every N steps.")
-    ] = None,
+    weight_decay: WeightDecayOption = 1e-4,
+    warmup: WarmupOption = 0.5,
+    ema: EmaOption = None,
+    val_fraction: ValFractionOption = 0.1,
+    amp: AmpOption = True,
+    compile: CompileOption = False,
+    save_period: SavePeriodOption = None,
     skip_bad: Annotated[
         bool, typer.Option(help="Warn about bad images and train on the rest.")
     ] = False,
@@ -134,9 +137,7 @@ def predict(
         list[str] | None,
         typer.Option(help="Degrade the images first (seeded), to see the model undo it."),
     ] = None,
-    compare: Annotated[
-        bool, typer.Option(help="Also write input | output side by side.")
-    ] = False,
+    compare: Annotated[bool, typer.Option(help="Also write input | output side by side.")] = False,
     tile: TileOption = 256,
     overlap: OverlapOption = 32,
     strict: StrictOption = False,

@@ -11,10 +11,13 @@ from rich.console import Console
 from rich.table import Table
 
 from lbdl_apps.core.cli_common import (
+    AmpOption,
     BatchSizeOption,
     Common,
+    CompileOption,
     ConfigOption,
     DataOption,
+    EmaOption,
     EpochsOption,
     ExistOkOption,
     LrOption,
@@ -23,7 +26,11 @@ from lbdl_apps.core.cli_common import (
     PatienceOption,
     ResumeOption,
     RunDirOption,
+    SavePeriodOption,
     StrictOption,
+    ValFractionOption,
+    WarmupOption,
+    WeightDecayOption,
     WorkersOption,
     verb,
 )
@@ -101,15 +108,13 @@ def train(
         ),
     ] = None,
     scenes: Annotated[int, typer.Option(min=8, help="Built-in training scenes.")] = 2000,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = 1e-4,
-    warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up epochs.")] = 1.0,
-    ema: Annotated[float | None, typer.Option(help="EMA decay of the weights, e.g. 0.999.")] = None,
-    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.2,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on GPU.")] = True,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
-    save_period: Annotated[
-        int | None, typer.Option(min=1, help="Save state every N steps.")
-    ] = None,
+    weight_decay: WeightDecayOption = 1e-4,
+    warmup: WarmupOption = 1.0,
+    ema: EmaOption = None,
+    val_fraction: ValFractionOption = 0.2,
+    amp: AmpOption = True,
+    compile: CompileOption = False,
+    save_period: SavePeriodOption = None,
     skip_bad: Annotated[
         bool, typer.Option(help="Warn about bad annotations and train on the rest.")
     ] = False,

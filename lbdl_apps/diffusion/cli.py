@@ -10,8 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from lbdl_apps.core.cli_common import (
+    AmpOption,
     BatchSizeOption,
     Common,
+    CompileOption,
     ConfigOption,
     DataOption,
     EpochsOption,
@@ -22,6 +24,9 @@ from lbdl_apps.core.cli_common import (
     PatienceOption,
     ResumeOption,
     RunDirOption,
+    SavePeriodOption,
+    WarmupOption,
+    WeightDecayOption,
     WorkersOption,
     verb,
 )
@@ -108,13 +113,11 @@ def train(
         str | None, typer.Option(help="Start from this diffusion checkpoint (same model).")
     ] = None,
     ema: Annotated[float | None, typer.Option(help="EMA decay of the weights.")] = 0.999,
-    warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up epochs.")] = 0.5,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.0,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on GPU.")] = True,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
-    save_period: Annotated[
-        int | None, typer.Option(min=1, help="Save state every N steps.")
-    ] = None,
+    warmup: WarmupOption = 0.5,
+    weight_decay: WeightDecayOption = 0.0,
+    amp: AmpOption = True,
+    compile: CompileOption = False,
+    save_period: SavePeriodOption = None,
     skip_bad: Annotated[
         bool, typer.Option(help="Warn about bad images and train on the rest.")
     ] = False,

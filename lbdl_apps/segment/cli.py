@@ -10,10 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from lbdl_apps.core.cli_common import (
+    AmpOption,
     BatchSizeOption,
     Common,
+    CompileOption,
     ConfigOption,
     DataOption,
+    EmaOption,
     EpochsOption,
     ExistOkOption,
     LrOption,
@@ -22,7 +25,11 @@ from lbdl_apps.core.cli_common import (
     PatienceOption,
     ResumeOption,
     RunDirOption,
+    SavePeriodOption,
     StrictOption,
+    ValFractionOption,
+    WarmupOption,
+    WeightDecayOption,
     WorkersOption,
     verb,
 )
@@ -92,15 +99,13 @@ def train(
     vflip: Annotated[
         bool, typer.Option(help="Also flip vertically (microscopy, aerial images).")
     ] = False,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = 1e-4,
-    warmup: Annotated[float, typer.Option(min=0.0, help="Warm-up epochs.")] = 1.0,
-    ema: Annotated[float | None, typer.Option(help="EMA decay of the weights, e.g. 0.999.")] = None,
-    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.2,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on GPU.")] = True,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
-    save_period: Annotated[
-        int | None, typer.Option(min=1, help="Save state every N steps.")
-    ] = None,
+    weight_decay: WeightDecayOption = 1e-4,
+    warmup: WarmupOption = 1.0,
+    ema: EmaOption = None,
+    val_fraction: ValFractionOption = 0.2,
+    amp: AmpOption = True,
+    compile: CompileOption = False,
+    save_period: SavePeriodOption = None,
     skip_bad: Annotated[
         bool, typer.Option(help="Warn about bad image/mask pairs and train on the rest.")
     ] = False,
