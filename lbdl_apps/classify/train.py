@@ -17,7 +17,7 @@ from lbdl_apps.classify.metrics import classification_loss, evaluate_classifier
 from lbdl_apps.classify.model import build_model, default_config
 from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
-from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
+from lbdl_apps.core.distributed import finish_run, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.runs import make_run_dir, plot_confusion, resume_arguments, save_run_config
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
@@ -136,9 +136,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         scores = {f"test_{k}": v for k, v in test.items()}
         plot_confusion(per_class["confusion"], data.labels, run_dir / "confusion_matrix.png")
         console.print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
-    if is_main_process():
-        print(f"run folder: {run_dir}")  # also with --quiet, which only silences progress
-    finish_distributed()
+    finish_run(run_dir)
     return scores
 
 

@@ -37,7 +37,7 @@ from lbdl_apps.clip.model import CLIP, MODEL_SIZES, build_model, default_config
 from lbdl_apps.clip.tokenizer import TextTokenizer, train_bpe
 from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
-from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
+from lbdl_apps.core.distributed import finish_run, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
@@ -216,9 +216,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         clip = load(run_dir / "model.safetensors", device)
         scores = evaluate_pairs(clip, data.test, data.class_names, data.templates, 256)
         console.print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-    if is_main_process():
-        print(f"run folder: {run_dir}")  # also with --quiet, which only silences progress
-    finish_distributed()
+    finish_run(run_dir)
     return scores
 
 

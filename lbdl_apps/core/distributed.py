@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -60,3 +61,11 @@ def finish_distributed() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def finish_run(run_dir: Path) -> None:
+    """End a training command: name its run folder (rank 0; printed also with --quiet, which
+    only silences progress), then leave the process group."""
+    if is_main_process():
+        print(f"run folder: {run_dir}")
+    finish_distributed()

@@ -400,9 +400,7 @@ class Trainer:
         cfg = self.config
         self.model.to(self.device)
         self.ema = (
-            AveragedModel(
-                self.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True
-            )
+            AveragedModel(self.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
             if cfg.ema_decay is not None
             else None
         )

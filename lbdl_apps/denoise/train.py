@@ -22,7 +22,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
-from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
+from lbdl_apps.core.distributed import finish_run, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError, report
 from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
@@ -174,9 +174,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         quiet=common.quiet,
     )
     best = trainer.fit(resume=args.resume is not None)
-    if is_main_process():
-        print(f"run folder: {run_dir}")  # also with --quiet, which only silences progress
-    finish_distributed()
+    finish_run(run_dir)
     return best
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
-from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
+from lbdl_apps.core.distributed import finish_run, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
@@ -195,8 +195,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     if is_main_process():
         shown = {k: v for k, v in best.items() if k.startswith("val_")}
         console.print("best: " + ", ".join(f"{k} {float(v):.4f}" for k, v in shown.items()))
-        print(f"run folder: {run_dir}")  # also with --quiet, which only silences progress
-    finish_distributed()
+    finish_run(run_dir)
     return {k: float(v) for k, v in best.items() if isinstance(v, (int, float))}
 
 

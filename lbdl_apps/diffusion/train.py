@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 
 from lbdl_apps.core.cli_common import Common
-from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
+from lbdl_apps.core.distributed import finish_run, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
@@ -252,7 +252,5 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         samples = diffuser.sample(args.preview, steps=50, seed=common.seed, quiet=common.quiet)
         save_samples(samples, run_dir / "samples")
         console.print(f"preview: {run_dir / 'samples' / 'grid.png'}")
-    if is_main_process():
-        print(f"run folder: {run_dir}")  # also with --quiet, which only silences progress
-    finish_distributed()
+    finish_run(run_dir)
     return last
