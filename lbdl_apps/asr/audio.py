@@ -51,6 +51,14 @@ def resample(wave: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarr
         return _resampler(rate, target)(torch.from_numpy(wave)).numpy()
 
 
+def band_limit(wave: np.ndarray, rate: int) -> np.ndarray:
+    """A 16 kHz waveform passed through `rate` Hz and back: nothing above rate / 2 is left,
+    as in a recording made at that rate (synthesized speech mixed into 8 kHz data)."""
+    if rate >= SAMPLE_RATE:
+        return np.asarray(wave, dtype=np.float32)
+    return resample(resample(wave, SAMPLE_RATE, rate), rate)
+
+
 @lru_cache(maxsize=16)
 def _resampler(rate: int, target: int) -> torchaudio.transforms.Resample:
     """A resampler with its sinc kernel computed once per pair of rates."""

@@ -16,7 +16,14 @@ import torchaudio
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lbdl_apps.asr.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, log_mel, read_audio, resample
+from lbdl_apps.asr.audio import (
+    AUDIO_EXTENSIONS,
+    SAMPLE_RATE,
+    band_limit,
+    log_mel,
+    read_audio,
+    resample,
+)
 from lbdl_apps.asr.tokenizer import TextTokenizer
 from lbdl_apps.core.data import split_indices
 from lbdl_apps.core.errors import LbdlError, report
@@ -182,6 +189,14 @@ def check_utterances(utterances: list[Utterance], skip_bad: bool) -> list[Uttera
     for path, reason in bad:
         report(f"warning: skipping bad record {path}: {reason}")
     return good
+
+
+def lowest_sample_rate(utterances: list[Utterance]) -> int:
+    """The lowest native sample rate of the utterances' files (16 kHz when none is a file)."""
+    import soundfile
+
+    rates = {soundfile.info(str(u.path)).samplerate for u in utterances if u.path is not None}
+    return min(rates, default=SAMPLE_RATE)
 
 
 # ------------------------------------------------------------------ augmentation
@@ -366,6 +381,8 @@ def load_speech_data(
         from lbdl_apps.asr.builtin import make_speech
 
         waves, texts = make_speech(extra_builtin, seed=1000 * seed + 7, kind="digit", silence=0.0)
+        rate = lowest_sample_rate(utterances)
+        waves = [band_limit(w, rate) for w in waves]
         train += [Utterance(t, wave=w, speaker="espeak") for w, t in zip(waves, texts, strict=True)]
     source = f"{data} ({kind}, {len(utterances)} utterances)"
     return SpeechData(train, val, test, source, held)

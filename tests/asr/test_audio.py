@@ -10,7 +10,7 @@ import soundfile
 import torch
 import torchaudio
 
-from lbdl_apps.asr.audio import SAMPLE_RATE, log_mel, read_audio
+from lbdl_apps.asr.audio import SAMPLE_RATE, band_limit, log_mel, read_audio
 from lbdl_apps.core.errors import LbdlError
 
 
@@ -68,3 +68,13 @@ def test_bad_audio_files_are_named_errors(tmp_path: Path) -> None:
     ]:
         with pytest.raises(LbdlError, match=rf"{name}: ({reason})"):
             read_audio(tmp_path / name)
+
+
+def test_band_limit_removes_what_an_8khz_recording_cannot_hold() -> None:
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    low, high = np.sin(2 * np.pi * 1000 * t), np.sin(2 * np.pi * 6000 * t)
+    limited = band_limit((low + high).astype(np.float32), 8000)
+    spectrum = np.abs(np.fft.rfft(limited))  # 1 Hz per bin over one second
+    assert spectrum[6000] < 0.01 * spectrum[1000]
+    assert 0.9 < spectrum[1000] / np.abs(np.fft.rfft(low))[1000] < 1.1
+    assert np.allclose(band_limit(low, 16_000), low)
