@@ -49,6 +49,7 @@ CONFIG: dict[str, Any] = {
     "vocab_size": 300,
     "max_tokens": 16,
     "label_smoothing": 0.1,
+    "normalization": "band-mean",
     "extra_builtin": 500,
     "speed": 0.15,
     "noise_snr": 10.0,

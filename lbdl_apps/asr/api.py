@@ -51,12 +51,14 @@ class Recognizer:
         self.meta = meta
         self.tokenizer = TextTokenizer.from_json(meta["tokenizer"])
         self.device = device
+        # checkpoints from before the option existed were trained on Whisper's scaling
+        self.normalization = meta.get("preprocessing", {}).get("normalization", "whisper")
 
     def decode(
         self, waves: list[np.ndarray], beam_size: int = 1, max_tokens: int | None = None
     ) -> list[Hypothesis]:
         """Hypotheses for a batch of 16 kHz waveforms (each at most 30 s)."""
-        mel, frames = pad_mels([log_mel(w) for w in waves])
+        mel, frames = pad_mels([log_mel(w, self.normalization) for w in waves])
         mel, frames = mel.to(self.device), frames.to(self.device)
         t = self.tokenizer
         if beam_size > 1:

@@ -2,7 +2,10 @@
 
 Files are read with soundfile (wav, flac, ogg, mp3), mixed down to mono and resampled to
 16 kHz with torchaudio; the model sees an 80-bin log-mel spectrogram with 25 ms windows
-every 10 ms, clamped to 8 decades below its maximum and scaled to about [-1, 1] (Whisper).
+every 10 ms, clamped to 8 decades below its maximum, then either scaled to about [-1, 1]
+(Whisper) or, by default, with each mel band's mean over the utterance removed (cepstral mean
+normalization: a microphone or room multiplies every band by its own gain, a shift of the log
+that this cancels, so voices recorded on other equipment look alike).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ SAMPLE_RATE = 16_000
 N_FFT = 400  # 25 ms at 16 kHz
 HOP = 160  # 10 ms
 N_MELS = 80
+NORMALIZATIONS = ("band-mean", "whisper")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 
 
@@ -72,17 +76,23 @@ def _mel_transform() -> torchaudio.transforms.MelSpectrogram:
     )
 
 
-def normalize_log_mel(mel: Tensor) -> Tensor:
-    """log10 of a power mel spectrogram (..., 80, T), floored 8 decades below its max, / 4."""
+def normalize_log_mel(mel: Tensor, normalization: str = "whisper") -> Tensor:
+    """log10 of a power mel spectrogram (..., 80, T), floored 8 decades below its max, then
+    "whisper": (x + 4) / 4; "band-mean": minus each band's mean over time, / 2."""
     log = mel.clamp(min=1e-10).log10()
     peak = log.amax(dim=(-2, -1), keepdim=True)
-    return (torch.maximum(log, peak - 8.0) + 4.0) / 4.0
+    log = torch.maximum(log, peak - 8.0)
+    if normalization == "whisper":
+        return (log + 4.0) / 4.0
+    if normalization == "band-mean":
+        return (log - log.mean(dim=-1, keepdim=True)) / 2.0
+    raise LbdlError(f"--normalization {normalization}: choose {' or '.join(NORMALIZATIONS)}")
 
 
-def log_mel(wave: np.ndarray | Tensor) -> Tensor:
+def log_mel(wave: np.ndarray | Tensor, normalization: str = "whisper") -> Tensor:
     """One 16 kHz waveform -> its (80, samples // 160) normalized log-mel spectrogram (the
     last centered frame dropped, as Whisper: 30 s give exactly 3000 frames)."""
     wave = torch.as_tensor(np.asarray(wave, dtype=np.float32))
     if len(wave) < N_FFT:
         raise LbdlError(f"audio too short: {len(wave)} samples, at least {N_FFT} needed")
-    return normalize_log_mel(_mel_transform()(wave)[..., :-1])
+    return normalize_log_mel(_mel_transform()(wave)[..., :-1], normalization)

@@ -67,6 +67,9 @@ def train(
     max_tokens: Annotated[int, typer.Option(min=4, help="Longest token sequence.")] = 96,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.1,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.0,
+    normalization: Annotated[
+        str, typer.Option(help="Log-mel scaling: band-mean (per-band mean removed) or whisper.")
+    ] = "band-mean",
     split_by: Annotated[
         str, typer.Option(help="random, or speaker (test speakers unseen in training).")
     ] = "random",

@@ -242,9 +242,14 @@ class SpeechDataset(Dataset):
     memory after the first read; augmentation is drawn afresh at every access."""
 
     def __init__(
-        self, utterances: list[Utterance], tokenizer: TextTokenizer, augment: Augment | None = None
+        self,
+        utterances: list[Utterance],
+        tokenizer: TextTokenizer,
+        augment: Augment | None = None,
+        normalization: str = "whisper",
     ) -> None:
         self.utterances = utterances
+        self.normalization = normalization
         self.tokenizer = tokenizer
         self.augment = augment
         self.waves: dict[int, np.ndarray] = {}
@@ -259,7 +264,7 @@ class SpeechDataset(Dataset):
         if self.augment is not None:
             rng = np.random.default_rng(int(torch.randint(0, 2**31, ()).item()))
             wave = self.augment.wave(wave, rng)
-        mel = log_mel(wave)
+        mel = log_mel(wave, self.normalization)
         if self.augment is not None:
             mel = self.augment.spectrogram(mel)
         return mel, self.tokenizer.target(self.utterances[index].text)

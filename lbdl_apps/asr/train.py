@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
 from lbdl_apps.asr.api import TASK, Recognizer, load
+from lbdl_apps.asr.audio import NORMALIZATIONS
 from lbdl_apps.asr.data import (
     Augment,
     Batch,
@@ -53,6 +54,7 @@ class TrainArgs(TrainOptions):
     vocab_size: int = 512
     max_tokens: int = 96
     label_smoothing: float = 0.1
+    normalization: str = "band-mean"
     dropout: float = 0.0
     split_by: str = "random"
     test_speakers: str | None = None  # comma-separated
@@ -148,6 +150,8 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     if args.resume is not None:
         args, common = resume_arguments(args, common, TASK)
     default_config(args.model, 0)  # an unknown model or split is an error before any data work
+    if args.normalization not in NORMALIZATIONS:
+        raise LbdlError(f"--normalization {args.normalization}: choose {', '.join(NORMALIZATIONS)}")
     if args.split_by not in ("random", "speaker"):
         raise LbdlError(f"--split-by {args.split_by}: choose random or speaker")
     device = init_distributed(common.torch_device())
@@ -175,7 +179,8 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         "task": TASK,
         "config": config,
         "tokenizer": tokenizer.to_json(),
-        "preprocessing": {"sample_rate": 16_000, "n_mels": 80, "n_fft": 400, "hop": 160},
+        "preprocessing": {"sample_rate": 16_000, "n_mels": 80, "n_fft": 400, "hop": 160,
+                          "normalization": args.normalization},
         "data": args.data,
         "seed": common.seed,
         **{k: getattr(args, k) for k in (
@@ -186,8 +191,8 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     collate = make_collate(tokenizer.sot, tokenizer.pad)
     trainer = Trainer(
         model,
-        SpeechDataset(data.train, tokenizer, _augment(args)),
-        SpeechDataset(data.val, tokenizer) if data.val else None,
+        SpeechDataset(data.train, tokenizer, _augment(args), args.normalization),
+        SpeechDataset(data.val, tokenizer, None, args.normalization) if data.val else None,
         loss_fn=lambda m, b: speech_loss(m, b, args.label_smoothing),
         evaluate_fn=validation_fn(tokenizer, args.max_tokens),
         config=TrainConfig.from_args(args, common.seed, monitor="val_wer", mode="min"),

@@ -78,3 +78,18 @@ def test_band_limit_removes_what_an_8khz_recording_cannot_hold() -> None:
     assert spectrum[6000] < 0.01 * spectrum[1000]
     assert 0.9 < spectrum[1000] / np.abs(np.fft.rfft(low))[1000] < 1.1
     assert np.allclose(band_limit(low, 16_000), low)
+
+
+def test_band_mean_normalization_cancels_a_microphone_gain_per_band() -> None:
+    """A recording chain multiplies each band's power by its own gain: the per-band mean
+    removal gives the same features for both, Whisper's scaling does not."""
+    from lbdl_apps.asr.audio import normalize_log_mel
+
+    mel = torch.rand(80, 50) + 0.1
+    gains = torch.logspace(-1, 1, 80)[:, None]  # -10 dB to +10 dB across the bands
+    same = normalize_log_mel(mel * gains, "band-mean")
+    assert torch.allclose(same, normalize_log_mel(mel, "band-mean"), atol=1e-5)
+    assert same.mean(dim=-1).abs().max() < 1e-5
+    assert not torch.allclose(normalize_log_mel(mel * gains), normalize_log_mel(mel), atol=0.1)
+    with pytest.raises(LbdlError, match="--normalization"):
+        normalize_log_mel(mel, "unknown")
