@@ -216,30 +216,50 @@ class Learner:
         optimizer = torch.optim.Adam(online.parameters(), lr=args.lr, fused=fused or None)
         return cls(online, target, optimizer, args, device)
 
-    def train_step(self, memory: ReplayMemory) -> torch.Tensor:
-        """One gradient step on a sampled batch; returns the loss (on the device)."""
-        batch = memory.sample(self.args.batch_size)
-        device = self.device
+    def train_round(self, memory: ReplayMemory, updates: int) -> list[torch.Tensor]:
+        """`updates` gradient steps; returns their losses (on the device).
+
+        Neither the memory nor the target network changes during a round, so its batches
+        are drawn at once and, without Double DQN, their Bellman targets come from a single
+        forward pass of the target network."""
+        size, device = self.args.batch_size, self.device
+        batch = memory.sample(size * updates)
         obs = torch.from_numpy(batch.obs).to(device)
         next_obs = torch.from_numpy(batch.next_obs).to(device)
         actions = torch.from_numpy(batch.actions).to(device)
-        targets = td_targets(
-            torch.from_numpy(batch.returns).to(device),
-            next_obs,
-            torch.from_numpy(batch.dones).to(device),
-            torch.from_numpy(batch.discounts).to(device),
-            self.target,
-            self.online if self.args.double else None,
-        )
-        q_taken = self.online(obs).gather(1, actions[:, None]).squeeze(1)
-        loss = td_loss(q_taken, targets, self.args.loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.args.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.online.parameters(), self.args.max_grad_norm)
-        self.optimizer.step()
-        self.updates += 1
-        return loss.detach()
+        returns = torch.from_numpy(batch.returns).to(device)
+        dones = torch.from_numpy(batch.dones).to(device)
+        discounts = torch.from_numpy(batch.discounts).to(device)
+        double = self.args.double
+        targets = None if double else td_targets(returns, next_obs, dones, discounts, self.target)
+        losses = []
+        for first in range(0, size * updates, size):
+            part = slice(first, first + size)
+            if double:
+                target = td_targets(
+                    returns[part],
+                    next_obs[part],
+                    dones[part],
+                    discounts[part],
+                    self.target,
+                    self.online,
+                )
+            else:
+                target = targets[part]
+            q_taken = self.online(obs[part]).gather(1, actions[part, None]).squeeze(1)
+            loss = td_loss(q_taken, target, self.args.loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.args.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(self.parameters, self.args.max_grad_norm)
+            self.optimizer.step()
+            losses.append(loss.detach())
+        self.updates += updates
+        return losses
+
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        return self.optimizer.param_groups[0]["params"]
 
 
 @dataclass
@@ -510,8 +530,7 @@ class Run:
         if progress.step < max(self.warm_until, args.batch_size) or due < args.train_freq:
             return
         updates = args.gradient_steps if args.gradient_steps > 0 else due
-        for _ in range(updates):
-            losses.append(self.learner.train_step(self.memory))
+        losses += self.learner.train_round(self.memory, updates)
         progress.last_train = progress.step
 
     def _checkpoint(

@@ -3,6 +3,7 @@ scheduled, learning that clearly beats a random policy, resume (book 6.7)."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ from rich.console import Console
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.dqn.agent import Run, TrainArgs, epsilon_at, evaluate_policy, run_training
 from lbdl_apps.dqn.api import load
+from lbdl_apps.dqn.loss import td_loss, td_targets
 
 
 def test_epsilon_decays_linearly_then_stays():
@@ -142,3 +144,37 @@ def test_atari_loop_with_two_envs_ends_transitions_at_lost_lives(tmp_path):
     assert lost_lives.sum() >= 2
     assert summary["updates"] == (400 - 200) // 4 + 1
     assert run.learner.online(torch.from_numpy(memory.sample(4).obs)).shape == (4, 4)
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_a_batched_round_equals_one_gradient_step_after_another(tmp_path, double):
+    """A round draws all its batches at once (and, without Double DQN, values all their
+    next states in one pass); the weights must be those of the step-by-step algorithm."""
+    run, _ = short_run(tmp_path, 200, double=double)
+    learner, memory, size = run.learner, run.memory, run.args.batch_size
+    reference = copy.deepcopy(learner)
+    rng_state = copy.deepcopy(memory.rng.bit_generator.state)
+    batch = memory.sample(size * 5)
+    memory.rng.bit_generator.state = rng_state
+    losses = learner.train_round(memory, 5)
+
+    params = reference.parameters
+    for step in range(5):
+        part = slice(step * size, (step + 1) * size)
+        tensors = [
+            torch.from_numpy(getattr(batch, name)[part])
+            for name in ("obs", "actions", "returns", "next_obs", "dones", "discounts")
+        ]
+        obs, actions, returns, next_obs, dones, discounts = tensors
+        online = reference.online if double else None
+        targets = td_targets(returns, next_obs, dones, discounts, reference.target, online)
+        q_taken = reference.online(obs).gather(1, actions[:, None]).squeeze(1)
+        loss = td_loss(q_taken, targets, "huber")
+        reference.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, run.args.max_grad_norm)
+        reference.optimizer.step()
+        assert losses[step].item() == pytest.approx(loss.item(), rel=1e-5)
+    for ours, theirs in zip(learner.online.parameters(), params, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert learner.updates == reference.updates + 5
