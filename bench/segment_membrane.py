@@ -63,9 +63,13 @@ def inference_speed(unet: torch.nn.Module, size: int, batch: int, rounds: int, r
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run that only prints")
+    parser.add_argument("--result", default="segment_membrane", help="name of the JSON written")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--width", type=int, default=16, help="U-Net base width")
+    parser.add_argument("--elastic", type=float, default=0.0, help="elastic deformation, pixels")
+    parser.add_argument("--ema", type=float, default=None, help="EMA decay of the weights")
+    parser.add_argument("--dice", type=float, default=0.5, help="weight of the Dice loss")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -86,7 +90,9 @@ def main() -> None:
         lr=5e-3,
         warmup=1.0,
         val_fraction=0.2,  # 5 of 25 images held out (seeded)
-        dice=0.5,
+        dice=args.dice,
+        elastic=args.elastic,
+        ema=args.ema,
     )
     common = Common(threads=args.threads, seed=args.seed, quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,7 +149,7 @@ def main() -> None:
         print(f"{key:28s} {value}")
     print("goals met" if result["goals_met"] else "goals NOT met", goals)
     if not quick:
-        print(f"written: {write_result('segment_membrane', result)}")
+        print(f"written: {write_result(args.result, result)}")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,13 @@ def train(
     vflip: Annotated[
         bool, typer.Option(help="Also flip vertically (microscopy, aerial images).")
     ] = False,
+    elastic: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Elastic deformation of about this many pixels (0: off; microscopy: 2-4).",
+        ),
+    ] = 0.0,
     weight_decay: WeightDecayOption = 1e-4,
     warmup: WarmupOption = 1.0,
     ema: EmaOption = None,

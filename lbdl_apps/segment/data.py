@@ -5,6 +5,7 @@ step uses nearest-neighbour on them) and the bad-record rule for training sets."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,16 +180,20 @@ def build_transform(
     std: Sequence[float],
     scale: tuple[float, float] = (0.75, 1.25),
     vflip: bool = False,
+    elastic: float = 0.0,
 ) -> v2.Compose:
     """(image, Mask) -> (normalized float image, Mask). Training: random scale, random crop
     to `image_size` (padded where the image is smaller; padding is ignored in the mask),
-    horizontal (and with `vflip` vertical) flips, brightness/contrast on the image only."""
+    with `elastic` > 0 a smooth elastic deformation of about that many pixels (the U-Net
+    paper's augmentation for microscopy), horizontal (and with `vflip` vertical) flips,
+    brightness/contrast on the image only."""
     steps: list[Any] = []
     if train:
         fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}
         steps += [
             v2.RandomAffine(degrees=0, scale=scale, fill=fill),
             v2.RandomCrop(image_size, pad_if_needed=True, fill=fill),
+            *([elastic_deformation(elastic, fill)] if elastic > 0 else []),
             v2.RandomHorizontalFlip(),
             *([v2.RandomVerticalFlip()] if vflip else []),
             v2.ColorJitter(brightness=0.2, contrast=0.2),
@@ -198,6 +203,18 @@ def build_transform(
         v2.Normalize(list(mean), list(std)),
     ]
     return v2.Compose(steps)
+
+
+ELASTIC_SMOOTHNESS = 8.0  # pixels: the Gaussian sigma that smooths the displacement field
+
+
+def elastic_deformation(pixels: float, fill: dict[type, int]) -> v2.ElasticTransform:
+    """An elastic deformation whose displacements have a standard deviation of about `pixels`.
+
+    torchvision blurs uniform noise in [-1, 1] with a Gaussian of sigma s (standard deviation
+    about 1 / (s * sqrt(12 pi))) and scales it by alpha / 2 pixels: alpha follows."""
+    alpha = pixels * 2 * ELASTIC_SMOOTHNESS * math.sqrt(12 * math.pi)
+    return v2.ElasticTransform(alpha=alpha, sigma=ELASTIC_SMOOTHNESS, fill=fill)
 
 
 class PairDataset(Dataset):
@@ -467,6 +484,7 @@ def load_segment_data(
     scenes: int = 400,
     announce: Any = None,
     vflip: bool = False,
+    elastic: float = 0.0,
 ) -> SegData:
     """Read a segmentation dataset (see the module doc), check every record and build the
     datasets. `labels`/`preprocessing` (from a checkpoint) fix classes and normalization."""
@@ -535,7 +553,10 @@ def load_segment_data(
     counts = counts[: len(names)]
     return SegData(
         train=PairDataset(
-            train_pairs, mode, chosen, build_transform(True, size, mean, std, vflip=vflip)
+            train_pairs,
+            mode,
+            chosen,
+            build_transform(True, size, mean, std, vflip=vflip, elastic=elastic),
         ),
         val=PairDataset(val_pairs, mode, chosen, build_transform(False, size, mean, std)),
         labels=list(names),

@@ -44,6 +44,7 @@ class TrainArgs(TrainOptions):
     scenes: int = 400
     repeat: int = 1
     vflip: bool = False
+    elastic: float = 0.0
     val_fraction: float = 0.2
 
 
@@ -83,6 +84,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         scenes=args.scenes,
         announce=console.print,
         vflip=args.vflip,
+        elastic=args.elastic,
     )
     console.print(
         f"data: {data.source}; {len(data.train)} train, {len(data.val)} val images, "

@@ -17,6 +17,7 @@ from lbdl_apps.segment.data import (
     VOC_CLASSES,
     apply_pair,
     build_transform,
+    elastic_deformation,
     load_segment_data,
     make_scenes,
     read_mask_array,
@@ -185,14 +186,15 @@ def test_image_without_mask_and_empty_folder(tmp_path: Path) -> None:
         load_segment_data(str(tmp_path / "images"))
 
 
-def test_joint_augmentation_keeps_image_and_mask_aligned() -> None:
+@pytest.mark.parametrize("elastic", [0.0, 3.0])
+def test_joint_augmentation_keeps_image_and_mask_aligned(elastic: float) -> None:
     """The image's pixel value encodes the class (value = 50 x class + 10): after random
-    scale, crop, flip, the mask must still equal f(image) wherever nearest interpolation
-    leaves a pure value (padding: image 0 and mask ignored)."""
+    scale, crop, elastic deformation, flip, the mask must still equal f(image) wherever
+    interpolation leaves a pure value (padding: image 0 and mask ignored)."""
     rng = np.random.default_rng(0)
     mask = rng.integers(0, 4, (12, 12)).repeat(4, 0).repeat(4, 1).astype(np.uint8)
     image = torch.from_numpy(mask * 50 + 10)[None]
-    transform = build_transform(True, 40, [0.0], [1 / 255], scale=(0.6, 1.4))
+    transform = build_transform(True, 40, [0.0], [1 / 255], scale=(0.6, 1.4), elastic=elastic)
     transform.transforms = [  # no photometric change: values must stay readable
         t for t in transform.transforms if type(t).__name__ != "ColorJitter"
     ]
@@ -205,11 +207,24 @@ def test_joint_augmentation_keeps_image_and_mask_aligned() -> None:
         pure = (values - 10) % 50 == 0
         pure &= values >= 10
         padded = out_mask == IGNORE
-        assert (values[padded] == 0).all()
+        if not elastic:  # a deformed border blends the image with the padding
+            assert (values[padded] == 0).all()
         same = (values[pure & ~padded] - 10) // 50 == out_mask[pure & ~padded]
         assert same.float().mean() > 0.97, seed  # bilinear image edges may round onto a class
         checked += int(pure.sum())
     assert checked > 20 * 40 * 40 * 0.5
+
+
+def test_elastic_deformation_moves_pixels_by_about_the_asked_amount() -> None:
+    """An image whose value is its column: after the deformation, value - column is the
+    horizontal displacement, whose standard deviation must be about the pixels asked."""
+    columns = torch.arange(128.0).expand(1, 128, 128).contiguous()
+    for pixels in (1.0, 4.0):
+        torch.manual_seed(0)
+        deform = elastic_deformation(pixels, {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE})
+        moved = [deform(tv_tensors.Image(columns))[0, 24:-24, 24:-24] for _ in range(8)]
+        shift = torch.stack(moved) - columns[0, 24:-24, 24:-24]
+        assert 0.7 * pixels < shift.std() < 1.4 * pixels
 
 
 def test_transform_keeps_mask_a_mask() -> None:
