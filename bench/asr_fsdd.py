@@ -42,7 +42,7 @@ GOAL_WER = 0.05
 # Settings of every fold (TrainArgs fields besides data, test speaker and run folder).
 CONFIG: dict[str, Any] = {
     "model": "nano",
-    "epochs": 12,
+    "epochs": 8,
     "batch_size": 16,
     "lr": 2e-3,
     "warmup": 0.5,
@@ -114,7 +114,12 @@ def main() -> None:
     if not (REPO / DATA).is_dir():
         raise SystemExit(f"{REPO / DATA} is absent")
     changes = dict(item.split("=", 1) for item in options.set)
-    config = {**CONFIG, **{k: type(CONFIG[k])(v) for k, v in changes.items()}}
+    defaults = {**{k: f.default for k, f in TrainArgs.__dataclass_fields__.items()}, **CONFIG}
+    unknown = sorted(set(changes) - set(defaults))
+    if unknown:
+        raise SystemExit(f"--set: unknown settings {', '.join(unknown)}")
+    parsers = {k: float if defaults[k] is None else type(defaults[k]) for k in changes}
+    config = {**CONFIG, **{k: parsers[k](v) for k, v in changes.items()}}
     config |= QUICK if options.quick else {}
     speakers = options.speakers[:1] if options.quick else options.speakers
     for speaker in speakers:
