@@ -31,6 +31,7 @@ from lbdl_apps.core.cli_common import (
     WarmupOption,
     WeightDecayOption,
     WorkersOption,
+    from_options,
     verb,
 )
 
@@ -110,7 +111,7 @@ def train(
     """Train on a manifest, a wav + txt folder, LibriSpeech, FSDD or built-in synthesized speech."""
     from lbdl_apps.asr.train import TrainArgs, run_training
 
-    args = TrainArgs(**{k: v for k, v in locals().items() if k in TrainArgs.__dataclass_fields__})
+    args = from_options(TrainArgs, locals())
     run_training(args, common)
 
 

@@ -34,6 +34,7 @@ from lbdl_apps.core.cli_common import (
     WarmupOption,
     WeightDecayOption,
     WorkersOption,
+    from_options,
     verb,
 )
 
@@ -101,7 +102,7 @@ def train(
     """Train a classifier on an image folder, idx files, a CSV or the built-in shapes."""
     from lbdl_apps.classify.train import TrainArgs, run_training
 
-    args = TrainArgs(**{k: v for k, v in locals().items() if k in TrainArgs.__dataclass_fields__})
+    args = from_options(TrainArgs, locals())
     run_training(args, common)
 
 

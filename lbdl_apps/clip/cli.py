@@ -31,6 +31,7 @@ from lbdl_apps.core.cli_common import (
     WarmupOption,
     WeightDecayOption,
     WorkersOption,
+    from_options,
     verb,
 )
 
@@ -108,7 +109,7 @@ def train(
     templates, idx files."""
     from lbdl_apps.clip.train import TrainArgs, run_training
 
-    args = TrainArgs(**{k: v for k, v in locals().items() if k in TrainArgs.__dataclass_fields__})
+    args = from_options(TrainArgs, locals())
     run_training(args, common)
 
 

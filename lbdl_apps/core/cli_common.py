@@ -7,9 +7,9 @@ import inspect
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperGroup
@@ -19,6 +19,16 @@ from lbdl_apps.core.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, LbdlError, 
 PANEL = "Common options"
 # The click that typer runs on (recent typer releases vendor their own copy).
 click_exceptions = sys.modules[typer.BadParameter.__module__]
+
+
+Settings = TypeVar("Settings")
+
+
+def from_options(cls: type[Settings], values: dict[str, Any]) -> Settings:
+    """The dataclass `cls` built from a verb's options (its `locals()`): the values whose
+    names are fields of `cls`."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass

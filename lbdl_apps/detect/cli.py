@@ -32,6 +32,7 @@ from lbdl_apps.core.cli_common import (
     WarmupOption,
     WeightDecayOption,
     WorkersOption,
+    from_options,
     verb,
 )
 
@@ -124,7 +125,7 @@ def train(
     """Train an SSD on VOC, COCO or YOLO data, or on built-in scenes of shapes."""
     from lbdl_apps.detect.train import TrainArgs, run_training
 
-    args = TrainArgs(**{k: v for k, v in locals().items() if k in TrainArgs.__dataclass_fields__})
+    args = from_options(TrainArgs, locals())
     run_training(args, common)
 
 

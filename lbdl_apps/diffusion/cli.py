@@ -28,6 +28,7 @@ from lbdl_apps.core.cli_common import (
     WarmupOption,
     WeightDecayOption,
     WorkersOption,
+    from_options,
     verb,
 )
 
@@ -127,7 +128,7 @@ def train(
     """Train a denoiser on images, classes, captions or the built-in scenes."""
     from lbdl_apps.diffusion.train import TrainArgs, run_training
 
-    args = TrainArgs(**{k: v for k, v in locals().items() if k in TrainArgs.__dataclass_fields__})
+    args = from_options(TrainArgs, locals())
     run_training(args, common)
 
 
@@ -260,5 +261,5 @@ def train_guide(
     """Train a noised CLIP (noised images, the step as input) for sample --clip-guide."""
     from lbdl_apps.diffusion.guide import GuideArgs, run_train_guide
 
-    args = GuideArgs(**{k: v for k, v in locals().items() if k in GuideArgs.__dataclass_fields__})
+    args = from_options(GuideArgs, locals())
     run_train_guide(args, common)

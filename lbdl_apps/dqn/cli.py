@@ -16,6 +16,7 @@ from lbdl_apps.core.cli_common import (
     OutOption,
     ResumeOption,
     RunDirOption,
+    from_options,
     verb,
 )
 
@@ -129,9 +130,9 @@ def train(
     """Train a DQN agent; CartPole-v1 by default, Atari with --env ALE/Pong-v5."""
     from lbdl_apps.dqn.agent import TrainArgs, run_training
 
-    values = {k: v for k, v in locals().items() if k in TrainArgs.__dataclass_fields__}
-    values["hidden"] = _hidden(hidden)
-    run_training(TrainArgs(**values), common)
+    args = from_options(TrainArgs, locals())
+    args.hidden = _hidden(hidden)
+    run_training(args, common)
 
 
 @verb(app)

@@ -31,6 +31,7 @@ from lbdl_apps.core.cli_common import (
     WarmupOption,
     WeightDecayOption,
     WorkersOption,
+    from_options,
     verb,
 )
 
@@ -122,7 +123,7 @@ def train(
     """Train a segmentation model on image + mask folders, Pascal VOC or built-in scenes."""
     from lbdl_apps.segment.train import TrainArgs, run_training
 
-    args = TrainArgs(**{k: v for k, v in locals().items() if k in TrainArgs.__dataclass_fields__})
+    args = from_options(TrainArgs, locals())
     run_training(args, common)
 
 

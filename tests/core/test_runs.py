@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lbdl_apps.core.checkpoint import save_state
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.core.cli_common import Common, from_options
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.runs import (
     MetricsLog,
@@ -87,3 +87,15 @@ def test_resume_arguments_restore_the_saved_run(tmp_path: Path, capsys) -> None:
         resume_arguments(_Args(resume=run), Common(), "classify")
     with pytest.raises(LbdlError, match=r"no state\.pt"):
         resume_arguments(_Args(resume=tmp_path), Common(), "classify")
+
+
+def test_from_options_keeps_the_fields_and_drops_the_rest() -> None:
+    @dataclass
+    class Args:
+        epochs: int = 1
+        lr: float = 0.1
+
+    def verb(epochs: int, lr: float, common: Common) -> Args:
+        return from_options(Args, locals())
+
+    assert verb(7, 0.5, Common()) == Args(epochs=7, lr=0.5)
