@@ -37,6 +37,7 @@ CLASSIC_DEFAULTS: dict[str, Any] = {
     "buffer_size": 100_000,
     "batch_size": 64,
     "lr": 2.3e-3,
+    "adam_eps": 1e-8,
     "learning_starts": 1000,
     "train_freq": 256,
     "gradient_steps": 128,
@@ -67,6 +68,10 @@ ATARI_DEFAULTS: dict[str, Any] = {
     "buffer_size": 100_000,
     "batch_size": 32,
     "lr": 1e-4,
+    # Adam's default 1e-8 turns the tiny, steady gradients that reach the first conv layer
+    # early on into full-size steps, which can silence its ReLUs for good (seen on Pong);
+    # 1.5e-4, as in Rainbow, keeps those steps small.
+    "adam_eps": 1.5e-4,
     "learning_starts": 80_000,
     "train_freq": 4,
     "gradient_steps": 1,
@@ -92,6 +97,7 @@ class TrainArgs:
     buffer_size: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    adam_eps: float | None = None
     gamma: float = 0.99
     learning_starts: int | None = None
     train_freq: int | None = None
@@ -213,7 +219,9 @@ class Learner:
         target.load_state_dict(online.state_dict())
         target.requires_grad_(False)
         fused = device.type in ("cpu", "cuda")  # one kernel for all parameters: ~10% faster steps
-        optimizer = torch.optim.Adam(online.parameters(), lr=args.lr, fused=fused or None)
+        optimizer = torch.optim.Adam(
+            online.parameters(), lr=args.lr, eps=args.adam_eps, fused=fused or None
+        )
         return cls(online, target, optimizer, args, device)
 
     def train_round(self, memory: ReplayMemory, updates: int) -> list[torch.Tensor]:

@@ -57,6 +57,10 @@ def train(
     lr: Annotated[
         float | None, typer.Option(min=0.0, help=f"Adam learning rate {Default}.")
     ] = None,
+    adam_eps: Annotated[
+        float | None,
+        typer.Option(min=0.0, help=f"Adam epsilon {Default} (Atari 1.5e-4, else 1e-8)."),
+    ] = None,
     gamma: Annotated[float, typer.Option(help="Discount factor.")] = 0.99,
     learning_starts: Annotated[
         int | None, typer.Option(min=0, help=f"Steps before learning {Default}.")

@@ -12,7 +12,14 @@ import torch
 from rich.console import Console
 
 from lbdl_apps.core.cli_common import Common
-from lbdl_apps.dqn.agent import Run, TrainArgs, epsilon_at, evaluate_policy, run_training
+from lbdl_apps.dqn.agent import (
+    Learner,
+    Run,
+    TrainArgs,
+    epsilon_at,
+    evaluate_policy,
+    run_training,
+)
 from lbdl_apps.dqn.api import load
 from lbdl_apps.dqn.loss import td_loss, td_targets
 
@@ -178,3 +185,19 @@ def test_a_batched_round_equals_one_gradient_step_after_another(tmp_path, double
     for ours, theirs in zip(learner.online.parameters(), params, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     assert learner.updates == reference.updates + 5
+
+
+@pytest.mark.parametrize(
+    ("env", "asked", "expected"),
+    [("ALE/Pong-v5", None, 1.5e-4), ("CartPole-v1", None, 1e-8), ("ALE/Pong-v5", 1e-6, 1e-6)],
+)
+def test_adam_epsilon_follows_the_environment_unless_asked(env, asked, expected):
+    args = TrainArgs(env=env, adam_eps=asked)
+    args = args.resolved(args.env_settings())
+    config = (
+        {"kind": "nature", "in_channels": 4, "frame_size": 84, "n_actions": 6, "dueling": False}
+        if env.startswith("ALE/")
+        else {"kind": "mlp", "obs_dim": 4, "n_actions": 2, "hidden": [8], "dueling": False}
+    )
+    learner = Learner.create(config, args, torch.device("cpu"))
+    assert learner.optimizer.param_groups[0]["eps"] == expected
