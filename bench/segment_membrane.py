@@ -84,7 +84,7 @@ def main() -> None:
         depth=4,
         blocks=2,
         image_size=128,
-        epochs=args.epochs or (2 if quick else 16),
+        epochs=args.epochs or (2 if quick else 40),
         repeat=4 if quick else 16,
         batch_size=8,
         lr=5e-3,
