@@ -50,6 +50,7 @@ CONFIG: dict[str, Any] = {
     "max_tokens": 16,
     "label_smoothing": 0.1,
     "normalization": "band-mean",
+    "mean_memory": True,
     "extra_builtin": 500,
     "speed": 0.15,
     "noise_snr": 10.0,
@@ -60,8 +61,22 @@ CONFIG: dict[str, Any] = {
 QUICK = {"epochs": 1, "extra_builtin": 50, "val_fraction": 0.5}
 
 
+def flag(key: str, value: Any) -> str:
+    name = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name} {value}"
+
+
+def parse_setting(text: str, default: Any) -> Any:
+    """A --set value in the type of the setting's default (a float where that is None)."""
+    if isinstance(default, bool):
+        return text.lower() in ("1", "true", "yes", "on")
+    return float(text) if default is None else type(default)(text)
+
+
 def cli_command(speaker: str, config: dict[str, Any]) -> str:
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config.items())
+    flags = " ".join(flag(k, v) for k, v in config.items())
     return f"lbdl asr train --data {DATA} --test-speakers {speaker} {flags}"
 
 
@@ -118,8 +133,7 @@ def main() -> None:
     unknown = sorted(set(changes) - set(defaults))
     if unknown:
         raise SystemExit(f"--set: unknown settings {', '.join(unknown)}")
-    parsers = {k: float if defaults[k] is None else type(defaults[k]) for k in changes}
-    config = {**CONFIG, **{k: parsers[k](v) for k, v in changes.items()}}
+    config = {**CONFIG, **{k: parse_setting(v, defaults[k]) for k, v in changes.items()}}
     config |= QUICK if options.quick else {}
     speakers = options.speakers[:1] if options.quick else options.speakers
     for speaker in speakers:

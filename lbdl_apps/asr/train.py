@@ -56,6 +56,7 @@ class TrainArgs(TrainOptions):
     label_smoothing: float = 0.1
     normalization: str = "band-mean"
     dropout: float = 0.0
+    mean_memory: bool = True
     split_by: str = "random"
     test_speakers: str | None = None  # comma-separated
     test_fraction: float = 0.1
@@ -167,6 +168,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     tokenizer = TextTokenizer.train((u.text for u in data.train), args.vocab_size)
     config = default_config(args.model, tokenizer.vocab_size, args.max_tokens)
     config["dropout"] = args.dropout
+    config["mean_memory"] = args.mean_memory
     overrides = {"dim": args.width, "heads": args.heads}
     overrides |= {"encoder_depth": args.depth, "decoder_depth": args.depth}
     config |= {k: v for k, v in overrides.items() if v is not None}
