@@ -50,7 +50,6 @@ CONFIG: dict[str, Any] = {
     "max_tokens": 16,
     "label_smoothing": 0.1,
     "normalization": "band-mean",
-    "mean_memory": True,
     "extra_builtin": 500,
     "speed": 0.15,
     "noise_snr": 10.0,

@@ -68,13 +68,6 @@ def train(
     max_tokens: Annotated[int, typer.Option(min=4, help="Longest token sequence.")] = 96,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.1,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.0,
-    mean_memory: Annotated[
-        bool,
-        typer.Option(
-            help="Put the mean of the audio features before them, for the decoder to read "
-            "(better on unseen voices)."
-        ),
-    ] = True,
     normalization: Annotated[
         str, typer.Option(help="Log-mel scaling: band-mean (per-band mean removed) or whisper.")
     ] = "band-mean",

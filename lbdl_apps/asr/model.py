@@ -36,7 +36,6 @@ def default_config(name: str, vocab_size: int, max_tokens: int = 128) -> dict[st
         "max_frames": MAX_FRAMES,
         "max_tokens": max_tokens,
         "dropout": 0.0,
-        "mean_memory": True,
     }
 
 
@@ -72,19 +71,6 @@ class AudioEncoder(nn.Module):
         return self.transformer(x, key_padding_mask=padding if padding.any() else None), padding
 
 
-def prepend_mean(audio: Tensor, padding: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """(B, T, dim) features -> (B, 1 + T, dim) with the mean over each utterance's unpadded
-    positions first: a summary of the whole utterance the decoder's cross-attention can read
-    at once, which makes it lean less on a few frames (unseen voices are recognized better)."""
-    if padding is None:
-        mean = audio.mean(dim=1, keepdim=True)
-    else:
-        valid = (~padding).unsqueeze(-1).to(audio.dtype)
-        mean = (audio * valid).sum(dim=1, keepdim=True) / valid.sum(dim=1, keepdim=True)
-        padding = torch.cat([padding.new_zeros(len(padding), 1), padding], dim=1)
-    return torch.cat([mean, audio], dim=1), padding
-
-
 class SpeechRecognizer(nn.Module):
     """Encoder-decoder transformer from log-mel spectrograms to token logits (book 6.5)."""
 
@@ -115,11 +101,8 @@ class SpeechRecognizer(nn.Module):
                 module.reset_parameters()
 
     def encode(self, mel: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Audio features and their padding mask (None when nothing is padded); with
-        "mean_memory", the mean of the features comes first."""
+        """Audio features and their padding mask (None when nothing is padded)."""
         audio, padding = self.encoder(mel, frames)
-        if self.config.get("mean_memory", False):
-            audio, padding = prepend_mean(audio, padding)
         return audio, padding if padding is not None and padding.any() else None
 
     def forward(self, mel: Tensor, frames: Tensor | None, tokens: Tensor) -> Tensor:

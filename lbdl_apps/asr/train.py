@@ -56,7 +56,6 @@ class TrainArgs(TrainOptions):
     label_smoothing: float = 0.1
     normalization: str = "band-mean"
     dropout: float = 0.0
-    mean_memory: bool = True
     split_by: str = "random"
     test_speakers: str | None = None  # comma-separated
     test_fraction: float = 0.1
@@ -150,6 +149,8 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     test split; return the test scores."""
     if args.resume is not None:
         args, common = resume_arguments(args, common, TASK)
+    else:
+        common.apply()  # the seed makes the run repeatable, from the CLI or the API alike
     default_config(args.model, 0)  # an unknown model or split is an error before any data work
     if args.normalization not in NORMALIZATIONS:
         raise LbdlError(f"--normalization {args.normalization}: choose {', '.join(NORMALIZATIONS)}")
@@ -168,7 +169,6 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     tokenizer = TextTokenizer.train((u.text for u in data.train), args.vocab_size)
     config = default_config(args.model, tokenizer.vocab_size, args.max_tokens)
     config["dropout"] = args.dropout
-    config["mean_memory"] = args.mean_memory
     overrides = {"dim": args.width, "heads": args.heads}
     overrides |= {"encoder_depth": args.depth, "decoder_depth": args.depth}
     config |= {k: v for k, v in overrides.items() if v is not None}
