@@ -34,7 +34,7 @@ from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_distributed, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
+from lbdl_apps.core.runs import make_run_dir, save_run_config, start_run
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
 
 
@@ -147,10 +147,7 @@ def data_for(args: TrainArgs | dict[str, Any], seed: int, skip_bad: bool = False
 def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     """Train the recognizer, keep the best checkpoint (validation WER), evaluate it on the
     test split; return the test scores."""
-    if args.resume is not None:
-        args, common = resume_arguments(args, common, TASK)
-    else:
-        common.apply()  # the seed makes the run repeatable, from the CLI or the API alike
+    args, common = start_run(args, common, TASK)
     default_config(args.model, 0)  # an unknown model or split is an error before any data work
     if args.normalization not in NORMALIZATIONS:
         raise LbdlError(f"--normalization {args.normalization}: choose {', '.join(NORMALIZATIONS)}")

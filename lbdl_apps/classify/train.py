@@ -19,7 +19,7 @@ from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_run, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.runs import make_run_dir, plot_confusion, resume_arguments, save_run_config
+from lbdl_apps.core.runs import make_run_dir, plot_confusion, save_run_config, start_run
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
 
 
@@ -63,8 +63,7 @@ def _model_config(args: TrainArgs, num_classes: int, in_channels: int, image_siz
 
 def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     """Train, keep the best checkpoint, evaluate it on the test split; return the test scores."""
-    if args.resume is not None:
-        args, common = resume_arguments(args, common, TASK)
+    args, common = start_run(args, common, TASK)
     if args.pretrained and args.model not in ("resnet18", "resnet34", "resnet50"):
         raise LbdlError(
             f"--pretrained: only resnet18/34/50 have ImageNet weights, not {args.model}"

@@ -39,7 +39,7 @@ from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_run, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
+from lbdl_apps.core.runs import make_run_dir, save_run_config, start_run
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
 
 FILE_IMAGE_SIZE = 64  # default input size for image files (in-memory data keeps its own)
@@ -158,8 +158,7 @@ def _start(args: TrainArgs, data: ClipData) -> tuple[CLIP, TextTokenizer, dict, 
 def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     """Train, keep the best checkpoint (by mean validation recall), score it on the test
     split; return the test scores (the best validation scores without a test split)."""
-    if args.resume is not None:
-        args, common = resume_arguments(args, common, TASK)
+    args, common = start_run(args, common, TASK)
     device = init_distributed(common.torch_device())
     console = Console(quiet=common.quiet or not is_main_process())
     data = load_clip_data(

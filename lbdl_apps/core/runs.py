@@ -162,6 +162,17 @@ def plot_metrics(csv_path: str | Path, out_png: str | Path) -> None:
         fig.savefig(tmp, format="png", dpi=100)
 
 
+def start_run(args: A, common: Common, task: str) -> tuple[A, Common]:
+    """The settings a training run goes on with: the interrupted run's own with --resume,
+    else these. Either way the threads and seed are applied before anything random happens
+    (the model's initialisation included), so a run started from Python repeats like one
+    started from the CLI."""
+    if getattr(args, "resume", None) is not None:
+        return resume_arguments(args, common, task)
+    common.apply()
+    return args, common
+
+
 def resume_arguments(args: A, common: Common, task: str) -> tuple[A, Common]:
     """`train --resume RUN_DIR`: the arguments and options the run was started with (its
     config.json), keeping this command's device, threads and quiet. Other flags given with

@@ -24,7 +24,7 @@ from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_run, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError, report
-from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
+from lbdl_apps.core.runs import make_run_dir, save_run_config, start_run
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
 from lbdl_apps.denoise.api import TASK, Restorer, load
 from lbdl_apps.denoise.data import (
@@ -111,8 +111,7 @@ def make_datasets(data: DenoiseData, args: TrainArgs) -> tuple[PatchPairs, Cente
 
 def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     """Train, keep the best checkpoint (by validation PSNR); return the best epoch's metrics."""
-    if args.resume is not None:
-        args, common = resume_arguments(args, common, TASK)
+    args, common = start_run(args, common, TASK)
     if args.loss not in LOSSES:
         raise LbdlError(f"--loss {args.loss}: choose one of {', '.join(LOSSES)}")
     if args.patch_size < 8:

@@ -15,7 +15,7 @@ from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_run, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
+from lbdl_apps.core.runs import make_run_dir, save_run_config, start_run
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
 from lbdl_apps.detect.api import TASK, load
 from lbdl_apps.detect.data import (
@@ -111,8 +111,7 @@ def frozen_epochs(args: TrainArgs) -> int:
 def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     """Train (after a frozen-backbone phase when fine-tuning), keep the best checkpoint by
     validation mAP@[.5:.95] and return its validation scores."""
-    if args.resume is not None:
-        args, common = resume_arguments(args, common, TASK)
+    args, common = start_run(args, common, TASK)
     _check(args)
     device = init_distributed(common.torch_device())
     console = Console(quiet=common.quiet or not is_main_process())

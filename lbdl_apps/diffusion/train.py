@@ -18,7 +18,7 @@ from torch.utils.data import Subset
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_run, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.runs import make_run_dir, resume_arguments, save_run_config
+from lbdl_apps.core.runs import make_run_dir, save_run_config, start_run
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
 from lbdl_apps.diffusion.api import MODEL_KIND, TASK, load, save_samples
 from lbdl_apps.diffusion.data import (
@@ -197,8 +197,7 @@ def start_from(model: nn.Module, config: dict[str, Any], checkpoint: str) -> Non
 def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     """Train (EMA weights saved every epoch), then write a preview grid; return the last
     epoch's metrics."""
-    if args.resume is not None:
-        args, common = resume_arguments(args, common, TASK)
+    args, common = start_run(args, common, TASK)
     device = init_distributed(common.torch_device())
     console = Console(quiet=common.quiet or not is_main_process())
     data, config, train_set, encoder = prepare(args, common.seed)

@@ -15,7 +15,7 @@ from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.distributed import finish_run, init_distributed, is_main_process
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.runs import make_run_dir, plot_confusion, resume_arguments, save_run_config
+from lbdl_apps.core.runs import make_run_dir, plot_confusion, save_run_config, start_run
 from lbdl_apps.core.train import TrainConfig, Trainer, TrainOptions
 from lbdl_apps.segment.api import TASK, load
 from lbdl_apps.segment.data import list_collate, load_segment_data
@@ -64,8 +64,7 @@ def model_config(args: TrainArgs, num_classes: int, in_channels: int) -> dict[st
 
 def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     """Train, keep the best checkpoint (val mIoU) and return its validation scores."""
-    if args.resume is not None:
-        args, common = resume_arguments(args, common, TASK)
+    args, common = start_run(args, common, TASK)
     if args.pretrained and (args.model != "pspnet" or args.backbone == "resnet-small"):
         raise LbdlError(
             "--pretrained: only --model pspnet with a resnet18/34/50 backbone has ImageNet weights"
