@@ -108,7 +108,6 @@ def train_one(
     common = Common(device=cli.device, threads=cli.threads, seed=cli.seed, quiet=cli.quiet)
     equivalent = lbdl_command(args, cli.device, cli.threads, cli.seed, shown_data)
     print(f"\n== {key}: {equivalent}", flush=True)
-    common.apply()  # as the CLI does: thread count and seeds
     load_before = os.getloadavg()
     start = time.perf_counter()
     scores = run_training(args, common)

@@ -94,7 +94,6 @@ def main() -> None:
     args = TrainArgs(data=data, epochs=epochs, run_dir=run_dir, **SETTINGS,
                      **(QUICK if cli.quick else {}))  # fmt: skip
     common = Common(device="cpu", threads=cli.threads, seed=cli.seed, quiet=True)
-    common.apply()
     env = environment()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     run_training(args, common)
