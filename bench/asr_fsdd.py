@@ -42,7 +42,8 @@ GOAL_WER = 0.05
 # Settings of every fold (TrainArgs fields besides data, test speaker and run folder).
 CONFIG: dict[str, Any] = {
     "model": "nano",
-    "epochs": 8,
+    "frontend": "conv2d",
+    "epochs": 24,
     "batch_size": 16,
     "lr": 2e-3,
     "warmup": 0.5,

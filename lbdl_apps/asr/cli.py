@@ -54,6 +54,9 @@ def train(
         int | None, typer.Option(min=1, help="Encoder and decoder blocks (overrides).")
     ] = None,
     heads: Annotated[int | None, typer.Option(min=1, help="Attention heads (overrides).")] = None,
+    frontend: Annotated[
+        str, typer.Option(help="conv1d (Whisper's) or conv2d (a VGG-style 2D CNN over bands).")
+    ] = "conv1d",
     epochs: EpochsOption = 20,
     batch_size: BatchSizeOption = 32,
     lr: LrOption = 1e-3,

@@ -16,6 +16,7 @@ from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.layers import SinusoidalPositionalEncoding
 
 MAX_FRAMES = 3000  # 30 s of 10 ms frames: the encoder sees at most 1500 positions
+FRONTENDS = ("conv1d", "conv2d")
 # width, encoder blocks, decoder blocks, heads. "tiny" has the dimensions of Whisper tiny.
 MODELS: dict[str, dict[str, int]] = {
     "nano": {"dim": 128, "encoder_depth": 2, "decoder_depth": 2, "heads": 4},
@@ -36,38 +37,119 @@ def default_config(name: str, vocab_size: int, max_tokens: int = 128) -> dict[st
         "max_frames": MAX_FRAMES,
         "max_tokens": max_tokens,
         "dropout": 0.0,
+        "frontend": "conv1d",
     }
 
 
-class AudioEncoder(nn.Module):
-    """Two 1D convolutions with GELU (the second with stride 2, halving the frame rate),
-    sinusoidal positions, then pre-LN transformer blocks (book 6.5, 4.10, 5.3)."""
+class Conv1dFrontEnd(nn.Module):
+    """Whisper's front end: two 1D convolutions over time with GELU, the second with stride 2
+    (book 6.5). (B, n_mels, T) -> (B, dim, ceil(T / 2))."""
 
-    def __init__(
-        self, n_mels: int, dim: int, depth: int, heads: int, max_frames: int, dropout: float = 0.0
-    ) -> None:
+    stride = 2
+
+    def __init__(self, n_mels: int, dim: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
-        self.positions = SinusoidalPositionalEncoding(dim, (max_frames + 1) // 2)
-        self.transformer = TransformerEncoder(dim, depth, heads, dropout=dropout)
         for conv in (self.conv1, self.conv2):  # He initialisation: audio features of unit
             nn.init.kaiming_normal_(conv.weight)  # scale, not drowned by the positions
             nn.init.zeros_(conv.bias)
 
+    def forward(self, mel: Tensor, valid: Tensor | None) -> Tensor:
+        x = F.gelu(self.conv1(mel if valid is None else mel * valid[:, None, :]))
+        return F.gelu(self.conv2(x if valid is None else x * valid[:, None, :]))
+
+
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm (book 5.2) whose training statistics leave out the padded frames, so that
+    they are those of the audio alone, as at inference."""
+
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        if not self.training or valid is None:
+            return super().forward(x)
+        weight = valid[:, None, None, :].to(x.dtype).expand(-1, 1, x.shape[2], -1)
+        count = weight.sum()
+        mean = (x * weight).sum(dim=(0, 2, 3)) / count
+        var = ((x - mean[:, None, None]) ** 2 * weight).sum(dim=(0, 2, 3)) / count
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            unbiased = var * count / (count - 1).clamp(min=1)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(unbiased, self.momentum)
+        scale = self.weight / torch.sqrt(var + self.eps)
+        return x * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]
+
+
+class Conv2dFrontEnd(nn.Module):
+    """A VGG-style stack of 2D convolutions over (mel band, time) (book 4.2, 5.2): four stages
+    of two 3x3 convolutions with batch norm and ReLU, each stage halving the bands (the first
+    two also the frames), then the maximum over the remaining bands. A formant moved a few
+    bands up or down, as by another speaker's vocal tract, moves the activations, and their
+    maximum over bands changes little. (B, n_mels, T) -> (B, dim, ceil(T / 4))."""
+
+    stride = 4
+    channels = (16, 32, 64, 96)
+
+    def __init__(self, n_mels: int, dim: int) -> None:
+        super().__init__()
+        self.convs, self.norms = nn.ModuleList(), nn.ModuleList()
+        inputs = 1
+        for channels in self.channels:
+            for _ in range(2):
+                self.convs.append(nn.Conv2d(inputs, channels, 3, padding=1, bias=False))
+                self.norms.append(MaskedBatchNorm2d(channels))
+                inputs = channels
+        self.project = nn.Conv1d(inputs, dim, kernel_size=1)
+
+    def forward(self, mel: Tensor, valid: Tensor | None) -> Tensor:
+        def masked(x: Tensor) -> Tensor:  # padding kept at zero: it then acts as the
+            return x if valid is None else x * valid[:, None, None, :]  # border does
+
+        x = masked(mel[:, None])
+        for index, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            x = masked(F.relu(norm(conv(x), valid)))
+            if index % 2:  # the end of a stage: after ReLU, a window half in the padding
+                time_step = 2 if index < 4 else 1  # takes its valid maximum
+                x = F.max_pool2d(x, (2, time_step), ceil_mode=True)
+                if valid is not None and time_step == 2:
+                    valid = valid[:, ::2]
+        return self.project(x.amax(dim=2))
+
+
+class AudioEncoder(nn.Module):
+    """A convolutional front end (Whisper's 1D convolutions, or a 2D CNN), sinusoidal
+    positions, then pre-LN transformer blocks (book 6.5, 4.10, 5.3)."""
+
+    def __init__(
+        self,
+        n_mels: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        max_frames: int,
+        dropout: float = 0.0,
+        frontend: str = "conv1d",
+    ) -> None:
+        super().__init__()
+        if frontend not in FRONTENDS:
+            raise LbdlError(f"--frontend {frontend}: choose {' or '.join(FRONTENDS)}")
+        front_ends = {"conv1d": Conv1dFrontEnd, "conv2d": Conv2dFrontEnd}
+        self.frontend = front_ends[frontend](n_mels, dim)
+        stride = self.frontend.stride
+        self.positions = SinusoidalPositionalEncoding(dim, -(-max_frames // stride))
+        self.transformer = TransformerEncoder(dim, depth, heads, dropout=dropout)
+
     def forward(self, mel: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """(B, n_mels, T) -> (B, ceil(T / 2), dim) features and their padding mask (True at
-        padding; None when `frames`, the true lengths, is None). Padded frames are zeroed
+        """(B, n_mels, T) -> (B, ceil(T / stride), dim) features and their padding mask (True
+        at padding; None when `frames`, the true lengths, is None). Padded frames are zeroed
         before each convolution, so an utterance gives the same features in any batch."""
         if frames is None:
-            x = F.gelu(self.conv2(F.gelu(self.conv1(mel))))
+            x = self.frontend(mel, None)
             return self.transformer(self.positions(x.transpose(1, 2))), None
         frames = frames.to(mel.device)
         valid = torch.arange(mel.shape[-1], device=mel.device)[None, :] < frames[:, None]
-        x = F.gelu(self.conv1(mel * valid[:, None, :]))
-        x = F.gelu(self.conv2(x * valid[:, None, :]))
-        padding = ~valid[:, ::2]
-        x = self.positions(x.transpose(1, 2))
+        x = self.positions(self.frontend(mel, valid).transpose(1, 2))
+        padding = ~valid[:, :: self.frontend.stride]
         return self.transformer(x, key_padding_mask=padding if padding.any() else None), padding
 
 
@@ -84,6 +166,7 @@ class SpeechRecognizer(nn.Module):
             config["heads"],
             config["max_frames"],
             config["dropout"],
+            config.get("frontend", "conv1d"),
         )
         self.decoder = TransformerDecoder(
             config["vocab_size"],

@@ -28,7 +28,7 @@ from lbdl_apps.asr.data import (
     normalize_text,
 )
 from lbdl_apps.asr.decode import greedy_decode
-from lbdl_apps.asr.model import build_model, default_config
+from lbdl_apps.asr.model import FRONTENDS, build_model, default_config
 from lbdl_apps.asr.tokenizer import TextTokenizer
 from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
@@ -46,6 +46,7 @@ class TrainArgs(TrainOptions):
     width: int | None = None
     depth: int | None = None
     heads: int | None = None
+    frontend: str = "conv1d"
     epochs: int = 20
     batch_size: int = 32
     lr: float = 1e-3
@@ -151,6 +152,8 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     default_config(args.model, 0)  # an unknown model or split is an error before any data work
     if args.normalization not in NORMALIZATIONS:
         raise LbdlError(f"--normalization {args.normalization}: choose {', '.join(NORMALIZATIONS)}")
+    if args.frontend not in FRONTENDS:
+        raise LbdlError(f"--frontend {args.frontend}: choose {' or '.join(FRONTENDS)}")
     if args.split_by not in ("random", "speaker"):
         raise LbdlError(f"--split-by {args.split_by}: choose random or speaker")
     device = init_distributed(common.torch_device())
@@ -166,6 +169,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     tokenizer = TextTokenizer.train((u.text for u in data.train), args.vocab_size)
     config = default_config(args.model, tokenizer.vocab_size, args.max_tokens)
     config["dropout"] = args.dropout
+    config["frontend"] = args.frontend
     overrides = {"dim": args.width, "heads": args.heads}
     overrides |= {"encoder_depth": args.depth, "decoder_depth": args.depth}
     config |= {k: v for k, v in overrides.items() if v is not None}

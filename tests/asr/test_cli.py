@@ -139,6 +139,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, checkpoint: Path) -
     assert_user_error(lbdl("asr", "train", "--data", clip), "a manifest must be")
     assert_user_error(lbdl("asr", "train", "--model", "huge"), "--model huge")
     assert_user_error(lbdl("asr", "train", "--split-by", "age"), "--split-by age")
+    assert_user_error(lbdl("asr", "train", "--frontend", "lstm"), "--frontend lstm")
     assert_user_error(lbdl("asr", "evaluate", checkpoint, "--split", "dev"), "--split dev")
     (tmp_path / "m.csv").write_text("audio,text\na.wav,hi\n")
     assert_user_error(lbdl("asr", "evaluate", checkpoint, "--data", tmp_path / "m.csv"),

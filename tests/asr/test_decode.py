@@ -1,5 +1,5 @@
 """Decoding of `lbdl asr` (book 6.5): the key/value cache changes nothing but the cost, beam
-width 1 is greedy, and padding a batch changes no result."""
+width 1 is greedy, and padding a batch changes no result, with either front end."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import pytest
 import torch
 
 from lbdl_apps.asr.decode import beam_search, greedy_decode
-from lbdl_apps.asr.model import build_model, default_config
+from lbdl_apps.asr.model import FRONTENDS, MaskedBatchNorm2d, build_model, default_config
 
 SOT, EOT, NO_SPEECH = 1, 2, 3
 
 
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
+@pytest.fixture(scope="module", params=FRONTENDS)
+def model(request) -> torch.nn.Module:
     torch.manual_seed(0)
-    net = build_model(default_config("nano", vocab_size=300, max_tokens=24)).eval()
+    config = default_config("nano", vocab_size=300, max_tokens=24) | {"frontend": request.param}
+    net = build_model(config).eval()
     with torch.no_grad():  # larger weights: outputs that depend more on the audio
         for p in net.parameters():
             if p.ndim > 1:
@@ -28,11 +29,16 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(3, 80, 50), torch.tensor([50, 37, 20])
 
 
-def test_encoder_halves_the_frames_and_masks_padding(model) -> None:
+def test_encoder_downsamples_the_frames_and_masks_padding(model) -> None:
     mel, lengths = batch()
     audio, mask = model.encode(mel, lengths)
-    assert audio.shape == (3, 25, 128)
-    assert mask.sum(1).tolist() == [0, 25 - 19, 25 - 10]  # ceil(37 / 2), ceil(20 / 2) kept
+    if model.config["frontend"] == "conv1d":  # ceil(50 / 2); ceil(37 / 2), ceil(20 / 2) kept
+        assert audio.shape == (3, 25, 128) and mask.sum(1).tolist() == [0, 25 - 19, 25 - 10]
+    else:  # ceil(50 / 4); ceil(37 / 4), ceil(20 / 4) kept
+        assert audio.shape == (3, 13, 128) and mask.sum(1).tolist() == [0, 13 - 10, 13 - 5]
+    for i, n in enumerate(lengths.tolist()):  # the same features as the utterance alone
+        alone, _ = model.encode(mel[i : i + 1, :, :n], None)
+        assert torch.allclose(alone[0], audio[i, : alone.shape[1]], atol=1e-4)
 
 
 def test_cached_decoding_gives_the_tokens_of_uncached_decoding(model) -> None:
@@ -60,3 +66,18 @@ def test_a_padded_batch_decodes_like_each_utterance_alone(model) -> None:
     for i, n in enumerate(lengths.tolist()):
         alone = greedy_decode(model, mel[i : i + 1, :, :n], None, SOT, EOT, NO_SPEECH)
         assert alone[0].tokens == together[i].tokens
+
+
+def test_batch_norm_of_the_2d_front_end_ignores_padding_in_training() -> None:
+    torch.manual_seed(2)
+    x = torch.randn(2, 4, 5, 9) * 3 + 1
+    valid = torch.arange(9)[None, :] < torch.tensor([9, 6])[:, None]
+    norm = MaskedBatchNorm2d(4).train()
+    out = norm(x, valid)
+    frames = torch.cat([x[0], x[1, :, :, :6]], dim=-1)  # (C, F, 9 + 6): the audio alone
+    mean, var = frames.mean(dim=(1, 2)), frames.var(dim=(1, 2), unbiased=False)
+    expected = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + norm.eps)
+    assert torch.allclose(out[0], expected[0], atol=1e-5)
+    assert torch.allclose(out[1, :, :, :6], expected[1, :, :, :6], atol=1e-5)
+    n = frames[0].numel()
+    assert torch.allclose(norm.running_var, 0.9 + 0.1 * var * n / (n - 1), atol=1e-5)

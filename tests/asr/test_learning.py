@@ -45,9 +45,10 @@ def test_short_training_on_builtin_digits_beats_chance(tmp_path: Path) -> None:
     assert len(rows_scored) == 60 and (folder / "results.csv").is_file()
 
 
-def test_overfits_a_handful_of_real_spoken_digits(shared_data: Path) -> None:
+@pytest.mark.parametrize("frontend", ["conv1d", "conv2d"])
+def test_overfits_a_handful_of_real_spoken_digits(shared_data: Path, frontend: str) -> None:
     """20 FSDD recordings (two of each digit, one speaker) are learnt to zero WER: the
-    encoder's features carry the audio through to the decoder."""
+    encoder's features, through either front end, carry the audio to the decoder."""
     import random
 
     import torch
@@ -67,7 +68,7 @@ def test_overfits_a_handful_of_real_spoken_digits(shared_data: Path) -> None:
     collate = make_collate(tokenizer.sot, tokenizer.pad)
     torch.manual_seed(0)
     random.seed(0)
-    config = default_config("nano", tokenizer.vocab_size, 8)
+    config = default_config("nano", tokenizer.vocab_size, 8) | {"frontend": frontend}
     model = build_model(config | {"dim": 64, "encoder_depth": 1, "decoder_depth": 1, "heads": 2})
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
