@@ -16,7 +16,6 @@ from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.layers import SinusoidalPositionalEncoding
 
 MAX_FRAMES = 3000  # 30 s of 10 ms frames: the encoder sees at most 1500 positions
-FRONTENDS = ("conv1d", "conv2d")
 # width, encoder blocks, decoder blocks, heads. "tiny" has the dimensions of Whisper tiny.
 MODELS: dict[str, dict[str, int]] = {
     "nano": {"dim": 128, "encoder_depth": 2, "decoder_depth": 2, "heads": 4},
@@ -25,10 +24,14 @@ MODELS: dict[str, dict[str, int]] = {
 }
 
 
-def default_config(name: str, vocab_size: int, max_tokens: int = 128) -> dict[str, Any]:
+def default_config(
+    name: str, vocab_size: int, max_tokens: int = 128, frontend: str = "conv1d"
+) -> dict[str, Any]:
     """The config of model `name` for a tokenizer of `vocab_size` tokens."""
     if name not in MODELS:
         raise LbdlError(f"--model {name}: unknown; choose from {', '.join(MODELS)}")
+    if frontend not in FRONTENDS:
+        raise LbdlError(f"--frontend {frontend}: choose {' or '.join(FRONTENDS)}")
     return {
         "name": name,
         **MODELS[name],
@@ -37,7 +40,7 @@ def default_config(name: str, vocab_size: int, max_tokens: int = 128) -> dict[st
         "max_frames": MAX_FRAMES,
         "max_tokens": max_tokens,
         "dropout": 0.0,
-        "frontend": "conv1d",
+        "frontend": frontend,
     }
 
 
@@ -116,6 +119,9 @@ class Conv2dFrontEnd(nn.Module):
         return self.project(x.amax(dim=2))
 
 
+FRONTENDS = {"conv1d": Conv1dFrontEnd, "conv2d": Conv2dFrontEnd}
+
+
 class AudioEncoder(nn.Module):
     """A convolutional front end (Whisper's 1D convolutions, or a 2D CNN), sinusoidal
     positions, then pre-LN transformer blocks (book 6.5, 4.10, 5.3)."""
@@ -131,10 +137,7 @@ class AudioEncoder(nn.Module):
         frontend: str = "conv1d",
     ) -> None:
         super().__init__()
-        if frontend not in FRONTENDS:
-            raise LbdlError(f"--frontend {frontend}: choose {' or '.join(FRONTENDS)}")
-        front_ends = {"conv1d": Conv1dFrontEnd, "conv2d": Conv2dFrontEnd}
-        self.frontend = front_ends[frontend](n_mels, dim)
+        self.frontend = FRONTENDS[frontend](n_mels, dim)
         stride = self.frontend.stride
         self.positions = SinusoidalPositionalEncoding(dim, -(-max_frames // stride))
         self.transformer = TransformerEncoder(dim, depth, heads, dropout=dropout)

@@ -28,7 +28,7 @@ from lbdl_apps.asr.data import (
     normalize_text,
 )
 from lbdl_apps.asr.decode import greedy_decode
-from lbdl_apps.asr.model import FRONTENDS, build_model, default_config
+from lbdl_apps.asr.model import build_model, default_config
 from lbdl_apps.asr.tokenizer import TextTokenizer
 from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.cli_common import Common
@@ -149,11 +149,10 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
     """Train the recognizer, keep the best checkpoint (validation WER), evaluate it on the
     test split; return the test scores."""
     args, common = start_run(args, common, TASK)
-    default_config(args.model, 0)  # an unknown model or split is an error before any data work
+    # an unknown model, front end, normalization or split is an error before any data work
+    default_config(args.model, 0, frontend=args.frontend)
     if args.normalization not in NORMALIZATIONS:
         raise LbdlError(f"--normalization {args.normalization}: choose {', '.join(NORMALIZATIONS)}")
-    if args.frontend not in FRONTENDS:
-        raise LbdlError(f"--frontend {args.frontend}: choose {' or '.join(FRONTENDS)}")
     if args.split_by not in ("random", "speaker"):
         raise LbdlError(f"--split-by {args.split_by}: choose random or speaker")
     device = init_distributed(common.torch_device())
@@ -167,9 +166,8 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         f"{len(data.test)} test utterances{held}"
     )
     tokenizer = TextTokenizer.train((u.text for u in data.train), args.vocab_size)
-    config = default_config(args.model, tokenizer.vocab_size, args.max_tokens)
+    config = default_config(args.model, tokenizer.vocab_size, args.max_tokens, args.frontend)
     config["dropout"] = args.dropout
-    config["frontend"] = args.frontend
     overrides = {"dim": args.width, "heads": args.heads}
     overrides |= {"encoder_depth": args.depth, "decoder_depth": args.depth}
     config |= {k: v for k, v in overrides.items() if v is not None}
