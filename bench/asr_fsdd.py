@@ -56,6 +56,8 @@ CONFIG: dict[str, Any] = {
     "noise_snr": 10.0,
     "freq_masks": 2,
     "time_masks": 2,
+    "stretch": 0.3,
+    "ema": 0.999,
     "val_fraction": 0.1,
 }
 QUICK = {"epochs": 1, "extra_builtin": 50, "val_fraction": 0.5}

@@ -99,6 +99,10 @@ def train(
     ] = None,
     freq_masks: Annotated[int, typer.Option(min=0, help="SpecAugment frequency masks.")] = 0,
     time_masks: Annotated[int, typer.Option(min=0, help="SpecAugment time masks.")] = 0,
+    stretch: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Tempo perturbation: duration x 1/(1+this) to 1+this."),
+    ] = 0.0,
     weight_decay: WeightDecayOption = 0.01,
     warmup: WarmupOption = 1.0,
     ema: EmaOption = None,

@@ -1,10 +1,11 @@
 """Speech datasets (book 6.5): the readers of the common formats, the built-in synthesized
-speech, augmentation (speed and noise perturbation, SpecAugment) and batching."""
+speech, augmentation (speed, noise and tempo perturbation, SpecAugment) and batching."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchaudio
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -203,12 +205,14 @@ def lowest_sample_rate(utterances: list[Utterance]) -> int:
 @dataclass
 class Augment:
     """Training-time perturbations: speed (resampling by a random factor), additive noise
-    at a random SNR, and SpecAugment frequency and time masks (book 6.5)."""
+    at a random SNR, tempo (the spectrogram stretched in time, pitch and formants kept) and
+    SpecAugment frequency and time masks (book 6.5)."""
 
     speed: float = 0.0  # factor drawn in [1 - speed, 1 + speed]
     noise_snr: float | None = None  # lowest SNR in dB of added white noise (up to +30 dB)
     freq_masks: int = 0
     time_masks: int = 0
+    stretch: float = 0.0  # duration factor drawn log-uniformly in [1 / (1 + s), 1 + s]
     freq_width: int = 10
     time_fraction: float = 0.1  # a time mask covers at most this fraction of the frames
 
@@ -225,6 +229,10 @@ class Augment:
         return wave.astype(np.float32)
 
     def spectrogram(self, mel: Tensor) -> Tensor:
+        if self.stretch > 0:
+            factor = math.exp(math.log1p(self.stretch) * (2 * float(torch.rand(())) - 1))
+            frames = max(1, round(mel.shape[-1] * factor))
+            mel = F.interpolate(mel[None], size=frames, mode="linear")[0]
         if self.freq_masks:
             mask = torchaudio.transforms.FrequencyMasking(self.freq_width)
             for _ in range(self.freq_masks):

@@ -67,6 +67,7 @@ class TrainArgs(TrainOptions):
     noise_snr: float | None = None
     freq_masks: int = 0
     time_masks: int = 0
+    stretch: float = 0.0
 
 
 def word_and_char_error(references: list[str], hypotheses: list[str]) -> dict[str, float]:
@@ -120,7 +121,7 @@ def validation_fn(tokenizer: TextTokenizer, max_tokens: int):
 
 
 def _augment(args: TrainArgs) -> Augment | None:
-    augment = Augment(args.speed, args.noise_snr, args.freq_masks, args.time_masks)
+    augment = Augment(args.speed, args.noise_snr, args.freq_masks, args.time_masks, args.stretch)
     return augment if augment != Augment() else None
 
 

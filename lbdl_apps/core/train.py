@@ -89,7 +89,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (bf16 if supported, else fp16 + loss scaling)
     ema_decay: float | None = None  # EMA weights are the ones evaluated and saved
     patience: int | None = None  # stop after this many epochs without improvement
-    monitor: str = "val_loss"  # which validation metric picks model.safetensors
+    monitor: str = "val_loss"  # picks model.safetensors (ties: the lower val_loss)
     mode: str = "min"  # "min" or "max" for `monitor`
     save_period: int | None = None  # also save state.pt every N optimizer steps
     workers: int = 0
@@ -285,7 +285,8 @@ class Trainer:
     "val_" prefix. Under torchrun only rank 0 evaluates, so metric objects in evaluate_fn
     must not synchronise across ranks (torchmetrics: sync_on_compute=False).
     The run folder gets metrics.csv/.jsonl, loss.png, train_config.json,
-    model.safetensors (best by `config.monitor`; every epoch without a validation set),
+    model.safetensors (best by `config.monitor`, a tie going to the lower validation loss;
+    every epoch without a validation set),
     last.safetensors and state.pt. With EMA, both .safetensors files hold the EMA weights.
     Checkpoint metadata is `checkpoint_meta` plus "epoch" and "metrics".
 
@@ -617,7 +618,8 @@ class Trainer:
             self.best_metrics = row
             return True
         value = self._monitored(row)
-        if _improves(value, self.best, self.config.mode):
+        tied = value == self.best and _lower_loss(row, self.best_metrics)
+        if tied or _improves(value, self.best, self.config.mode):
             self.best, self.best_metrics, self.bad_epochs = value, row, 0
             return True
         self.bad_epochs += 1
@@ -738,6 +740,12 @@ class Trainer:
         )
         if stop:
             self._say(f"early stop: no better {self.config.monitor} for {self.bad_epochs} epochs")
+
+
+def _lower_loss(row: dict[str, Any], best_row: dict[str, Any]) -> bool:
+    """Whether `row` has a lower validation loss than `best_row` (breaks ties of a coarse
+    monitor such as the WER or accuracy of a small validation set)."""
+    return "val_loss" in row and row["val_loss"] < best_row.get("val_loss", math.inf)
 
 
 def _improves(value: float, best: float | None, mode: str) -> bool:

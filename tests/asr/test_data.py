@@ -124,6 +124,15 @@ def test_augmentation_and_batches() -> None:
     mel = torch.randn(80, 100) + 5
     masked = Augment(freq_masks=2, time_masks=2, freq_width=20).spectrogram(mel)
     assert (masked == 0).any() and masked.shape == mel.shape
+    torch.manual_seed(0)
+    ramp = torch.linspace(0, 1, 100).expand(80, 100)  # a slow rise, stretched in time
+    lengths = set()
+    for _ in range(20):
+        stretched = Augment(stretch=0.5).spectrogram(ramp)
+        lengths.add(stretched.shape[-1])
+        assert stretched.shape[0] == 80 and 100 / 1.5 - 1 <= stretched.shape[-1] <= 150 + 1
+        assert stretched[:, 0].max() < 0.02 and stretched[:, -1].min() > 0.98
+    assert min(lengths) < 90 and max(lengths) > 110
 
     tokenizer = TextTokenizer.train(["one two", "three"], vocab_size=270)
     from lbdl_apps.asr.data import Utterance

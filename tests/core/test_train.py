@@ -183,6 +183,17 @@ def test_early_stopping(tmp_path: Path) -> None:
     assert best["epoch"] == 1
 
 
+def test_a_tie_of_the_monitor_goes_to_the_lower_validation_loss(tmp_path: Path) -> None:
+    losses = iter([0.9, 0.5, 0.7, 0.6])
+
+    def coarse(model, loader, device):  # a saturated metric over a decreasing, noisy loss
+        return {"loss": next(losses), "wer": 0.0}
+
+    best = trainer(tmp_path, replace(CONFIG, monitor="wer"), evaluate_fn=coarse).fit()
+    assert (best["epoch"], best["val_loss"]) == (2, 0.5)
+    assert read_checkpoint(tmp_path / "model.safetensors", task="toy")[1]["epoch"] == 2
+
+
 def test_ema_weights_are_the_saved_ones(tmp_path: Path) -> None:
     t = trainer(tmp_path, replace(CONFIG, epochs=2, ema_decay=0.9), val=False)
     t.fit()
