@@ -4,8 +4,8 @@ For each of the 4 speakers of ../shared/data/fsdd, a recognizer is trained on ev
 the other three, with synthesized eSpeak NG digits mixed into training, and its last epoch's
 (EMA) weights transcribe every clip of the unseen speaker. Reported: WER and CER per held-out
 speaker, their mean, and each fold's wall time (data, training and the test transcription).
-Goals: mean WER <= 5%, each fold
-within 20 wall-clock minutes on a 2-core CPU (threads and load average recorded).
+Goals: mean WER <= 5%, each fold within 20 wall-clock minutes on a 2-core CPU (threads and
+load average recorded).
 
     python bench/asr_fsdd.py --quick               # ~2 minutes: one fold, a sliver
     python bench/asr_fsdd.py --threads 1           # writes bench/results/asr_fsdd.json
