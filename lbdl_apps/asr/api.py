@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from lbdl_apps.asr.audio import SAMPLE_RATE, log_mel, read_audio
+from lbdl_apps.asr.audio import N_FFT, SAMPLE_RATE, log_mel, read_audio
 from lbdl_apps.asr.data import pad_mels
 from lbdl_apps.asr.decode import Hypothesis, beam_search, greedy_decode
 from lbdl_apps.asr.model import SpeechRecognizer, build_model
@@ -20,6 +22,15 @@ from lbdl_apps.core.errors import BatchReport, LbdlError
 
 TASK = "asr"
 WINDOW_S = 30.0  # the longest audio the encoder sees at once, as Whisper
+WINDOW = int(WINDOW_S * SAMPLE_RATE)
+
+
+def windows(wave: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """The 30-second windows of a 16 kHz waveform, with their first sample; a short last
+    window is zero-padded to one FFT frame."""
+    for start in range(0, max(len(wave), 1), WINDOW):
+        piece = wave[start : start + WINDOW]
+        yield start, piece if len(piece) >= N_FFT else np.pad(piece, (0, N_FFT - len(piece)))
 
 
 @dataclass
@@ -76,24 +87,50 @@ class Recognizer:
     ) -> list[list[Segment]]:
         """Segments of each 16 kHz waveform: 30-second windows decoded in batches. A window
         whose no-speech probability exceeds the threshold gets no text."""
-        windows = [
-            (i, start)
-            for i, wave in enumerate(waves)
-            for start in range(0, max(len(wave), 1), int(WINDOW_S * SAMPLE_RATE))
-        ]
+        pieces = [(i, start, p) for i, wave in enumerate(waves) for start, p in windows(wave)]
         segments: list[list[Segment]] = [[] for _ in waves]
-        step = int(WINDOW_S * SAMPLE_RATE)
-        for first in range(0, len(windows), batch_size):
-            chunk = windows[first : first + batch_size]
-            pieces = [waves[i][start : start + step] for i, start in chunk]
-            pieces = [p if len(p) >= 400 else np.pad(p, (0, 400 - len(p))) for p in pieces]
-            for (i, start), hyp in zip(chunk, self.decode(pieces, beam_size), strict=True):
+        for first in range(0, len(pieces), batch_size):
+            chunk = pieces[first : first + batch_size]
+            hyps = self.decode([piece for _, _, piece in chunk], beam_size)
+            for (i, start, _), hyp in zip(chunk, hyps, strict=True):
                 silent = hyp.no_speech_prob > no_speech_threshold
                 text = "" if silent else self.tokenizer.decode(hyp.tokens)
                 begin = start / SAMPLE_RATE
-                end = min(len(waves[i]), start + step) / SAMPLE_RATE
+                end = min(len(waves[i]), start + WINDOW) / SAMPLE_RATE
                 segments[i].append(Segment(begin, end, text, hyp.avg_logprob, hyp.no_speech_prob))
         return segments
+
+    def adapt(self, waves: Iterable[np.ndarray], batch_size: int = 16) -> int:
+        """Test-time adaptation (AdaBN, Li et al. 2016; book 5.2): the batch-norm statistics
+        re-estimated on unlabelled audio of the conditions to come (a new speaker, microphone
+        or room), as the mean of the statistics of its batches. Returns the windows seen; an
+        LbdlError for a model without batch norm (the conv1d front end) or no audio."""
+        norms = [m for m in self.model.modules() if isinstance(m, nn.BatchNorm2d)]
+        if not norms:
+            raise LbdlError("--adapt: the model has no batch norm (train with --frontend conv2d)")
+        pieces = (piece for wave in waves for _, piece in windows(wave))
+        first = next(pieces, None)
+        if first is None:
+            raise LbdlError("--adapt: no audio to adapt to")
+        pieces = chain([first], pieces)
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.train()
+        seen = batches = 0
+        try:
+            with torch.no_grad():
+                while chunk := list(islice(pieces, batch_size)):
+                    batches, seen = batches + 1, seen + len(chunk)
+                    for norm in norms:
+                        norm.momentum = 1 / batches  # a running mean over the batches
+                    mel, frames = pad_mels([log_mel(p, self.normalization) for p in chunk])
+                    self.model.encoder(mel.to(self.device), frames.to(self.device))
+        finally:
+            for norm, momentum in zip(norms, momenta, strict=True):
+                norm.momentum = momentum
+                norm.eval()
+        return seen
 
     def transcribe(
         self,
@@ -102,8 +139,13 @@ class Recognizer:
         batch_size: int = 16,
         no_speech_threshold: float = 0.6,
         report: BatchReport | None = None,
+        adapt: bool = False,
     ) -> list[Transcript]:
-        """Transcripts of audio files; unreadable files go to `report` (or raise)."""
+        """Transcripts of audio files; unreadable files go to `report` (or raise). With
+        `adapt`, the model is first adapted to all the readable files (see `adapt`)."""
+        paths = list(paths)
+        if adapt:
+            self.adapt(self._readable(paths), batch_size)
         results = []
         for names, waves in self._read(paths, batch_size, report):
             all_segments = self.transcribe_waves(waves, beam_size, batch_size, no_speech_threshold)
@@ -111,6 +153,16 @@ class Recognizer:
                 text = " ".join(s.text for s in segments if s.text)
                 results.append(Transcript(str(name), text, len(wave) / SAMPLE_RATE, segments))
         return results
+
+    @staticmethod
+    def _readable(paths: Iterable[str | Path]) -> Iterator[np.ndarray]:
+        """The waveforms of the files that can be read (the others are reported when read
+        again for transcription)."""
+        for path in paths:
+            try:
+                yield read_audio(path)
+            except LbdlError:
+                continue
 
     @staticmethod
     def _read(

@@ -89,6 +89,31 @@ def normalize_log_mel(mel: Tensor, normalization: str = "whisper") -> Tensor:
     raise LbdlError(f"--normalization {normalization}: choose {' or '.join(NORMALIZATIONS)}")
 
 
+def warp_bands(mel: Tensor, factor: float) -> Tensor:
+    """Vocal tract length perturbation on a log-mel spectrogram (..., 80, T) (Jaitly & Hinton,
+    2013): the band centred at f takes the value at f / factor (linear interpolation between
+    bands), so formants move by `factor` while pitch harmonics' spacing and timing stay; bands
+    whose source lies past the top keep the top band's value."""
+    bands = mel.shape[-2]
+    top = _hz_to_mel(SAMPLE_RATE / 2)
+    centres = torch.linspace(0.0, top, bands + 2, dtype=torch.float64)[1:-1]
+    source = _hz_to_mel(_mel_to_hz(centres) / factor) / top * (bands + 1) - 1
+    source = source.clamp(0, bands - 1)
+    low = source.floor().long()
+    high = (low + 1).clamp(max=bands - 1)
+    weight = (source - low).to(mel.dtype)[:, None]
+    return mel[..., low, :] * (1 - weight) + mel[..., high, :] * weight
+
+
+def _hz_to_mel(hz: float | Tensor) -> Tensor:
+    """The HTK mel scale of torchaudio's MelSpectrogram."""
+    return 2595.0 * torch.log10(1.0 + torch.as_tensor(hz, dtype=torch.float64) / 700.0)
+
+
+def _mel_to_hz(mel: Tensor) -> Tensor:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
 def log_mel(wave: np.ndarray | Tensor, normalization: str = "whisper") -> Tensor:
     """One 16 kHz waveform -> its (80, samples // 160) normalized log-mel spectrogram (the
     last centered frame dropped, as Whisper: 30 s give exactly 3000 frames)."""

@@ -41,6 +41,12 @@ app = typer.Typer(
 )
 TASK = "asr"
 BeamOption = Annotated[int, typer.Option(min=1, help="Beam width (1: greedy decoding).")]
+AdaptOption = Annotated[
+    bool,
+    typer.Option(
+        help="First adapt the batch norms to all the audio given (a new speaker or microphone)."
+    ),
+]
 
 
 @verb(app)
@@ -103,6 +109,10 @@ def train(
         float,
         typer.Option(min=0.0, max=1.0, help="Tempo perturbation: duration x 1/(1+this) to 1+this."),
     ] = 0.0,
+    warp: Annotated[
+        float,
+        typer.Option(min=0.0, max=0.5, help="Vocal tract length perturbation: formants x 1+-this."),
+    ] = 0.0,
     weight_decay: WeightDecayOption = 0.01,
     warmup: WarmupOption = 1.0,
     ema: EmaOption = None,
@@ -130,13 +140,14 @@ def evaluate(
     split: Annotated[str, typer.Option(help="test or val split of the data.")] = "test",
     beam_size: BeamOption = 1,
     show: Annotated[int, typer.Option(min=0, help="Worst utterances to list.")] = 10,
+    adapt: AdaptOption = False,
     *,
     common: Common,
 ) -> None:
     """Word and character error rates, results.csv per file, and the worst utterances."""
     from lbdl_apps.asr.train import run_evaluation, worst
 
-    scores, rows, folder = run_evaluation(checkpoint, data, out, split, beam_size, common)
+    scores, rows, folder = run_evaluation(checkpoint, data, out, split, beam_size, common, adapt)
     console = Console(quiet=common.quiet)
     if show:
         table = Table("file", "reference", "hypothesis", "WER", title="worst utterances")
@@ -162,6 +173,7 @@ def transcribe(
         typer.Option(min=0.0, max=1.0, help="Above this no-speech probability, no text."),
     ] = 0.6,
     strict: StrictOption = False,
+    adapt: AdaptOption = False,
     *,
     common: Common,
 ) -> None:
@@ -180,7 +192,7 @@ def transcribe(
     paths = expand_inputs(inputs, AUDIO_EXTENSIONS, "audio files")
     report = BatchReport(strict=strict)
     transcripts = recognizer.transcribe(
-        paths, beam_size, batch_size, no_speech_threshold, report=report
+        paths, beam_size, batch_size, no_speech_threshold, report=report, adapt=adapt
     )
     report.ok(len(transcripts))
     folder = out or Path("runs") / TASK / "transcribe"

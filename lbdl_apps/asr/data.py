@@ -25,6 +25,7 @@ from lbdl_apps.asr.audio import (
     log_mel,
     read_audio,
     resample,
+    warp_bands,
 )
 from lbdl_apps.asr.tokenizer import TextTokenizer
 from lbdl_apps.core.data import split_indices
@@ -205,14 +206,16 @@ def lowest_sample_rate(utterances: list[Utterance]) -> int:
 @dataclass
 class Augment:
     """Training-time perturbations: speed (resampling by a random factor), additive noise
-    at a random SNR, tempo (the spectrogram stretched in time, pitch and formants kept) and
-    SpecAugment frequency and time masks (book 6.5)."""
+    at a random SNR, tempo (the spectrogram stretched in time, pitch and formants kept), vocal
+    tract length (the bands warped, formants moved alone) and SpecAugment frequency and time
+    masks (book 6.5)."""
 
     speed: float = 0.0  # factor drawn in [1 - speed, 1 + speed]
     noise_snr: float | None = None  # lowest SNR in dB of added white noise (up to +30 dB)
     freq_masks: int = 0
     time_masks: int = 0
     stretch: float = 0.0  # duration factor drawn log-uniformly in [1 / (1 + s), 1 + s]
+    warp: float = 0.0  # formant frequency factor drawn in [1 - warp, 1 + warp]
     freq_width: int = 10
     time_fraction: float = 0.1  # a time mask covers at most this fraction of the frames
 
@@ -233,6 +236,8 @@ class Augment:
             factor = math.exp(math.log1p(self.stretch) * (2 * float(torch.rand(())) - 1))
             frames = max(1, round(mel.shape[-1] * factor))
             mel = F.interpolate(mel[None], size=frames, mode="linear")[0]
+        if self.warp > 0:
+            mel = warp_bands(mel, 1 + self.warp * (2 * float(torch.rand(())) - 1))
         if self.freq_masks:
             mask = torchaudio.transforms.FrequencyMasking(self.freq_width)
             for _ in range(self.freq_masks):

@@ -68,6 +68,7 @@ class TrainArgs(TrainOptions):
     freq_masks: int = 0
     time_masks: int = 0
     stretch: float = 0.0
+    warp: float = 0.0
 
 
 def word_and_char_error(references: list[str], hypotheses: list[str]) -> dict[str, float]:
@@ -121,7 +122,9 @@ def validation_fn(tokenizer: TextTokenizer, max_tokens: int):
 
 
 def _augment(args: TrainArgs) -> Augment | None:
-    augment = Augment(args.speed, args.noise_snr, args.freq_masks, args.time_masks, args.stretch)
+    augment = Augment(
+        args.speed, args.noise_snr, args.freq_masks, args.time_masks, args.stretch, args.warp
+    )
     return augment if augment != Augment() else None
 
 
@@ -228,10 +231,17 @@ class Scored:
 
 
 def evaluate_utterances(
-    recognizer: Recognizer, utterances: list[Utterance], beam_size: int = 1, batch_size: int = 32
+    recognizer: Recognizer,
+    utterances: list[Utterance],
+    beam_size: int = 1,
+    batch_size: int = 32,
+    adapt: bool = False,
 ) -> tuple[dict[str, float], list[Scored]]:
-    """Transcribe `utterances`; corpus WER / CER and the per-utterance scores."""
+    """Transcribe `utterances` (with `adapt`, after adapting the recognizer to them, without
+    their texts); corpus WER / CER and the per-utterance scores."""
     waves = [u.load() for u in utterances]
+    if adapt:
+        recognizer.adapt(waves, batch_size)
     segments = recognizer.transcribe_waves(waves, beam_size, batch_size)
     hyps = [" ".join(s.text for s in segs if s.text) for segs in segments]
     refs = [u.text for u in utterances]
@@ -251,9 +261,11 @@ def run_evaluation(
     split: str,
     beam_size: int,
     common: Common,
+    adapt: bool = False,
 ) -> tuple[dict[str, float], list[Scored], Path]:
-    """WER / CER of a checkpoint on a split of its own data (or of --data); writes
-    metrics.json and results.csv (one row per file)."""
+    """WER / CER of a checkpoint on a split of its own data (or of --data), with `adapt` after
+    test-time adaptation to that split's audio; writes metrics.json and results.csv (one row
+    per file)."""
     recognizer = load(checkpoint, common.torch_device())
     meta = dict(recognizer.meta)
     if data is not None:
@@ -264,7 +276,7 @@ def run_evaluation(
     chosen = dataset.test if split == "test" else dataset.val
     if not chosen:
         raise LbdlError(f"{dataset.source}: has no {split} utterances to evaluate")
-    scores, rows = evaluate_utterances(recognizer, chosen, beam_size)
+    scores, rows = evaluate_utterances(recognizer, chosen, beam_size, adapt=adapt)
     folder = out or Path(checkpoint).resolve().parent / "evaluate"
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "results.csv") as tmp, open(tmp, "w", newline="") as handle:
@@ -273,7 +285,7 @@ def run_evaluation(
         for r in rows:
             writer.writerow([r.name, r.reference, r.hypothesis, f"{r.wer:.4f}", f"{r.cer:.4f}"])
     summary = {"checkpoint": str(checkpoint), "data": meta.get("data"), "split": split,
-               "beam_size": beam_size, **scores}  # fmt: skip
+               "beam_size": beam_size, "adapt": adapt, **scores}  # fmt: skip
     with atomic_path(folder / "metrics.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     return scores, rows, folder

@@ -26,17 +26,20 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
+def untrained(path: Path, frontend: str = "conv1d") -> Path:
     """An (untrained) recognizer saved as `train` saves it: weights, config, tokenizer."""
     tokenizer = TextTokenizer.train(["one two three", "good morning"], vocab_size=280)
-    config = default_config("nano", tokenizer.vocab_size, max_tokens=12)
+    config = default_config("nano", tokenizer.vocab_size, max_tokens=12, frontend=frontend)
     config |= {"dim": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1}
     torch.manual_seed(0)
-    path = tmp_path / "model.safetensors"
     meta = {"task": TASK, "config": config, "tokenizer": tokenizer.to_json(), "data": None}
     save_checkpoint(path, build_model(config).state_dict(), meta)
     return path
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    return untrained(tmp_path / "model.safetensors")
 
 
 def speech_like(path: Path, seconds: float, rate: int = 16_000, channels: int = 1) -> Path:
@@ -103,6 +106,27 @@ def test_batched_transcription_equals_one_file_at_a_time(tmp_path: Path, checkpo
     assert together == alone
     beams = recognizer.transcribe(paths, beam_size=3)
     assert len(beams) == 3 and all(isinstance(t.text, str) for t in beams)
+
+
+def test_transcribe_adapt_to_the_batch(tmp_path: Path) -> None:
+    """--adapt re-estimates the batch norms on the readable files first; a bad file is still
+    named once and the batch exits 3; a model without batch norm is a user error."""
+    conv2d = untrained(tmp_path / "conv2d.safetensors", "conv2d")
+    clips = [speech_like(tmp_path / f"{i}.wav", s) for i, s in enumerate([0.5, 1.3])]
+    (tmp_path / "bad.wav").write_text("not audio")
+    result = lbdl("asr", "transcribe", conv2d, *clips, tmp_path / "bad.wav", "--adapt",
+                  "--out", tmp_path / "out")  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert result.stderr.count("bad.wav") == 1
+    assert (tmp_path / "out" / "0.json").is_file() and (tmp_path / "out" / "1.txt").is_file()
+    stored = load(conv2d).model.encoder.frontend.norms[0].running_mean
+    adapted = load(conv2d)
+    adapted.transcribe(clips, adapt=True)
+    assert not torch.equal(adapted.model.encoder.frontend.norms[0].running_mean, stored)
+    assert_user_error(lbdl("asr", "transcribe", conv2d, tmp_path / "bad.wav", "--adapt"),
+                      "--adapt", "no audio")  # fmt: skip
+    assert_user_error(lbdl("asr", "transcribe", untrained(tmp_path / "conv1d.safetensors"),
+                           clips[0], "--adapt"), "--adapt", "no batch norm")  # fmt: skip
 
 
 def test_subtitle_formats() -> None:

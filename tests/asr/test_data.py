@@ -11,7 +11,7 @@ import pytest
 import soundfile
 import torch
 
-from lbdl_apps.asr.audio import SAMPLE_RATE
+from lbdl_apps.asr.audio import SAMPLE_RATE, log_mel, warp_bands
 from lbdl_apps.asr.builtin import make_speech
 from lbdl_apps.asr.data import (
     Augment,
@@ -114,6 +114,24 @@ def test_builtin_speech_is_deterministic_and_cached(
         assert 0.2 < peak <= 1.0 if text else peak < 0.5
 
 
+@pytest.mark.parametrize("factor", [0.85, 1.0, 1.2])
+def test_band_warp_moves_a_formant_by_its_factor(factor: float) -> None:
+    """Vocal tract length perturbation: a 1 kHz tone warped by `factor` peaks in the band
+    where a tone of 1000 * factor Hz peaks; 1.0 leaves the spectrogram unchanged."""
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+
+    def band_profile(hz: float) -> torch.Tensor:
+        return log_mel(np.sin(2 * np.pi * hz * t).astype(np.float32), "whisper")
+
+    warped = warp_bands(band_profile(1000.0), factor)
+    assert warped.shape == (80, 100)
+    assert int(warped.mean(-1).argmax()) == int(band_profile(1000.0 * factor).mean(-1).argmax())
+    if factor == 1.0:
+        assert torch.allclose(warped, band_profile(1000.0), atol=1e-6)
+    else:
+        assert int(warped.mean(-1).argmax()) != int(band_profile(1000.0).mean(-1).argmax())
+
+
 def test_augmentation_and_batches() -> None:
     rng = np.random.default_rng(0)
     wave = rng.standard_normal(SAMPLE_RATE).astype(np.float32) * 0.1
@@ -133,6 +151,8 @@ def test_augmentation_and_batches() -> None:
         assert stretched.shape[0] == 80 and 100 / 1.5 - 1 <= stretched.shape[-1] <= 150 + 1
         assert stretched[:, 0].max() < 0.02 and stretched[:, -1].min() > 0.98
     assert min(lengths) < 90 and max(lengths) > 110
+    warped = Augment(warp=0.2).spectrogram(mel)
+    assert warped.shape == mel.shape and not torch.allclose(warped, mel)
 
     tokenizer = TextTokenizer.train(["one two", "three"], vocab_size=270)
     from lbdl_apps.asr.data import Utterance

@@ -86,6 +86,37 @@ def test_overfits_a_handful_of_real_spoken_digits(shared_data: Path, frontend: s
     hyps = [tokenizer.decode(h.tokens) for h in found]
     assert loss.item() < 0.05 * first
     assert word_and_char_error([u.text for u in utterances], hyps)["wer"] == 0.0, hyps
+    check_adaptation(model, tokenizer, utterances, frontend)
+
+
+def check_adaptation(model, tokenizer, utterances: list, frontend: str) -> None:
+    """Test-time adaptation re-estimates the batch-norm statistics from the audio alone: with
+    the stored statistics spoilt, transcription fails, and adapting to the clips (without
+    their texts) brings it back. A model without batch norm says so."""
+    from lbdl_apps.asr.api import Recognizer
+    from lbdl_apps.asr.train import word_and_char_error
+    from lbdl_apps.core.errors import LbdlError
+
+    recognizer = Recognizer(model, {"tokenizer": tokenizer.to_json()}, torch.device("cpu"))
+    waves = [u.load() for u in utterances]
+    references = [u.text for u in utterances]
+
+    def wer() -> float:
+        found = recognizer.transcribe_waves(waves)
+        return word_and_char_error(references, [s[0].text for s in found])["wer"]
+
+    if frontend == "conv1d":
+        with pytest.raises(LbdlError, match="no batch norm"):
+            recognizer.adapt(waves)
+        return
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.running_mean += 2.0
+        norm.running_var *= 5.0
+    assert wer() > 0.5
+    assert recognizer.adapt(waves, batch_size=8) == len(waves)
+    assert all(not norm.training and norm.momentum == 0.1 for norm in norms)
+    assert wer() <= 0.1
 
 
 def test_the_same_seed_gives_the_same_weights_from_the_api(tmp_path: Path) -> None:
