@@ -12,6 +12,7 @@ load average recorded).
     python bench/asr_fsdd.py --quick               # ~2 minutes: one fold, a sliver
     python bench/asr_fsdd.py --threads 1           # writes bench/results/asr_fsdd.json
     python bench/asr_fsdd.py --speakers theo       # one fold, merged into the existing JSON
+    python bench/asr_fsdd.py --seed 1 --result asr_fsdd_seed1   # another initialization
 
 The equivalent `lbdl asr train ...` command of each fold is printed and recorded.
 """
@@ -85,7 +86,7 @@ def cli_command(speaker: str, config: dict[str, Any]) -> str:
     return f"lbdl asr train --data {DATA} --test-speakers {speaker} {flags}"
 
 
-def run_fold(speaker: str, config: dict[str, Any], threads: int) -> dict[str, Any]:
+def run_fold(speaker: str, config: dict[str, Any], threads: int, seed: int) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix=f"asr_fsdd_{speaker}_"))
     before = environment()["loadavg"]
     start = time.perf_counter()
@@ -94,9 +95,9 @@ def run_fold(speaker: str, config: dict[str, Any], threads: int) -> dict[str, An
             data=str(REPO / DATA), test_speakers=speaker, run_dir=run_dir, exist_ok=True,
             **config,
         )  # fmt: skip
-        scores = run_training(args, Common(threads=threads, quiet=True, seed=0))
+        scores = run_training(args, Common(threads=threads, quiet=True, seed=seed))
         recognizer = load(run_dir / "model.safetensors")
-        unseen = data_for(recognizer.meta, 0).test
+        unseen = data_for(recognizer.meta, seed).test
         adapted, _ = evaluate_utterances(recognizer, unseen, adapt=True)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -112,7 +113,7 @@ def run_fold(speaker: str, config: dict[str, Any], threads: int) -> dict[str, An
         "within_budget": wall <= BUDGET_S,
         "loadavg_before": before,
         "loadavg_after": environment()["loadavg"],
-        "command": cli_command(speaker, config),
+        "command": cli_command(speaker, config) + (f" --seed {seed}" if seed else ""),
         "command_adapted": "lbdl asr evaluate RUN_FOLDER/model.safetensors --adapt",
     }
     print(
@@ -127,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one fold, a sliver (~2 min)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="of the weights, data order, eSpeak")
     parser.add_argument("--speakers", nargs="+", default=list(SPEAKERS), choices=SPEAKERS)
     parser.add_argument(
         "--set",
@@ -149,18 +151,18 @@ def main() -> None:
     config |= QUICK if options.quick else {}
     speakers = options.speakers[:1] if options.quick else options.speakers
     for speaker in speakers:
-        fold = run_fold(speaker, config, options.threads)
+        fold = run_fold(speaker, config, options.threads, options.seed)
         if not options.quick:  # written after every fold: a long run keeps what it measured
-            save(fold, config, options.result)
+            save(fold, config, options.seed, options.result)
     if options.quick:
         print("quick run: nothing written")
 
 
-def save(fold: dict[str, Any], config: dict[str, Any], name: str) -> None:
-    """Merge one fold into bench/results/<name>.json (folds of the same settings only) and
-    recompute the means."""
+def save(fold: dict[str, Any], config: dict[str, Any], seed: int, name: str) -> None:
+    """Merge one fold into bench/results/<name>.json (folds of the same settings and seed
+    only) and recompute the means."""
     previous = read_result(name) or {}
-    if previous.get("config") != config:
+    if previous.get("config") != config or previous.get("seed", 0) != seed:
         previous = {}
     by_speaker = {f["test_speaker"]: f for f in previous.get("folds", [])}
     by_speaker[fold["test_speaker"]] = fold
@@ -180,6 +182,7 @@ def save(fold: dict[str, Any], config: dict[str, Any], name: str) -> None:
         "goal_met_adapted": all_folds and mean_wer_adapted <= GOAL_WER,
         "folds": merged,
         "config": config,
+        "seed": seed,
         "finished": now(),
         **environment(),
         "command": command(),
