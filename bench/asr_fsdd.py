@@ -54,7 +54,7 @@ CONFIG: dict[str, Any] = {
     "vocab_size": 300,
     "max_tokens": 16,
     "label_smoothing": 0.1,
-    "normalization": "band-mean",
+    "normalization": "level-mean",
     "extra_builtin": 500,
     "speed": 0.15,
     "noise_snr": 10.0,

@@ -24,7 +24,7 @@ SAMPLE_RATE = 16_000
 N_FFT = 400  # 25 ms at 16 kHz
 HOP = 160  # 10 ms
 N_MELS = 80
-NORMALIZATIONS = ("band-mean", "whisper")
+NORMALIZATIONS = ("band-mean", "level-mean", "whisper")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 
 
@@ -78,7 +78,9 @@ def _mel_transform() -> torchaudio.transforms.MelSpectrogram:
 
 def normalize_log_mel(mel: Tensor, normalization: str = "whisper") -> Tensor:
     """log10 of a power mel spectrogram (..., 80, T), floored 8 decades below its max, then
-    "whisper": (x + 4) / 4; "band-mean": minus each band's mean over time, / 2."""
+    "whisper": (x + 4) / 4; "band-mean": minus each band's mean over time, / 2; "level-mean":
+    minus the mean over all bands and times, / 2 (only the overall level removed: the spectral
+    shape a band mean would cancel is kept, for `--adapt` to normalize per speaker)."""
     log = mel.clamp(min=1e-10).log10()
     peak = log.amax(dim=(-2, -1), keepdim=True)
     log = torch.maximum(log, peak - 8.0)
@@ -86,7 +88,9 @@ def normalize_log_mel(mel: Tensor, normalization: str = "whisper") -> Tensor:
         return (log + 4.0) / 4.0
     if normalization == "band-mean":
         return (log - log.mean(dim=-1, keepdim=True)) / 2.0
-    raise LbdlError(f"--normalization {normalization}: choose {' or '.join(NORMALIZATIONS)}")
+    if normalization == "level-mean":
+        return (log - log.mean(dim=(-2, -1), keepdim=True)) / 2.0
+    raise LbdlError(f"--normalization {normalization}: choose {', '.join(NORMALIZATIONS)}")
 
 
 def warp_bands(mel: Tensor, factor: float) -> Tensor:

@@ -78,7 +78,11 @@ def train(
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.1,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.0,
     normalization: Annotated[
-        str, typer.Option(help="Log-mel scaling: band-mean (per-band mean removed) or whisper.")
+        str,
+        typer.Option(
+            help="Log-mel scaling: band-mean (per-band mean removed), level-mean (overall mean "
+            "removed) or whisper."
+        ),
     ] = "band-mean",
     split_by: Annotated[
         str, typer.Option(help="random, or speaker (test speakers unseen in training).")

@@ -93,3 +93,18 @@ def test_band_mean_normalization_cancels_a_microphone_gain_per_band() -> None:
     assert not torch.allclose(normalize_log_mel(mel * gains), normalize_log_mel(mel), atol=0.1)
     with pytest.raises(LbdlError, match="--normalization"):
         normalize_log_mel(mel, "unknown")
+
+
+def test_level_mean_normalization_cancels_the_overall_level_and_keeps_the_spectral_shape() -> None:
+    """A louder recording (every band times the same gain) gives the same features; a per-band
+    gain, which band-mean would cancel, changes them (the shape of the spectrum is kept)."""
+    from lbdl_apps.asr.audio import normalize_log_mel
+
+    mel = torch.rand(80, 50) + 0.1
+    same = normalize_log_mel(mel * 30.0, "level-mean")
+    assert torch.allclose(same, normalize_log_mel(mel, "level-mean"), atol=1e-5)
+    assert abs(float(same.mean())) < 1e-5
+    gains = torch.logspace(-1, 1, 80)[:, None]
+    shaped = normalize_log_mel(mel * gains, "level-mean")
+    assert (shaped - same).abs().max() > 0.4  # 10 dB = one decade = 0.5 after / 2
+    assert torch.allclose(shaped - same, (gains.log10() - gains.log10().mean()) / 2, atol=1e-4)
