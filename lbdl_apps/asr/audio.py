@@ -5,7 +5,8 @@ Files are read with soundfile (wav, flac, ogg, mp3), mixed down to mono and resa
 every 10 ms, clamped to 8 decades below its maximum, then either scaled to about [-1, 1]
 (Whisper) or, by default, with each mel band's mean over the utterance removed (cepstral mean
 normalization: a microphone or room multiplies every band by its own gain, a shift of the log
-that this cancels, so voices recorded on other equipment look alike).
+that this cancels, so voices recorded on other equipment look alike), or with only its
+overall mean removed (the spectrum's shape kept, for batch norms adapted per speaker).
 """
 
 from __future__ import annotations
