@@ -4,8 +4,9 @@ For each of the 4 speakers of ../shared/data/fsdd, a recognizer is trained on ev
 the other three, with synthesized eSpeak NG digits mixed into training, and its last epoch's
 (EMA) weights transcribe every clip of the unseen speaker: as trained, and again after
 test-time adaptation of the batch norms to that speaker's audio (no texts used; `lbdl asr
-evaluate --adapt`). Reported: WER and CER per held-out speaker both ways, their means, and each
-fold's wall time (data, training and both test transcriptions).
+evaluate --adapt`). Reported: WER and CER per held-out speaker both ways, their means, each
+fold's most frequent confusions after adaptation, and its wall time (data, training and both
+test transcriptions).
 Goals: mean WER <= 5%, each fold within 20 wall-clock minutes on a 2-core CPU (threads and
 load average recorded).
 
@@ -23,13 +24,20 @@ import argparse
 import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lbdl_apps.asr.api import load
-from lbdl_apps.asr.train import TrainArgs, data_for, evaluate_utterances, run_training
+from lbdl_apps.asr.train import (
+    Scored,
+    TrainArgs,
+    data_for,
+    evaluate_utterances,
+    run_training,
+)
 from lbdl_apps.core.cli_common import Common
 
 try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
@@ -86,6 +94,12 @@ def cli_command(speaker: str, config: dict[str, Any]) -> str:
     return f"lbdl asr train --data {DATA} --test-speakers {speaker} {flags}"
 
 
+def confusions(rows: list[Scored], count: int = 8) -> list[str]:
+    """The most frequent wrong transcriptions, as "reference -> hypothesis: times"."""
+    wrong = Counter((r.reference, r.hypothesis) for r in rows if r.wer > 0)
+    return [f"{ref} -> {hyp or '(nothing)'}: {n}" for (ref, hyp), n in wrong.most_common(count)]
+
+
 def run_fold(speaker: str, config: dict[str, Any], threads: int, seed: int) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix=f"asr_fsdd_{speaker}_"))
     before = environment()["loadavg"]
@@ -98,7 +112,7 @@ def run_fold(speaker: str, config: dict[str, Any], threads: int, seed: int) -> d
         scores = run_training(args, Common(threads=threads, quiet=True, seed=seed))
         recognizer = load(run_dir / "model.safetensors")
         unseen = data_for(recognizer.meta, seed).test
-        adapted, _ = evaluate_utterances(recognizer, unseen, adapt=True)
+        adapted, rows = evaluate_utterances(recognizer, unseen, adapt=True)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     wall = time.perf_counter() - start
@@ -109,6 +123,7 @@ def run_fold(speaker: str, config: dict[str, Any], threads: int, seed: int) -> d
         "utterances": scores["test_utterances"],
         "wer_adapted": adapted["wer"],
         "cer_adapted": adapted["cer"],
+        "confusions_adapted": confusions(rows),
         "wall_s": round(wall, 1),
         "within_budget": wall <= BUDGET_S,
         "loadavg_before": before,
@@ -119,7 +134,7 @@ def run_fold(speaker: str, config: dict[str, Any], threads: int, seed: int) -> d
     print(
         f"{speaker}: WER {result['wer']:.4f} CER {result['cer']:.4f}, adapted WER "
         f"{adapted['wer']:.4f} CER {adapted['cer']:.4f} ({result['utterances']} clips) "
-        f"in {wall / 60:.1f} min"
+        f"in {wall / 60:.1f} min; most confused: {', '.join(result['confusions_adapted'][:4])}"
     )
     return result
 

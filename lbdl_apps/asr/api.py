@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lbdl_apps.asr.audio import N_FFT, SAMPLE_RATE, log_mel, read_audio
 from lbdl_apps.asr.data import pad_mels
@@ -65,12 +65,16 @@ class Recognizer:
         # checkpoints from before the option existed were trained on Whisper's scaling
         self.normalization = meta.get("preprocessing", {}).get("normalization", "whisper")
 
+    def features(self, waves: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+        """Padded log-mel spectrograms of 16 kHz waveforms, as in training, and their lengths."""
+        mel, frames = pad_mels([log_mel(w, self.normalization) for w in waves])
+        return mel.to(self.device), frames.to(self.device)
+
     def decode(
         self, waves: list[np.ndarray], beam_size: int = 1, max_tokens: int | None = None
     ) -> list[Hypothesis]:
         """Hypotheses for a batch of 16 kHz waveforms (each at most 30 s)."""
-        mel, frames = pad_mels([log_mel(w, self.normalization) for w in waves])
-        mel, frames = mel.to(self.device), frames.to(self.device)
+        mel, frames = self.features(waves)
         t = self.tokenizer
         if beam_size > 1:
             return beam_search(
@@ -124,8 +128,7 @@ class Recognizer:
                     batches, seen = batches + 1, seen + len(chunk)
                     for norm in norms:
                         norm.momentum = 1 / batches  # a running mean over the batches
-                    mel, frames = pad_mels([log_mel(p, self.normalization) for p in chunk])
-                    self.model.encoder(mel.to(self.device), frames.to(self.device))
+                    self.model.encoder(*self.features(chunk))
         finally:
             for norm, momentum in zip(norms, momenta, strict=True):
                 norm.momentum = momentum

@@ -119,10 +119,28 @@ def _mel_to_hz(mel: Tensor) -> Tensor:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
-def log_mel(wave: np.ndarray | Tensor, normalization: str = "whisper") -> Tensor:
+def log_mel(
+    wave: np.ndarray | Tensor,
+    normalization: str = "whisper",
+    band_gains_db: Tensor | None = None,
+) -> Tensor:
     """One 16 kHz waveform -> its (80, samples // 160) normalized log-mel spectrogram (the
-    last centered frame dropped, as Whisper: 30 s give exactly 3000 frames)."""
+    last centered frame dropped, as Whisper: 30 s give exactly 3000 frames), each band's power
+    first multiplied by its gain in `band_gains_db` (80 values in dB) when given."""
     wave = torch.as_tensor(np.asarray(wave, dtype=np.float32))
     if len(wave) < N_FFT:
         raise LbdlError(f"audio too short: {len(wave)} samples, at least {N_FFT} needed")
-    return normalize_log_mel(_mel_transform()(wave)[..., :-1], normalization)
+    mel = _mel_transform()(wave)[..., :-1]
+    if band_gains_db is not None:
+        mel = mel * 10.0 ** (band_gains_db.to(mel.dtype)[:, None] / 10.0)
+    return normalize_log_mel(mel, normalization)
+
+
+def random_equalizer(max_db: float, rng: np.random.Generator, points: int = 6) -> Tensor:
+    """Gains in dB for the 80 mel bands of a random equalizer, as another microphone or room
+    would apply: drawn in [-max_db, max_db] at `points` bands spread evenly on the mel scale,
+    linear between them."""
+    knots = torch.from_numpy(rng.uniform(-max_db, max_db, points).astype(np.float32))
+    return torch.nn.functional.interpolate(
+        knots[None, None], size=N_MELS, mode="linear", align_corners=True
+    )[0, 0]

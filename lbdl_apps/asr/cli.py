@@ -117,6 +117,10 @@ def train(
         float,
         typer.Option(min=0.0, max=0.5, help="Vocal tract length perturbation: formants x 1+-this."),
     ] = 0.0,
+    eq: Annotated[
+        float,
+        typer.Option(min=0.0, max=30.0, help="Random equalizer: band gains within +-this dB."),
+    ] = 0.0,
     weight_decay: WeightDecayOption = 0.01,
     warmup: WarmupOption = 1.0,
     ema: EmaOption = None,

@@ -23,6 +23,7 @@ from lbdl_apps.asr.audio import (
     SAMPLE_RATE,
     band_limit,
     log_mel,
+    random_equalizer,
     read_audio,
     resample,
     warp_bands,
@@ -207,8 +208,8 @@ def lowest_sample_rate(utterances: list[Utterance]) -> int:
 class Augment:
     """Training-time perturbations: speed (resampling by a random factor), additive noise
     at a random SNR, tempo (the spectrogram stretched in time, pitch and formants kept), vocal
-    tract length (the bands warped, formants moved alone) and SpecAugment frequency and time
-    masks (book 6.5)."""
+    tract length (the bands warped, formants moved alone), a random equalizer (each band's
+    gain, as another microphone) and SpecAugment frequency and time masks (book 6.5)."""
 
     speed: float = 0.0  # factor drawn in [1 - speed, 1 + speed]
     noise_snr: float | None = None  # lowest SNR in dB of added white noise (up to +30 dB)
@@ -216,6 +217,7 @@ class Augment:
     time_masks: int = 0
     stretch: float = 0.0  # duration factor drawn log-uniformly in [1 / (1 + s), 1 + s]
     warp: float = 0.0  # formant frequency factor drawn in [1 - warp, 1 + warp]
+    eq: float = 0.0  # largest gain in dB of a random equalizer over the mel bands
     freq_width: int = 10
     time_fraction: float = 0.1  # a time mask covers at most this fraction of the frames
 
@@ -273,14 +275,13 @@ class SpeechDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, list[int]]:
         if index not in self.waves:
             self.waves[index] = self.utterances[index].load()
-        wave = self.waves[index]
-        if self.augment is not None:
-            rng = np.random.default_rng(int(torch.randint(0, 2**31, ()).item()))
-            wave = self.augment.wave(wave, rng)
-        mel = log_mel(wave, self.normalization)
-        if self.augment is not None:
-            mel = self.augment.spectrogram(mel)
-        return mel, self.tokenizer.target(self.utterances[index].text)
+        wave, target = self.waves[index], self.tokenizer.target(self.utterances[index].text)
+        if self.augment is None:
+            return log_mel(wave, self.normalization), target
+        rng = np.random.default_rng(int(torch.randint(0, 2**31, ()).item()))
+        wave = self.augment.wave(wave, rng)
+        gains = random_equalizer(self.augment.eq, rng) if self.augment.eq > 0 else None
+        return self.augment.spectrogram(log_mel(wave, self.normalization, gains)), target
 
 
 class Batch(NamedTuple):

@@ -69,6 +69,7 @@ class TrainArgs(TrainOptions):
     time_masks: int = 0
     stretch: float = 0.0
     warp: float = 0.0
+    eq: float = 0.0
 
 
 def word_and_char_error(references: list[str], hypotheses: list[str]) -> dict[str, float]:
@@ -123,8 +124,9 @@ def validation_fn(tokenizer: TextTokenizer, max_tokens: int):
 
 def _augment(args: TrainArgs) -> Augment | None:
     augment = Augment(
-        args.speed, args.noise_snr, args.freq_masks, args.time_masks, args.stretch, args.warp
-    )
+        args.speed, args.noise_snr, args.freq_masks, args.time_masks, args.stretch, args.warp,
+        args.eq,
+    )  # fmt: skip
     return augment if augment != Augment() else None
 
 

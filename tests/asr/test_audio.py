@@ -108,3 +108,23 @@ def test_level_mean_normalization_cancels_the_overall_level_and_keeps_the_spectr
     shaped = normalize_log_mel(mel * gains, "level-mean")
     assert (shaped - same).abs().max() > 0.4  # 10 dB = one decade = 0.5 after / 2
     assert torch.allclose(shaped - same, (gains.log10() - gains.log10().mean()) / 2, atol=1e-4)
+
+
+def test_random_equalizer_applies_smooth_band_gains_within_its_range() -> None:
+    """The gains stay within +-max_db, vary slowly across neighbouring bands, differ between
+    draws, and multiply each band's power by exactly their value in dB."""
+    from lbdl_apps.asr.audio import random_equalizer
+
+    rng = np.random.default_rng(0)
+    draws = [random_equalizer(12.0, rng) for _ in range(20)]
+    for gains in draws:
+        assert gains.shape == (80,) and float(gains.abs().max()) <= 12.0
+        assert float(gains.diff().abs().max()) <= 24.0 / 15  # knots 79 / 5 bands apart
+    assert float(torch.stack(draws).std(dim=0).min()) > 2.0
+    wave = np.random.default_rng(1).standard_normal(SAMPLE_RATE).astype(np.float32)
+    plain = log_mel(wave, "whisper")
+    equalized = log_mel(wave, "whisper", draws[0])
+    floor = plain > plain.amax() - 1.9  # (log10 + 4) / 4: away from the 8-decade floor
+    change_db = (equalized - plain) * 4 * 10  # back to dB of power
+    assert torch.allclose(change_db[floor], draws[0][:, None].expand_as(plain)[floor], atol=1e-3)
+

@@ -16,7 +16,7 @@ from lbdl_apps.asr.api import TASK, Segment, Transcript, load
 from lbdl_apps.asr.model import build_model, default_config
 from lbdl_apps.asr.outputs import to_srt, to_vtt
 from lbdl_apps.asr.tokenizer import TextTokenizer
-from lbdl_apps.core.checkpoint import save_checkpoint
+from lbdl_apps.core.checkpoint import read_checkpoint, save_checkpoint
 from tests.asr.test_audio import unsupported_wav
 from tests.cli_helpers import assert_user_error, lbdl, lbdl_subprocess
 
@@ -127,6 +127,23 @@ def test_transcribe_adapt_to_the_batch(tmp_path: Path) -> None:
                       "--adapt", "no audio")  # fmt: skip
     assert_user_error(lbdl("asr", "transcribe", untrained(tmp_path / "conv1d.safetensors"),
                            clips[0], "--adapt"), "--adapt", "no batch norm")  # fmt: skip
+
+
+def test_the_checkpoint_preprocessing_gives_the_features(tmp_path: Path) -> None:
+    """A recognizer computes its features as its training did: with the normalization stored
+    in the checkpoint (none stored: Whisper scaling, as before the option existed)."""
+    from lbdl_apps.asr.audio import log_mel, read_audio
+
+    path = untrained(tmp_path / "plain.safetensors")
+    wave = read_audio(speech_like(tmp_path / "a.wav", 0.5))
+    mel, frames = load(path).features([wave])
+    assert torch.equal(mel[0], log_mel(wave, "whisper")) and frames.tolist() == [mel.shape[-1]]
+    state, meta = read_checkpoint(path)
+    meta["preprocessing"] = {"normalization": "level-mean"}
+    save_checkpoint(path, state, meta)
+    mel, _ = load(path).features([wave])
+    assert torch.equal(mel[0], log_mel(wave, "level-mean"))
+    assert not torch.allclose(mel[0], log_mel(wave, "whisper"))
 
 
 def test_subtitle_formats() -> None:

@@ -165,6 +165,10 @@ def test_augmentation_and_batches() -> None:
     assert batch.tokens[0, : len(first)].tolist() == [tokenizer.sot, *first[:-1]]
     assert batch.targets[1].tolist()[:2] == [tokenizer.no_speech, tokenizer.eot]
     assert batch.targets[1, 2:].eq(-100).all()
+    equalized = SpeechDataset(utterances, tokenizer, Augment(eq=12.0), "level-mean")[0][0]
+    change = equalized - SpeechDataset(utterances, tokenizer, None, "level-mean")[0][0]
+    assert change.std(dim=1).max() < 1e-4  # a gain per band, the same in every frame
+    assert change[:, 0].abs().max() > 0.05  # 1 dB = 0.05 after level-mean's / 2
 
 
 def test_normalize_text_for_error_rates() -> None:
