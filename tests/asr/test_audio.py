@@ -127,4 +127,3 @@ def test_random_equalizer_applies_smooth_band_gains_within_its_range() -> None:
     floor = plain > plain.amax() - 1.9  # (log10 + 4) / 4: away from the 8-decade floor
     change_db = (equalized - plain) * 4 * 10  # back to dB of power
     assert torch.allclose(change_db[floor], draws[0][:, None].expand_as(plain)[floor], atol=1e-3)
-
