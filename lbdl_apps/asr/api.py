@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lbdl_apps.asr.adapt import maximize_information
 from lbdl_apps.asr.audio import N_FFT, SAMPLE_RATE, log_mel, read_audio
 from lbdl_apps.asr.data import pad_mels
 from lbdl_apps.asr.decode import Hypothesis, beam_search, greedy_decode
@@ -104,36 +104,41 @@ class Recognizer:
                 segments[i].append(Segment(begin, end, text, hyp.avg_logprob, hyp.no_speech_prob))
         return segments
 
-    def adapt(self, waves: Iterable[np.ndarray], batch_size: int = 16) -> int:
+    def adapt(self, waves: Iterable[np.ndarray], batch_size: int = 16, passes: int = 0) -> int:
         """Test-time adaptation (AdaBN, Li et al. 2016; book 5.2): the batch-norm statistics
         re-estimated on unlabelled audio of the conditions to come (a new speaker, microphone
-        or room), as the mean of the statistics of its batches. Returns the windows seen; an
-        LbdlError for a model without batch norm (the conv1d front end) or no audio."""
+        or room), as the mean of the statistics of its batches; then, with `passes`, the
+        encoder tuned on it by information maximisation (`adapt.maximize_information`).
+        Returns the windows seen; an LbdlError for a model without batch norm (the conv1d
+        front end) or no audio."""
         norms = [m for m in self.model.modules() if isinstance(m, nn.BatchNorm2d)]
         if not norms:
             raise LbdlError("--adapt: the model has no batch norm (train with --frontend conv2d)")
-        pieces = (piece for wave in waves for _, piece in windows(wave))
-        first = next(pieces, None)
-        if first is None:
+        pieces = [piece for wave in waves for _, piece in windows(wave)]
+        if not pieces:
             raise LbdlError("--adapt: no audio to adapt to")
-        pieces = chain([first], pieces)
+        self._reestimate_norms(norms, pieces, batch_size)
+        if passes:
+            maximize_information(self, pieces, passes)
+        return len(pieces)
+
+    def _reestimate_norms(
+        self, norms: list[nn.BatchNorm2d], pieces: list[np.ndarray], batch_size: int
+    ) -> None:
         momenta = [norm.momentum for norm in norms]
         for norm in norms:
             norm.reset_running_stats()
             norm.train()
-        seen = batches = 0
         try:
             with torch.no_grad():
-                while chunk := list(islice(pieces, batch_size)):
-                    batches, seen = batches + 1, seen + len(chunk)
+                for batches, first in enumerate(range(0, len(pieces), batch_size), 1):
                     for norm in norms:
                         norm.momentum = 1 / batches  # a running mean over the batches
-                    self.model.encoder(*self.features(chunk))
+                    self.model.encoder(*self.features(pieces[first : first + batch_size]))
         finally:
             for norm, momentum in zip(norms, momenta, strict=True):
                 norm.momentum = momentum
                 norm.eval()
-        return seen
 
     def transcribe(
         self,
@@ -143,12 +148,13 @@ class Recognizer:
         no_speech_threshold: float = 0.6,
         report: BatchReport | None = None,
         adapt: bool = False,
+        adapt_passes: int = 0,
     ) -> list[Transcript]:
         """Transcripts of audio files; unreadable files go to `report` (or raise). With
         `adapt`, the model is first adapted to all the readable files (see `adapt`)."""
         paths = list(paths)
         if adapt:
-            self.adapt(self._readable(paths), batch_size)
+            self.adapt(self._readable(paths), batch_size, adapt_passes)
         results = []
         for names, waves in self._read(paths, batch_size, report):
             all_segments = self.transcribe_waves(waves, beam_size, batch_size, no_speech_threshold)

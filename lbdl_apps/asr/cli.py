@@ -47,6 +47,15 @@ AdaptOption = Annotated[
         help="First adapt the batch norms to all the audio given (a new speaker or microphone)."
     ),
 ]
+AdaptPassesOption = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=100,
+        help="Adapt as --adapt does, then tune the encoder on that audio for this many passes "
+        "so that its transcriptions become confident and as diverse as the training texts.",
+    ),
+]
 
 
 @verb(app)
@@ -149,13 +158,17 @@ def evaluate(
     beam_size: BeamOption = 1,
     show: Annotated[int, typer.Option(min=0, help="Worst utterances to list.")] = 10,
     adapt: AdaptOption = False,
+    adapt_passes: AdaptPassesOption = 0,
     *,
     common: Common,
 ) -> None:
     """Word and character error rates, results.csv per file, and the worst utterances."""
     from lbdl_apps.asr.train import run_evaluation, worst
 
-    scores, rows, folder = run_evaluation(checkpoint, data, out, split, beam_size, common, adapt)
+    adapt = adapt or adapt_passes > 0
+    scores, rows, folder = run_evaluation(
+        checkpoint, data, out, split, beam_size, common, adapt, adapt_passes
+    )
     console = Console(quiet=common.quiet)
     if show:
         table = Table("file", "reference", "hypothesis", "WER", title="worst utterances")
@@ -182,6 +195,7 @@ def transcribe(
     ] = 0.6,
     strict: StrictOption = False,
     adapt: AdaptOption = False,
+    adapt_passes: AdaptPassesOption = 0,
     *,
     common: Common,
 ) -> None:
@@ -199,8 +213,9 @@ def transcribe(
     recognizer = load(checkpoint, common.torch_device())
     paths = expand_inputs(inputs, AUDIO_EXTENSIONS, "audio files")
     report = BatchReport(strict=strict)
+    adapt = adapt or adapt_passes > 0
     transcripts = recognizer.transcribe(
-        paths, beam_size, batch_size, no_speech_threshold, report=report, adapt=adapt
+        paths, beam_size, batch_size, no_speech_threshold, report, adapt, adapt_passes
     )
     report.ok(len(transcripts))
     folder = out or Path("runs") / TASK / "transcribe"

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
+from lbdl_apps.asr.adapt import token_prior
 from lbdl_apps.asr.api import TASK, Recognizer, load
 from lbdl_apps.asr.audio import NORMALIZATIONS
 from lbdl_apps.asr.data import (
@@ -188,6 +189,7 @@ def run_training(args: TrainArgs, common: Common) -> dict[str, float]:
         "tokenizer": tokenizer.to_json(),
         "preprocessing": {"sample_rate": 16_000, "n_mels": 80, "n_fft": 400, "hop": 160,
                           "normalization": args.normalization},
+        "token_prior": token_prior(tokenizer, (u.text for u in data.train)),
         "data": args.data,
         "seed": common.seed,
         **{k: getattr(args, k) for k in (
@@ -238,12 +240,14 @@ def evaluate_utterances(
     beam_size: int = 1,
     batch_size: int = 32,
     adapt: bool = False,
+    adapt_passes: int = 0,
 ) -> tuple[dict[str, float], list[Scored]]:
     """Transcribe `utterances` (with `adapt`, after adapting the recognizer to them, without
-    their texts); corpus WER / CER and the per-utterance scores."""
+    their texts, and `adapt_passes` of information maximisation); corpus WER / CER and the
+    per-utterance scores."""
     waves = [u.load() for u in utterances]
     if adapt:
-        recognizer.adapt(waves, batch_size)
+        recognizer.adapt(waves, batch_size, adapt_passes)
     segments = recognizer.transcribe_waves(waves, beam_size, batch_size)
     hyps = [" ".join(s.text for s in segs if s.text) for segs in segments]
     refs = [u.text for u in utterances]
@@ -264,6 +268,7 @@ def run_evaluation(
     beam_size: int,
     common: Common,
     adapt: bool = False,
+    adapt_passes: int = 0,
 ) -> tuple[dict[str, float], list[Scored], Path]:
     """WER / CER of a checkpoint on a split of its own data (or of --data), with `adapt` after
     test-time adaptation to that split's audio; writes metrics.json and results.csv (one row
@@ -278,7 +283,8 @@ def run_evaluation(
     chosen = dataset.test if split == "test" else dataset.val
     if not chosen:
         raise LbdlError(f"{dataset.source}: has no {split} utterances to evaluate")
-    scores, rows = evaluate_utterances(recognizer, chosen, beam_size, adapt=adapt)
+    scores, rows = evaluate_utterances(recognizer, chosen, beam_size, adapt=adapt,
+                                       adapt_passes=adapt_passes)  # fmt: skip
     folder = out or Path(checkpoint).resolve().parent / "evaluate"
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "results.csv") as tmp, open(tmp, "w", newline="") as handle:
@@ -287,7 +293,8 @@ def run_evaluation(
         for r in rows:
             writer.writerow([r.name, r.reference, r.hypothesis, f"{r.wer:.4f}", f"{r.cer:.4f}"])
     summary = {"checkpoint": str(checkpoint), "data": meta.get("data"), "split": split,
-               "beam_size": beam_size, "adapt": adapt, **scores}  # fmt: skip
+               "beam_size": beam_size, "adapt": adapt, "adapt_passes": adapt_passes,
+               **scores}  # fmt: skip
     with atomic_path(folder / "metrics.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     return scores, rows, folder

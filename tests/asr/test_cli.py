@@ -12,6 +12,7 @@ import pytest
 import soundfile
 import torch
 
+from lbdl_apps.asr.adapt import token_prior
 from lbdl_apps.asr.api import TASK, Segment, Transcript, load
 from lbdl_apps.asr.model import build_model, default_config
 from lbdl_apps.asr.outputs import to_srt, to_vtt
@@ -127,6 +128,24 @@ def test_transcribe_adapt_to_the_batch(tmp_path: Path) -> None:
                       "--adapt", "no audio")  # fmt: skip
     assert_user_error(lbdl("asr", "transcribe", untrained(tmp_path / "conv1d.safetensors"),
                            clips[0], "--adapt"), "--adapt", "no batch norm")  # fmt: skip
+
+
+def test_transcribe_adapt_passes(tmp_path: Path) -> None:
+    """--adapt-passes adapts the batch norms, then tunes the encoder for that many passes
+    (implying --adapt); a checkpoint without the token prior of its training texts is a user
+    error."""
+    conv2d = untrained(tmp_path / "conv2d.safetensors", "conv2d")
+    clips = [speech_like(tmp_path / f"{i}.wav", s) for i, s in enumerate([0.5, 1.3])]
+    assert_user_error(lbdl("asr", "transcribe", conv2d, *clips, "--adapt-passes", "2"),
+                      "--adapt-passes", "no token prior")  # fmt: skip
+    state, meta = read_checkpoint(conv2d)
+    tokenizer = TextTokenizer.from_json(meta["tokenizer"])
+    meta["token_prior"] = token_prior(tokenizer, ["one two three", "good morning"])
+    save_checkpoint(conv2d, state, meta)
+    result = lbdl("asr", "transcribe", conv2d, *clips, "--adapt-passes", "2",
+                  "--out", tmp_path / "out")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "1.txt").is_file()
 
 
 def test_the_checkpoint_preprocessing_gives_the_features(tmp_path: Path) -> None:

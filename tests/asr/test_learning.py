@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from lbdl_apps.asr.train import TrainArgs, run_evaluation, run_training
+from lbdl_apps.core.checkpoint import read_checkpoint
 from lbdl_apps.core.cli_common import Common
 
 
@@ -43,6 +44,8 @@ def test_short_training_on_builtin_digits_beats_chance(tmp_path: Path) -> None:
     )
     assert evaluated["wer"] == pytest.approx(scores["test_wer"], abs=0.15)
     assert len(rows_scored) == 60 and (folder / "results.csv").is_file()
+    prior = read_checkpoint(run / "model.safetensors")[1]["token_prior"]  # for --adapt-passes
+    assert sum(prior.values()) == 600 * 2  # each digit's token and the end token
 
 
 @pytest.mark.parametrize("frontend", ["conv1d", "conv2d"])
@@ -117,6 +120,41 @@ def check_adaptation(model, tokenizer, utterances: list, frontend: str) -> None:
     assert recognizer.adapt(waves, batch_size=8) == len(waves)
     assert all(not norm.training and norm.momentum == 0.1 for norm in norms)
     assert wer() <= 0.1
+    check_information_maximisation(recognizer, waves, references)
+
+
+def check_information_maximisation(recognizer, clean: list, references: list[str]) -> None:
+    """On the clips with noise added (0 dB, another microphone), passes of information
+    maximisation after the batch norms' adaptation lower their loss without raising the WER,
+    change the encoder alone and leave every parameter trainable again. Without a token prior
+    in the checkpoint, the user is told."""
+    import numpy as np
+
+    from lbdl_apps.asr.adapt import maximize_information, token_prior
+    from lbdl_apps.asr.train import word_and_char_error
+    from lbdl_apps.core.errors import LbdlError
+
+    rng = np.random.default_rng(0)
+    waves = [w + rng.normal(0, w.std(), len(w)).astype(np.float32) for w in clean]
+
+    def wer() -> float:
+        found = recognizer.transcribe_waves(waves)
+        return word_and_char_error(references, [s[0].text for s in found])["wer"]
+
+    with pytest.raises(LbdlError, match="no token prior"):
+        maximize_information(recognizer, waves, passes=1)
+    recognizer.meta["token_prior"] = token_prior(recognizer.tokenizer, references)
+    model = recognizer.model
+    recognizer.adapt(waves, batch_size=10)
+    adapted = wer()
+    decoder = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    encoder = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    losses = maximize_information(recognizer, waves, passes=6, lr=1e-4, batch_size=10)
+    assert len(losses) == 6 and sum(losses[-3:]) / 3 < 0.9 * losses[0], losses
+    assert all(torch.equal(v, model.decoder.state_dict()[k]) for k, v in decoder.items())
+    assert any(not torch.equal(v, model.encoder.state_dict()[k]) for k, v in encoder.items())
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
+    assert wer() <= adapted
 
 
 def test_the_same_seed_gives_the_same_weights_from_the_api(tmp_path: Path) -> None:
