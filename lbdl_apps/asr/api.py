@@ -109,15 +109,16 @@ class Recognizer:
         re-estimated on unlabelled audio of the conditions to come (a new speaker, microphone
         or room), as the mean of the statistics of its batches; then, with `passes`, the
         encoder tuned on it by information maximisation (`adapt.maximize_information`).
-        Returns the windows seen; an LbdlError for a model without batch norm (the conv1d
-        front end) or no audio."""
+        Returns the windows seen; an LbdlError for no audio, or a model without batch norm
+        (the conv1d front end) and no passes."""
         norms = [m for m in self.model.modules() if isinstance(m, nn.BatchNorm2d)]
-        if not norms:
+        if not norms and not passes:
             raise LbdlError("--adapt: the model has no batch norm (train with --frontend conv2d)")
         pieces = [piece for wave in waves for _, piece in windows(wave)]
         if not pieces:
             raise LbdlError("--adapt: no audio to adapt to")
-        self._reestimate_norms(norms, pieces, batch_size)
+        if norms:
+            self._reestimate_norms(norms, pieces, batch_size)
         if passes:
             maximize_information(self, pieces, passes)
         return len(pieces)

@@ -132,8 +132,8 @@ def test_transcribe_adapt_to_the_batch(tmp_path: Path) -> None:
 
 def test_transcribe_adapt_passes(tmp_path: Path) -> None:
     """--adapt-passes adapts the batch norms, then tunes the encoder for that many passes
-    (implying --adapt); a checkpoint without the token prior of its training texts is a user
-    error."""
+    (implying --adapt; a model without batch norm gets the passes alone); a checkpoint
+    without the token prior of its training texts is a user error."""
     conv2d = untrained(tmp_path / "conv2d.safetensors", "conv2d")
     clips = [speech_like(tmp_path / f"{i}.wav", s) for i, s in enumerate([0.5, 1.3])]
     assert_user_error(lbdl("asr", "transcribe", conv2d, *clips, "--adapt-passes", "2"),
@@ -146,6 +146,10 @@ def test_transcribe_adapt_passes(tmp_path: Path) -> None:
                   "--out", tmp_path / "out")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "1.txt").is_file()
+    conv1d = untrained(tmp_path / "conv1d.safetensors")  # no batch norm: the passes alone
+    state, meta = read_checkpoint(conv1d)
+    save_checkpoint(conv1d, state, meta | {"token_prior": token_prior(tokenizer, ["one two"])})
+    assert lbdl("asr", "transcribe", conv1d, clips[0], "--adapt-passes", "1").exit_code == 0
 
 
 def test_the_checkpoint_preprocessing_gives_the_features(tmp_path: Path) -> None:
