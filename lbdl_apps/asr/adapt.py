@@ -6,13 +6,14 @@ diverse, over all of them, as diverse as the targets of training."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lbdl_apps.asr.data import teacher_forcing
 from lbdl_apps.asr.decode import greedy_decode
 from lbdl_apps.asr.tokenizer import TextTokenizer
 from lbdl_apps.core.errors import LbdlError
@@ -40,25 +41,11 @@ def information_loss(logits: Tensor, valid: Tensor, prior: Tensor) -> tuple[Tens
     return entropy, divergence
 
 
-def teacher_forcing_inputs(
-    hypotheses: Sequence[Sequence[int]], sot: int, pad: int
-) -> tuple[Tensor, Tensor]:
-    """Decoder inputs [start, *tokens] for each hypothesis, padded, and the mask of the
-    positions that predict a token of it or its end."""
-    length = 1 + max(len(h) for h in hypotheses)
-    inputs = torch.full((len(hypotheses), length), pad, dtype=torch.long)
-    valid = torch.zeros(len(hypotheses), length, dtype=torch.bool)
-    for row, tokens in enumerate(hypotheses):
-        inputs[row, : len(tokens) + 1] = torch.tensor([sot, *tokens])
-        valid[row, : len(tokens) + 1] = True
-    return inputs, valid
-
-
 def maximize_information(
     recognizer: Recognizer,
     waves: list[np.ndarray],
     passes: int,
-    lr: float = 1e-4,
+    lr: float = 3e-4,
     batch_size: int = 64,
     seed: int = 0,
 ) -> list[float]:
@@ -88,9 +75,10 @@ def maximize_information(
                 chunk = [waves[i] for i in order[first : first + batch_size]]
                 mel, frames = recognizer.features(chunk)
                 found = greedy_decode(model, mel, frames, tok.sot, tok.eot, tok.no_speech)
-                inputs, valid = teacher_forcing_inputs([h.tokens for h in found], tok.sot, tok.pad)
+                targets = [[*h.tokens, tok.eot] for h in found]
+                inputs, labels = teacher_forcing(targets, tok.sot, tok.pad)
                 logits = model(mel, frames, inputs.to(device))[..., support]
-                entropy, divergence = information_loss(logits, valid.to(device), prior)
+                entropy, divergence = information_loss(logits, labels.to(device) != -100, prior)
                 loss = entropy + divergence
                 optimizer.zero_grad()
                 loss.backward()

@@ -152,9 +152,10 @@ class Recognizer:
         adapt_passes: int = 0,
     ) -> list[Transcript]:
         """Transcripts of audio files; unreadable files go to `report` (or raise). With
-        `adapt`, the model is first adapted to all the readable files (see `adapt`)."""
+        `adapt` or `adapt_passes`, the model is first adapted to all the readable files (see
+        `adapt`)."""
         paths = list(paths)
-        if adapt:
+        if adapt or adapt_passes:
             self.adapt(self._readable(paths), batch_size, adapt_passes)
         results = []
         for names, waves in self._read(paths, batch_size, report):

@@ -165,7 +165,6 @@ def evaluate(
     """Word and character error rates, results.csv per file, and the worst utterances."""
     from lbdl_apps.asr.train import run_evaluation, worst
 
-    adapt = adapt or adapt_passes > 0
     scores, rows, folder = run_evaluation(
         checkpoint, data, out, split, beam_size, common, adapt, adapt_passes
     )
@@ -213,7 +212,6 @@ def transcribe(
     recognizer = load(checkpoint, common.torch_device())
     paths = expand_inputs(inputs, AUDIO_EXTENSIONS, "audio files")
     report = BatchReport(strict=strict)
-    adapt = adapt or adapt_passes > 0
     transcripts = recognizer.transcribe(
         paths, beam_size, batch_size, no_speech_threshold, report, adapt, adapt_passes
     )

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -305,17 +306,24 @@ def pad_mels(mels: list[Tensor]) -> tuple[Tensor, Tensor]:
     return out, frames
 
 
+def teacher_forcing(targets: Sequence[Sequence[int]], sot: int, pad: int) -> tuple[Tensor, Tensor]:
+    """Decoder inputs [start, *target[:-1]] and the targets (each ending with the end token),
+    padded with `pad` and with -100, the positions the loss ignores."""
+    longest = max(len(t) for t in targets)
+    tokens = torch.full((len(targets), longest), pad, dtype=torch.long)
+    labels = torch.full((len(targets), longest), -100, dtype=torch.long)
+    for i, target in enumerate(targets):
+        tokens[i, : len(target)] = torch.tensor([sot, *target[:-1]])
+        labels[i, : len(target)] = torch.tensor(target)
+    return tokens, labels
+
+
 def make_collate(sot: int, pad: int):
     """Collate (mel, target ids) items: inputs [start, ...] and targets [..., end]."""
 
     def collate(items: list[tuple[Tensor, list[int]]]) -> Batch:
         mel, frames = pad_mels([m for m, _ in items])
-        longest = max(len(t) for _, t in items)
-        tokens = torch.full((len(items), longest), pad, dtype=torch.long)
-        targets = torch.full((len(items), longest), -100, dtype=torch.long)
-        for i, (_, target) in enumerate(items):
-            tokens[i, : len(target)] = torch.tensor([sot, *target[:-1]])
-            targets[i, : len(target)] = torch.tensor(target)
+        tokens, targets = teacher_forcing([t for _, t in items], sot, pad)
         return Batch(mel, frames, tokens, targets)
 
     return collate

@@ -243,10 +243,10 @@ def evaluate_utterances(
     adapt_passes: int = 0,
 ) -> tuple[dict[str, float], list[Scored]]:
     """Transcribe `utterances` (with `adapt`, after adapting the recognizer to them, without
-    their texts, and `adapt_passes` of information maximisation); corpus WER / CER and the
-    per-utterance scores."""
+    their texts; `adapt_passes` of information maximisation imply `adapt`); corpus WER / CER
+    and the per-utterance scores."""
     waves = [u.load() for u in utterances]
-    if adapt:
+    if adapt or adapt_passes:
         recognizer.adapt(waves, batch_size, adapt_passes)
     segments = recognizer.transcribe_waves(waves, beam_size, batch_size)
     hyps = [" ".join(s.text for s in segs if s.text) for segs in segments]
@@ -293,8 +293,8 @@ def run_evaluation(
         for r in rows:
             writer.writerow([r.name, r.reference, r.hypothesis, f"{r.wer:.4f}", f"{r.cer:.4f}"])
     summary = {"checkpoint": str(checkpoint), "data": meta.get("data"), "split": split,
-               "beam_size": beam_size, "adapt": adapt, "adapt_passes": adapt_passes,
-               **scores}  # fmt: skip
+               "beam_size": beam_size, "adapt": adapt or adapt_passes > 0,
+               "adapt_passes": adapt_passes, **scores}  # fmt: skip
     with atomic_path(folder / "metrics.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     return scores, rows, folder

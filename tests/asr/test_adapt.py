@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from lbdl_apps.asr.adapt import information_loss, teacher_forcing_inputs, token_prior
+from lbdl_apps.asr.adapt import information_loss, token_prior
+from lbdl_apps.asr.data import teacher_forcing
 from lbdl_apps.asr.tokenizer import TextTokenizer
 
 
@@ -36,10 +37,10 @@ def test_information_loss_is_lowest_for_confident_predictions_spread_as_the_prio
     assert total[0] < 1e-3 and total[1] > 0.6 and total[2] > 0.6
 
 
-def test_teacher_forcing_inputs_pad_and_mark_the_predicting_positions() -> None:
-    inputs, valid = teacher_forcing_inputs([[7, 8, 9], [], [5]], sot=1, pad=0)
+def test_teacher_forcing_shifts_the_targets_and_pads_both() -> None:
+    inputs, targets = teacher_forcing([[7, 8, 9, 2], [2], [5, 2]], sot=1, pad=0)
     assert inputs.tolist() == [[1, 7, 8, 9], [1, 0, 0, 0], [1, 5, 0, 0]]
-    assert valid.tolist() == [[True] * 4, [True, False, False, False], [True, True, False, False]]
+    assert targets.tolist() == [[7, 8, 9, 2], [2, -100, -100, -100], [5, 2, -100, -100]]
 
 
 def test_token_prior_counts_the_targets_with_their_end() -> None:
