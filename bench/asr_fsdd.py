@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from lbdl_apps.asr.adapt import maximize_information
+from lbdl_apps.asr.adapt import LEARNING_RATE, maximize_information
 from lbdl_apps.asr.api import load
 from lbdl_apps.asr.train import (
     Scored,
@@ -188,7 +188,8 @@ def save(fold: dict[str, Any], config: dict[str, Any], seed: int, name: str) -> 
     """Merge one fold into bench/results/<name>.json (folds of the same settings and seed
     only) and recompute the means."""
     previous = read_result(name) or {}
-    same = previous.get("adapt_passes") == ADAPT_PASSES and previous.get("config") == config
+    same = (previous.get("adapt_passes"), previous.get("adapt_lr")) == (ADAPT_PASSES, LEARNING_RATE)
+    same = same and previous.get("config") == config
     if not same or previous.get("seed", 0) != seed:
         previous = {}
     by_speaker = {f["test_speaker"]: f for f in previous.get("folds", [])}
@@ -214,6 +215,7 @@ def save(fold: dict[str, Any], config: dict[str, Any], seed: int, name: str) -> 
         "folds": merged,
         "config": config,
         "adapt_passes": ADAPT_PASSES,
+        "adapt_lr": LEARNING_RATE,
         "seed": seed,
         "finished": now(),
         **environment(),

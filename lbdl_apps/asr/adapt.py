@@ -21,6 +21,8 @@ from lbdl_apps.core.errors import LbdlError
 if TYPE_CHECKING:
     from lbdl_apps.asr.api import Recognizer
 
+LEARNING_RATE = 3e-4  # of the passes' Adam
+
 
 def token_prior(tokenizer: TextTokenizer, texts: Iterable[str]) -> dict[str, int]:
     """How often each token id (as a string, for JSON) is a decoder target in `texts`, the
@@ -45,7 +47,7 @@ def maximize_information(
     recognizer: Recognizer,
     waves: list[np.ndarray],
     passes: int,
-    lr: float = 3e-4,
+    lr: float = LEARNING_RATE,
     batch_size: int = 64,
     seed: int = 0,
 ) -> list[float]:
