@@ -21,7 +21,7 @@ from lbdl_apps.core.errors import LbdlError
 if TYPE_CHECKING:
     from lbdl_apps.asr.api import Recognizer
 
-LEARNING_RATE = 3e-4  # of the passes' Adam
+LEARNING_RATE = 1e-3  # of the passes' Adam
 
 
 def token_prior(tokenizer: TextTokenizer, texts: Iterable[str]) -> dict[str, int]:
