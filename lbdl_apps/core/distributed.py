@@ -58,8 +58,10 @@ def decide_on_main(decide: Callable[[], T]) -> T:
 
 
 def finish_distributed() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one, once every rank is done with it
+    (a rank that leaves while another still talks to it can abort the other's exit)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -363,6 +363,8 @@ class Trainer:
             self.rank = dist.get_rank()
         try:
             yield
+            if owned:
+                dist.barrier()  # leaving while another rank still talks to this one can abort
         finally:
             if owned:
                 dist.destroy_process_group()
