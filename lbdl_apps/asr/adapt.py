@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lbdl_apps.asr.data import teacher_forcing
+from lbdl_apps.asr.data import IGNORED, teacher_forcing
 from lbdl_apps.asr.decode import greedy_decode
 from lbdl_apps.asr.tokenizer import TextTokenizer
 from lbdl_apps.core.errors import LbdlError
@@ -80,7 +80,7 @@ def maximize_information(
                 targets = [[*h.tokens, tok.eot] for h in found]
                 inputs, labels = teacher_forcing(targets, tok.sot, tok.pad)
                 logits = model(mel, frames, inputs.to(device))[..., support]
-                entropy, divergence = information_loss(logits, labels.to(device) != -100, prior)
+                entropy, divergence = information_loss(logits, labels.to(device) != IGNORED, prior)
                 loss = entropy + divergence
                 optimizer.zero_grad()
                 loss.backward()

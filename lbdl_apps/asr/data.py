@@ -34,6 +34,7 @@ from lbdl_apps.core.data import split_indices
 from lbdl_apps.core.errors import LbdlError, report
 
 MAX_SECONDS = 30.0
+IGNORED = -100  # target of a padded position: no loss counts it (cross_entropy's default)
 FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 AUDIO_KEYS = ("audio", "path", "file", "audio_filepath", "wav")
@@ -286,7 +287,7 @@ class SpeechDataset(Dataset):
 
 
 class Batch(NamedTuple):
-    """Padded spectrograms with their lengths, decoder inputs and targets (-100 = ignored)."""
+    """Padded spectrograms with their lengths, decoder inputs and targets (IGNORED where padded)."""
 
     mel: Tensor
     frames: Tensor
@@ -308,10 +309,10 @@ def pad_mels(mels: list[Tensor]) -> tuple[Tensor, Tensor]:
 
 def teacher_forcing(targets: Sequence[Sequence[int]], sot: int, pad: int) -> tuple[Tensor, Tensor]:
     """Decoder inputs [start, *target[:-1]] and the targets (each ending with the end token),
-    padded with `pad` and with -100, the positions the loss ignores."""
+    padded with `pad` and with IGNORED, the positions the loss ignores."""
     longest = max(len(t) for t in targets)
     tokens = torch.full((len(targets), longest), pad, dtype=torch.long)
-    labels = torch.full((len(targets), longest), -100, dtype=torch.long)
+    labels = torch.full((len(targets), longest), IGNORED, dtype=torch.long)
     for i, target in enumerate(targets):
         tokens[i, : len(target)] = torch.tensor([sot, *target[:-1]])
         labels[i, : len(target)] = torch.tensor(target)

@@ -19,6 +19,7 @@ from lbdl_apps.asr.adapt import token_prior
 from lbdl_apps.asr.api import TASK, Recognizer, load
 from lbdl_apps.asr.audio import NORMALIZATIONS
 from lbdl_apps.asr.data import (
+    IGNORED,
     Augment,
     Batch,
     SpeechData,
@@ -94,10 +95,10 @@ def speech_loss(
     loss = F.cross_entropy(
         logits.flatten(0, 1).float(),
         batch.targets.flatten(),
-        ignore_index=-100,
+        ignore_index=IGNORED,
         label_smoothing=label_smoothing,
     )
-    known = batch.targets != -100
+    known = batch.targets != IGNORED
     accuracy = (logits.argmax(-1) == batch.targets)[known].float().mean()
     return loss, {"token_acc": accuracy}
 
