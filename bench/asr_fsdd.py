@@ -33,14 +33,11 @@ import torch
 
 from lbdl_apps.asr.adapt import LEARNING_RATE, maximize_information
 from lbdl_apps.asr.api import load
-from lbdl_apps.asr.train import (
-    Scored,
-    TrainArgs,
-    data_for,
-    evaluate_utterances,
-    run_training,
-)
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.asr.cli import TrainArgs
+from lbdl_apps.asr.data import data_for
+from lbdl_apps.asr.metrics import Scored, evaluate_utterances
+from lbdl_apps.asr.task import train
+from lbdl_apps.core.options import Common
 
 try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
     from common import command, environment, now, read_result, write_result
@@ -112,7 +109,7 @@ def run_fold(speaker: str, config: dict[str, Any], threads: int, seed: int) -> d
             data=str(REPO / DATA), test_speakers=speaker, run_dir=run_dir, exist_ok=True,
             **config,
         )  # fmt: skip
-        scores = run_training(args, Common(threads=threads, quiet=True, seed=seed))
+        scores = train(args, Common(threads=threads, quiet=True, seed=seed))
         recognizer = load(run_dir / "model.safetensors")
         unseen = data_for(recognizer.meta, seed).test
         adapted, rows = evaluate_utterances(recognizer, unseen, adapt=True)

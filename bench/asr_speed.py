@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch
 from lbdl_apps.asr.api import TASK, load
 from lbdl_apps.asr.audio import SAMPLE_RATE, log_mel
 from lbdl_apps.asr.builtin import make_speech
-from lbdl_apps.asr.decode import greedy_decode
+from lbdl_apps.asr.decode import Specials, greedy_decode
 from lbdl_apps.asr.model import build_model, default_config
 from lbdl_apps.asr.tokenizer import TextTokenizer
 from lbdl_apps.core.checkpoint import save_checkpoint
@@ -68,7 +69,7 @@ def ours(mel: torch.Tensor, tokens: int, repeats: int) -> dict[str, float]:
     model = build_model(config).eval()
     encode_s, _ = best_of(repeats, lambda: model.encode(mel[None]))
     decode = lambda: greedy_decode(  # noqa: E731
-        model, mel[None], None, 1, 2, 3, max_tokens=tokens + 1
+        model, mel[None], None, Specials(1, 2, 3), max_tokens=tokens + 1
     )
     total_s, hyps = best_of(repeats, decode)
     made = len(hyps[0].tokens) + (1 if len(hyps[0].tokens) < tokens else 0)
@@ -114,7 +115,7 @@ def real_time_factor(wave: np.ndarray, repeats: int) -> dict[str, float]:
         tokenizer = TextTokenizer.train(texts, vocab_size=512)
         config = default_config("tiny", tokenizer.vocab_size, 96)
         path = Path(folder) / "model.safetensors"
-        meta = {"task": TASK, "config": config, "tokenizer": tokenizer.to_json()}
+        meta = {"task": TASK, "config": asdict(config), "tokenizer": tokenizer.to_json()}
         save_checkpoint(path, build_model(config).state_dict(), meta)
         audio = Path(folder) / "speech.wav"
         soundfile.write(audio, wave, SAMPLE_RATE)

@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 
-from lbdl_apps.classify.model import build_model
-from lbdl_apps.classify.train import TrainArgs, run_training
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.classify.cli import TrainArgs
+from lbdl_apps.classify.model import ClassifierConfig, build_model
+from lbdl_apps.classify.task import train as run_training
+from lbdl_apps.core.options import Common
 
 try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
     from common import command, environment, now, read_result, write_result
@@ -116,7 +117,7 @@ def train_one(
 
     saved = (run_dir / "config.json").read_text()
     config = json.loads(saved)["model"]
-    params = sum(p.numel() for p in build_model(config).parameters())
+    params = sum(p.numel() for p in build_model(ClassifierConfig(**config)).parameters())
     rows = [
         json.loads(line)
         for line in (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -1,7 +1,7 @@
 """Fashion-MNIST with `lbdl clip train`: zero-shot accuracy from class-name prompts alone,
 and retrieval recall@1, of a CLIP trained on captions made from class names and templates.
 
-The model is trained by the CLI's code path (`run_training`) on the 60k training images
+The model is trained by the CLI's code path (`lbdl_apps.clip.task.train`) on the 60k training images
 (10% held out to pick the best epoch); each image is paired with a caption drawn from five
 templates ("a photo of a {label}.", ...). On the 10k test images the classifier is built from
 prompts of the class names only (no image label is used): the five templates averaged
@@ -26,12 +26,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from lbdl_apps.clip.api import ClipModel, load
+from lbdl_apps.clip.cli import TrainArgs
 from lbdl_apps.clip.data import (
     CLASS_TEMPLATES,
     FASHION_MNIST_LABELS,
     PairDataset,
     PairSet,
     load_clip_data,
+    pair_tokens,
+    prompt_tokens,
 )
 from lbdl_apps.clip.metrics import (
     class_embeddings,
@@ -39,8 +42,8 @@ from lbdl_apps.clip.metrics import (
     retrieval_recalls,
     zero_shot_predictions,
 )
-from lbdl_apps.clip.train import TrainArgs, pair_tokens, prompt_tokens, run_training
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.clip.task import train
+from lbdl_apps.core.options import Common
 
 try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
     from common import environment, write_result
@@ -96,7 +99,7 @@ def main() -> None:
     common = Common(device="cpu", threads=cli.threads, seed=cli.seed, quiet=True)
     env = environment()
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    run_training(args, common)
+    train(args, common)
     train_wall, train_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     clip = load(run_dir / "model.safetensors")
     scores = test_scores(clip, load_clip_data(data).test)

@@ -24,7 +24,7 @@ import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from lbdl_apps.clip.loss import clip_loss
-from lbdl_apps.clip.model import CLIP
+from lbdl_apps.clip.model import CLIP, ClipConfig
 
 try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
     from common import environment, write_result
@@ -41,13 +41,12 @@ VOCAB = 49408
 
 def our_model(size: tuple) -> CLIP:
     image, patch, width, layers, t_width, t_layers, embed, context, _ = size
-    return CLIP({
-        "image_size": image, "patch_size": patch, "vision_width": width,
-        "vision_depth": layers, "vision_heads": width // 64, "text_width": t_width,
-        "text_depth": t_layers, "text_heads": t_width // 64, "embed_dim": embed,
-        "vocab_size": VOCAB, "context_length": context, "eot_id": VOCAB - 1,
-        "act": "quick_gelu",
-    })  # fmt: skip
+    return CLIP(ClipConfig(
+        image_size=image, patch_size=patch, vision_width=width, vision_depth=layers,
+        vision_heads=width // 64, text_width=t_width, text_depth=t_layers,
+        text_heads=t_width // 64, embed_dim=embed, vocab_size=VOCAB, context_length=context,
+        eot_id=VOCAB - 1, act="quick_gelu",
+    ))  # fmt: skip
 
 
 def open_clip_model(size: tuple) -> torch.nn.Module:

@@ -1,10 +1,10 @@
 """Set12 denoising at sigma 25 with `lbdl denoise train`: PSNR of our model against OpenCV
 non-local means and BM3D measured in the same run, with the BENCHMARKS.md protocol.
 
-The model is trained by the same code path as the CLI (`run_training` with `TrainArgs`) on
+The model is trained by the same code path as the CLI (`task.train` with `TrainArgs`) on
 ../shared/data/denoise/train400 (5% held out for choosing the best epoch) with a fixed noise
 level (gaussian:25), for as many epochs as a short calibration says fit in the training budget
-(20 wall-clock minutes by default). It is then scored on Set12 by `run_evaluation` (what
+(20 wall-clock minutes by default). It is then scored on Set12 by `task.evaluate` (what
 `lbdl denoise evaluate --data set12` runs): per image a fresh np.random.RandomState(0), noise
 on the 0-255 scale, not clipped, PSNR with peak 255 in float64; OpenCV NLM (h = 0.9 sigma) is
 measured there on the same noisy images, and BM3D (`bm3d` package, the [bench] extra) here.
@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.denoise.model import build_model, default_config
-from lbdl_apps.denoise.train import TrainArgs, psnr_255, run_evaluation, run_training
+from lbdl_apps.core.options import Common
+from lbdl_apps.denoise.cli import EvaluateArgs, TrainArgs
+from lbdl_apps.denoise.metrics import psnr_255
+from lbdl_apps.denoise.model import RestorerConfig, build_model, default_config
+from lbdl_apps.denoise.task import evaluate
+from lbdl_apps.denoise.task import train as train_model
 
 try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
     from common import command, environment, now, write_result
@@ -55,7 +58,9 @@ QUICK_PATCHES = 96
 def calibrate(args: TrainArgs, seconds: float = 8.0) -> float:
     """Training patches per second of this model on this machine, now (a few real steps)."""
     config = default_config(args.model, 1)
-    config.update({k: v for k, v in {"width": args.width, "depth": args.depth}.items() if v})
+    config = replace(
+        config, **{k: v for k, v in {"width": args.width, "depth": args.depth}.items() if v}
+    )
     model = build_model(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.rand(args.batch_size, 1, args.patch_size, args.patch_size)
@@ -147,10 +152,16 @@ def main() -> None:
         args.patches_per_epoch = max(args.batch_size, int(total / args.epochs))
         print(f"calibration: {speed:.1f} patches/s -> {args.epochs} epochs of "
               f"{args.patches_per_epoch} patches", flush=True)  # fmt: skip
-    best = run_training(args, common)
+    best = train_model(args, common)
     train_s = time.perf_counter() - start
-    evaluation = run_evaluation(
-        run_dir / "model.safetensors", str(test), run_dir / "set12", [f"gaussian:{SIGMA}"], common
+    evaluation = evaluate(
+        EvaluateArgs(
+            checkpoint=str(run_dir / "model.safetensors"),
+            data=str(test),
+            out=run_dir / "set12",
+            degrade=[f"gaussian:{SIGMA}"],
+        ),
+        common,
     )
     scores = evaluation.scores
     bm3d = {"skipped": "--no-bm3d"} if cli.no_bm3d else run_bm3d(test, 2 if cli.quick else None)
@@ -158,8 +169,8 @@ def main() -> None:
     load_after = os.getloadavg()
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
     model_psnr, nlm_psnr = scores["model"]["psnr"], scores["opencv-nlm"]["psnr"]
-    params = sum(p.numel() for p in build_model(json.loads(
-        (run_dir / "config.json").read_text())["model"]).parameters())  # fmt: skip
+    config = RestorerConfig(**json.loads((run_dir / "config.json").read_text())["model"])
+    params = sum(p.numel() for p in build_model(config).parameters())
     result: dict[str, Any] = {
         "benchmark": NAME,
         "train_data": TRAIN,

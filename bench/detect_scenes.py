@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.detect.train import TrainArgs, run_evaluation, run_training
+from lbdl_apps.core.options import Common
+from lbdl_apps.detect.cli import EvaluateArgs, TrainArgs
+from lbdl_apps.detect.task import evaluate, train
 
 try:  # python bench/x.py puts bench/ first on sys.path; python -m bench.x does not
     from common import environment, write_result
@@ -55,11 +56,13 @@ def main() -> None:
         )
         common = Common(threads=args.threads, seed=args.seed, quiet=quick)
         wall0, cpu0 = time.perf_counter(), cpu_seconds()
-        best = run_training(train_args, common)
+        best = train(train_args, common)
         wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
-        scores, per_class, _ = run_evaluation(
-            run_dir / "model.safetensors", None, None, Path(tmp) / "eval", "val", common
+        held_out = EvaluateArgs(
+            checkpoint=str(run_dir / "model.safetensors"), out=Path(tmp) / "eval"
         )
+        evaluation = evaluate(held_out, common)  # the held-out scenes of the other stream
+        scores, per_class = evaluation.scores, evaluation.per_class
     result = {
         "map_50": scores["map_50"],
         "map": scores["map"],

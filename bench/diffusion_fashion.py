@@ -24,12 +24,14 @@ from typing import Any
 
 import torch
 
-from lbdl_apps.classify.train import TrainArgs as ClassifyArgs
-from lbdl_apps.classify.train import run_evaluation as classify_evaluation
-from lbdl_apps.classify.train import run_training as classify_training
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.diffusion.evaluate import run_evaluation
-from lbdl_apps.diffusion.train import TrainArgs, run_training
+from lbdl_apps.classify.cli import EvaluateArgs as ClassifyEvaluateArgs
+from lbdl_apps.classify.cli import TrainArgs as ClassifyArgs
+from lbdl_apps.classify.task import evaluate as classify_evaluate
+from lbdl_apps.classify.task import train as classify_training
+from lbdl_apps.core.options import Common
+from lbdl_apps.diffusion.cli import EvaluateArgs, TrainArgs
+from lbdl_apps.diffusion.evaluate import evaluate
+from lbdl_apps.diffusion.task import train
 
 try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
     from common import RESULTS_DIR, environment, write_result
@@ -107,8 +109,10 @@ def main() -> None:
             "--width 16 --depth 3 --epochs 1 --batch-size 128 "
             "--lr 0.003 --augment none"
         )
-    scores = classify_evaluation(classifier, data, work / "classifier_eval", 256, "test", common)[0]
-    record["classifier_test_acc"] = scores["acc"]
+    judged = ClassifyEvaluateArgs(
+        checkpoint=str(classifier), data=data, split="test", out=work / "classifier_eval"
+    )
+    record["classifier_test_acc"] = classify_evaluate(judged, common).scores["acc"]
 
     args = TrainArgs(
         data=data,
@@ -130,25 +134,22 @@ def main() -> None:
         f"--blocks {args.blocks} --batch-size 64 --lr 0.002 --warmup 0.1 --preview 0 "
         f"--fraction {args.fraction} {init}--threads {options.threads}"
     )
-    last, record["diffusion_time"] = stage(run_training, args, common)
+    last, record["diffusion_time"] = stage(train, args, common)
     record["final_train_loss"] = last.get("train_loss")
     n = 50 if quick else options.samples
     checkpoint = work / "diffusion" / "model.safetensors"
-    result, record["evaluation_time"] = stage(
-        run_evaluation,
-        checkpoint,
-        classifier,
-        data,
-        work / "evaluate",
-        common,
-        n,
-        200 if quick else 2000,
-        None,
-        None,
-        options.steps,
-        options.sampler,
-        options.guidance,
+    evaluation = EvaluateArgs(
+        checkpoint=str(checkpoint),
+        classifier=str(classifier),
+        data=data,
+        out=work / "evaluate",
+        n=n,
+        n_real=200 if quick else 2000,
+        steps=options.steps,
+        sampler=options.sampler,
+        guidance=options.guidance,
     )
+    result, record["evaluation_time"] = stage(evaluate, evaluation, common)
     record["evaluate_command"] = (
         f"lbdl diffusion evaluate RUN/model.safetensors --classifier CLASSIFIER --data "
         f"{options.data} --n {n} --n-real {result.real} --steps {options.steps} "

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.dqn.agent import TrainArgs, run_training
+from lbdl_apps.core.options import Common
+from lbdl_apps.dqn.cli import TrainArgs
+from lbdl_apps.dqn.task import train
 
 try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
     from common import environment, write_result
@@ -50,7 +51,7 @@ def solve(seed: int, total_steps: int) -> dict[str, Any]:
             exist_ok=True,
         )
         cpu, wall = time.process_time(), time.perf_counter()
-        summary = run_training(args, Common(quiet=True, seed=seed))
+        summary = train(args, Common(quiet=True, seed=seed))
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         rows = (Path(folder) / "metrics.csv").read_text().splitlines()[1:]
     evals = [(int(float(r.split(",")[0])), float(r.split(",")[4])) for r in rows]

@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.dqn.agent import TrainArgs, run_training
+from lbdl_apps.core.errors import EXIT_INTERRUPTED
+from lbdl_apps.core.options import Common
+from lbdl_apps.dqn.cli import TrainArgs
+from lbdl_apps.dqn.task import train
 
 try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
     from common import environment, write_result
@@ -87,17 +89,19 @@ def main() -> None:
     )
     if options.minutes:
 
-        def stop(*_: Any) -> None:
-            raise KeyboardInterrupt
+        def stop(*_: Any) -> None:  # as a Ctrl-C: the run saves its state and exits 130
+            signal.raise_signal(signal.SIGINT)
 
         signal.signal(signal.SIGALRM, stop)
         signal.alarm(int(options.minutes * 60))
     result: dict[str, Any] = {"mode": "quick" if options.quick else "full", "before": environment()}
     finished = True
     try:
-        summary = run_training(args, common)
+        summary = train(args, common)
         result["summary"] = summary
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as stopped:
+        if isinstance(stopped, SystemExit) and stopped.code != EXIT_INTERRUPTED:
+            raise
         finished = False
         print(f"stopped; go on with: python bench/dqn_pong.py --resume --run-dir {run_dir}")
     signal.alarm(0)

@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.dqn.agent import TrainArgs, run_training
-from lbdl_apps.dqn.env import EnvSettings, make_env
+from lbdl_apps.core.options import Common
+from lbdl_apps.dqn.cli import TrainArgs
+from lbdl_apps.dqn.data import EnvSettings, make_env
+from lbdl_apps.dqn.task import train
 
 try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
     from common import environment, read_result, write_result
@@ -81,7 +82,7 @@ def run_ours(env_id: str, steps: int, seed: int) -> dict[str, float]:
             exist_ok=True,
             **hp,
         )
-        summary = run_training(args, Common(quiet=True, seed=seed))
+        summary = train(args, Common(quiet=True, seed=seed))
     # the loop's own figures: the evaluation after the last step is left out of both
     return {"steps_per_s": summary["steps_per_s"], "cpu_s": summary["cpu_s"]}
 

@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 import torchvision
 
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.core.options import Common
 from lbdl_apps.segment.api import load
-from lbdl_apps.segment.train import TrainArgs, run_evaluation, run_training
+from lbdl_apps.segment.cli import EvaluateArgs, TrainArgs
+from lbdl_apps.segment.task import Evaluation, evaluate
+from lbdl_apps.segment.task import train as train_model
 
 try:  # python bench/x.py puts bench/ first on sys.path; python -m bench.x does not
     from common import environment, write_result
@@ -34,6 +36,12 @@ except ImportError:
     from bench.common import environment, write_result
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "membrane" / "train"
+
+
+def held_out(checkpoint: Path, out: Path, common: Common, tta: bool = False) -> Evaluation:
+    """`lbdl segment evaluate CHECKPOINT --split val [--tta]`: the seeded held-out images."""
+    args = EvaluateArgs(checkpoint=str(checkpoint), out=out, split="val", tta=tta)
+    return evaluate(args, common)
 
 
 def images_per_s(model: torch.nn.Module, batch: torch.Tensor, repeats: int) -> float:
@@ -100,20 +108,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         train_args.run_dir = Path(tmp) / "run"
         start = time.perf_counter()
-        run_training(train_args, common)
+        train_model(train_args, common)
         train_s = time.perf_counter() - start
         # the held-out images are also the validation set that picks model.safetensors, the
         # best epoch: the figures come from the last epoch's weights, chosen by nothing
         checkpoint = train_args.run_dir / "last.safetensors"
         start = time.perf_counter()
-        scores, iou, labels, _ = run_evaluation(checkpoint, None, Path(tmp) / "eval", "val", common)
+        last = held_out(checkpoint, Path(tmp) / "eval", common)
+        scores, iou, labels = last.scores, last.iou, last.labels
         eval_s = time.perf_counter() - start
-        flipped, flipped_iou, _, _ = run_evaluation(
-            checkpoint, None, Path(tmp) / "tta", "val", common, tta=True
-        )
-        best, best_iou, _, _ = run_evaluation(
-            train_args.run_dir / "model.safetensors", None, Path(tmp) / "best", "val", common
-        )
+        tta = held_out(checkpoint, Path(tmp) / "tta", common, tta=True)
+        flipped, flipped_iou = tta.scores, tta.iou
+        chosen = held_out(train_args.run_dir / "model.safetensors", Path(tmp) / "best", common)
+        best, best_iou = chosen.scores, chosen.iou
         unet = load(checkpoint).model
     ours, fcn = inference_speed(unet, 256, 4, rounds=1 if quick else 3, repeats=1 if quick else 3)
     figures = {

@@ -23,7 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lbdl_apps.core.device import amp_dtype, resolve_device
-from lbdl_apps.core.train import TrainConfig, Trainer
+from lbdl_apps.core.options import TrainArgs
+from lbdl_apps.core.train import Trainer
 
 try:  # python bench/trainer_overhead.py puts bench/ first on sys.path; python -m bench.... does not
     from common import environment, write_result
@@ -64,7 +65,7 @@ def run_trainer(data: TensorDataset, args: argparse.Namespace, device: torch.dev
         x, y = batch
         return F.cross_entropy(model(x), y), {}
 
-    config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=1e-3, grad_clip=1.0)
+    config = TrainArgs(epochs=1, batch_size=args.batch_size, lr=1e-3, weight_decay=0.05)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(
             make_model(),

@@ -8,6 +8,7 @@ import os
 import pkgutil
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -16,8 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 import lbdl_apps
-from lbdl_apps.core.cli_common import Common, OneLineErrors, verb
+from lbdl_apps.core.options import Common, Options, option
 from lbdl_apps.core.tour import STEPS, TourResult, write_report
+from lbdl_apps.core.verbs import OneLineErrors, verb
 
 app = typer.Typer(
     name="lbdl",
@@ -59,8 +61,25 @@ def main(
     """lbdl: train, evaluate and run the book's models on your own data."""
 
 
+@dataclass(kw_only=True)
+class DoctorArgs(Options):
+    """`lbdl doctor` has only the common options."""
+
+
+@dataclass(kw_only=True)
+class TourArgs(Options):
+    """The options of `lbdl tour`."""
+
+    quick: bool = False
+    """Tiny sizes: checks that every app runs."""
+    out: Path = Path("runs/tour")
+    """Folder of the tour's runs and report."""
+    only: list[str] | None = option(None)
+    """Run only these apps (repeatable)."""
+
+
 @verb(app)
-def doctor(*, common: Common) -> None:
+def doctor(args: DoctorArgs, common: Common) -> None:
     """Versions, devices, threads and the optional data folders."""
     import torch
 
@@ -87,21 +106,12 @@ def doctor(*, common: Common) -> None:
 
 
 @verb(app)
-def tour(
-    quick: Annotated[bool, typer.Option(help="Tiny sizes: checks that every app runs.")] = False,
-    out: Annotated[Path, typer.Option(help="Folder of the tour's runs and report.")] = Path(
-        "runs/tour"
-    ),
-    only: Annotated[
-        list[str] | None, typer.Option(help="Run only these apps (repeatable).")
-    ] = None,
-    *,
-    common: Common,
-) -> None:
+def tour(args: TourArgs, common: Common) -> None:
     """Train, evaluate and predict with every app on built-in data; write report.html."""
     for name in discover_apps():
         importlib.import_module(f"lbdl_apps.{name}.tour")
-    steps = [s for s in STEPS.values() if not only or s.name in only]
+    steps = [s for s in STEPS.values() if not args.only or s.name in args.only]
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     console = Console()
     results: dict[str, tuple] = {}
@@ -109,7 +119,7 @@ def tour(
         console.rule(f"[bold]{step.title}")
         start = time.perf_counter()
         common.apply()  # each step starts from the same seed
-        result: TourResult = step.run(out / step.name, quick, common)
+        result: TourResult = step.run(out / step.name, args.quick, common)
         results[step.name] = (step, result, time.perf_counter() - start)
     table = Table("app", "metrics", "time")
     for step, result, seconds in results.values():

@@ -5,15 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from lbdl_apps.core.lazy import lazy_api
 
 __all__ = ["Recognizer", "Transcript", "load"]
-
-
-def __getattr__(name: str) -> Any:
-    """Import the API (and torch) only when it is used, so `lbdl --help` starts fast."""
-    if name in __all__:
-        from lbdl_apps.asr import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_api(__name__, __all__)

@@ -76,7 +76,7 @@ def maximize_information(
             for first in range(0, len(order), batch_size):
                 chunk = [waves[i] for i in order[first : first + batch_size]]
                 mel, frames = recognizer.features(chunk)
-                found = greedy_decode(model, mel, frames, tok.sot, tok.eot, tok.no_speech)
+                found = greedy_decode(model, mel, frames, tok.specials)
                 targets = [[*h.tokens, tok.eot] for h in found]
                 inputs, labels = teacher_forcing(targets, tok.sot, tok.pad)
                 logits = model(mel, frames, inputs.to(device))[..., support]

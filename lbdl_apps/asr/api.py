@@ -14,11 +14,12 @@ from lbdl_apps.asr.adapt import maximize_information
 from lbdl_apps.asr.audio import N_FFT, SAMPLE_RATE, log_mel, read_audio
 from lbdl_apps.asr.data import pad_mels
 from lbdl_apps.asr.decode import Hypothesis, beam_search, greedy_decode
-from lbdl_apps.asr.model import SpeechRecognizer, build_model
+from lbdl_apps.asr.model import RecognizerConfig, SpeechRecognizer, build_model
 from lbdl_apps.asr.tokenizer import TextTokenizer
+from lbdl_apps.core.batch import BatchReport, read_batches, read_each
 from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.device import resolve_device
-from lbdl_apps.core.errors import BatchReport, LbdlError
+from lbdl_apps.core.errors import LbdlError
 
 TASK = "asr"
 WINDOW_S = 30.0  # the longest audio the encoder sees at once, as Whisper
@@ -77,10 +78,8 @@ class Recognizer:
         mel, frames = self.features(waves)
         t = self.tokenizer
         if beam_size > 1:
-            return beam_search(
-                self.model, mel, frames, t.sot, t.eot, t.no_speech, beam_size, max_tokens
-            )
-        return greedy_decode(self.model, mel, frames, t.sot, t.eot, t.no_speech, max_tokens)
+            return beam_search(self.model, mel, frames, t.specials, beam_size, max_tokens)
+        return greedy_decode(self.model, mel, frames, t.specials, max_tokens)
 
     def transcribe_waves(
         self,
@@ -158,7 +157,7 @@ class Recognizer:
         if adapt or adapt_passes:
             self.adapt(self._readable(paths), batch_size, adapt_passes)
         results = []
-        for names, waves in self._read(paths, batch_size, report):
+        for names, waves in read_batches(paths, read_audio, batch_size, report):
             all_segments = self.transcribe_waves(waves, beam_size, batch_size, no_speech_threshold)
             for name, wave, segments in zip(names, waves, all_segments, strict=True):
                 text = " ".join(s.text for s in segments if s.text)
@@ -169,35 +168,10 @@ class Recognizer:
     def _readable(paths: Iterable[str | Path]) -> Iterator[np.ndarray]:
         """The waveforms of the files that can be read (the others are reported when read
         again for transcription)."""
-        for path in paths:
-            try:
-                yield read_audio(path)
-            except LbdlError:
-                continue
-
-    @staticmethod
-    def _read(
-        paths: Iterable[str | Path], batch_size: int, report: BatchReport | None
-    ) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
-        names: list[Path] = []
-        waves: list[np.ndarray] = []
-        for path in map(Path, paths):
-            try:
-                waves.append(read_audio(path))
-            except LbdlError as error:
-                if report is None:
-                    raise
-                report.failed(path, str(error).removeprefix(f"{path}: "))
-                continue
-            names.append(path)
-            if len(waves) == batch_size:
-                yield names, waves
-                names, waves = [], []
-        if waves:
-            yield names, waves
+        return (wave for _, wave in read_each(paths, read_audio, BatchReport(quiet=True)))
 
 
 def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Recognizer:
     """Load a `lbdl asr` checkpoint (a .safetensors file or a run folder)."""
-    model, meta = load_model(checkpoint, TASK, build_model)
+    model, meta = load_model(checkpoint, TASK, build_model, RecognizerConfig)
     return Recognizer(model, meta, resolve_device(device))  # type: ignore[arg-type]

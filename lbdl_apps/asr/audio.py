@@ -106,7 +106,7 @@ def warp_bands(mel: Tensor, factor: float) -> Tensor:
     source = source.clamp(0, bands - 1)
     low = source.floor().long()
     high = (low + 1).clamp(max=bands - 1)
-    weight = (source - low).to(mel.dtype)[:, None]
+    weight = (source - low).to(mel.dtype)[:, None]  # (bands,) -> (bands, 1): over every frame
     return mel[..., low, :] * (1 - weight) + mel[..., high, :] * weight
 
 
@@ -132,6 +132,7 @@ def log_mel(
         raise LbdlError(f"audio too short: {len(wave)} samples, at least {N_FFT} needed")
     mel = _mel_transform()(wave)[..., :-1]
     if band_gains_db is not None:
+        # gains (80,) -> (80, 1): each band's power scaled in every frame
         mel = mel * 10.0 ** (band_gains_db.to(mel.dtype)[:, None] / 10.0)
     return normalize_log_mel(mel, normalization)
 
@@ -141,6 +142,7 @@ def random_equalizer(max_db: float, rng: np.random.Generator, points: int = 6) -
     would apply: drawn in [-max_db, max_db] at `points` bands spread evenly on the mel scale,
     linear between them."""
     knots = torch.from_numpy(rng.uniform(-max_db, max_db, points).astype(np.float32))
+    # (points,) -> (1, 1, points), linear to (1, 1, 80) -> (80,)
     return torch.nn.functional.interpolate(
         knots[None, None], size=N_MELS, mode="linear", align_corners=True
     )[0, 0]

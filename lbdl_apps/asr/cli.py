@@ -1,228 +1,168 @@
-"""`lbdl asr`: train, evaluate and run Whisper-style speech recognition (book 6.5)."""
+"""`lbdl asr`: train, evaluate and run Whisper-style speech recognition (book 6.5). Each
+verb's options are the fields of its dataclass below."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from dataclasses import dataclass
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from lbdl_apps.core.cli_common import (
-    AmpOption,
-    BatchSizeOption,
-    Common,
-    CompileOption,
-    ConfigOption,
-    DataOption,
-    EmaOption,
-    EpochsOption,
-    ExistOkOption,
-    LrOption,
-    NameOption,
-    OutOption,
-    PatienceOption,
-    ResumeOption,
-    RunDirOption,
-    SavePeriodOption,
-    StrictOption,
-    ValFractionOption,
-    WarmupOption,
-    WeightDecayOption,
-    WorkersOption,
-    from_options,
-    verb,
-)
+from lbdl_apps.core import options
+from lbdl_apps.core.options import Common, option
+from lbdl_apps.core.verbs import verb
+
+
+@dataclass(kw_only=True)
+class TrainArgs(options.TrainArgs):
+    """Everything `lbdl asr train` was asked for; saved as the run's config.json."""
+
+    model: str = "nano"
+    """nano, mini or tiny (the dimensions of Whisper tiny)."""
+    width: int | None = option(None, min=8)
+    """Model width (overrides)."""
+    depth: int | None = option(None, min=1)
+    """Encoder and decoder blocks (overrides)."""
+    heads: int | None = option(None, min=1)
+    """Attention heads (overrides)."""
+    frontend: str = "conv1d"
+    """conv1d (Whisper's) or conv2d (a VGG-style 2D CNN over bands)."""
+    epochs: int = 20
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    vocab_size: int = option(512, min=260)
+    """BPE vocabulary size."""
+    max_tokens: int = option(96, min=4)
+    """Longest token sequence."""
+    label_smoothing: float = option(0.1, min=0.0, max=0.5)
+    """Label smoothing of the cross-entropy."""
+    dropout: float = option(0.0, min=0.0, max=0.9)
+    """Dropout in the transformer blocks."""
+    normalization: str = "band-mean"
+    """Log-mel scaling: band-mean (per-band mean removed), level-mean (overall mean removed)
+    or whisper."""
+    split_by: str = "random"
+    """random, or speaker (test speakers unseen in training)."""
+    test_speakers: str | None = None
+    """Comma-separated speakers held out for the test."""
+    test_fraction: float = option(0.1, min=0.0, max=0.9)
+    """Share of the data held out for the test (or of the speakers, with --split-by speaker)."""
+    builtin: str = "mixed"
+    """Built-in speech: mixed, digits, digit (one) or phrases."""
+    builtin_size: int = option(2000, min=10)
+    """Synthesized training clips of the built-in data."""
+    extra_builtin: int = option(0, min=0)
+    """Synthesized spoken digits mixed into --data's training."""
+    speed: float = option(0.0, min=0.0, max=0.5)
+    """Speed perturbation: factor in 1 +- this."""
+    noise_snr: float | None = None
+    """Add white noise at SNR (dB) from this to +30."""
+    freq_masks: int = option(0, min=0)
+    """SpecAugment frequency masks."""
+    time_masks: int = option(0, min=0)
+    """SpecAugment time masks."""
+    stretch: float = option(0.0, min=0.0, max=1.0)
+    """Tempo perturbation: duration x 1/(1+this) to 1+this."""
+    warp: float = option(0.0, min=0.0, max=0.5)
+    """Vocal tract length perturbation: formants x 1+-this."""
+    eq: float = option(0.0, min=0.0, max=30.0)
+    """Random equalizer: band gains within +-this dB."""
+    skip_bad: bool = False
+    """Warn about bad audio files and train on the rest."""
+
+
+@dataclass(kw_only=True)
+class Decoding(options.Options):
+    """How `evaluate` and `transcribe` decode, and adapt to the audio first."""
+
+    beam_size: int = option(1, min=1)
+    """Beam width (1: greedy decoding)."""
+    adapt: bool = False
+    """First adapt the batch norms to all the audio given (a new speaker or microphone)."""
+    adapt_passes: int = option(0, min=0, max=100)
+    """Adapt as --adapt does, then tune the encoder on that audio for this many passes so
+    that its transcriptions become confident and as diverse as the training texts."""
+
+
+@dataclass(kw_only=True)
+class EvaluateArgs(Decoding, options.EvaluateArgs):
+    """The options of `lbdl asr evaluate`."""
+
+    show: int = option(10, min=0)
+    """Worst utterances to list."""
+
+
+@dataclass(kw_only=True)
+class TranscribeArgs(Decoding, options.PredictArgs):
+    """The options of `lbdl asr transcribe` (and `predict`)."""
+
+    batch_size: int = option(16, min=1)
+    """Batch size."""
+    formats: str = option("txt,json,srt,vtt", flags=("--format",))
+    """Comma-separated: txt, json, srt, vtt."""
+    no_speech_threshold: float = option(0.6, min=0.0, max=1.0)
+    """Above this no-speech probability, no text."""
+
 
 app = typer.Typer(
     help="Speech recognition (book 6.5): a Whisper-style encoder-decoder transformer on "
     "log-mel spectrograms, writing BPE tokens."
 )
-TASK = "asr"
-BeamOption = Annotated[int, typer.Option(min=1, help="Beam width (1: greedy decoding).")]
-AdaptOption = Annotated[
-    bool,
-    typer.Option(
-        help="First adapt the batch norms to all the audio given (a new speaker or microphone)."
-    ),
-]
-AdaptPassesOption = Annotated[
-    int,
-    typer.Option(
-        min=0,
-        max=100,
-        help="Adapt as --adapt does, then tune the encoder on that audio for this many passes "
-        "so that its transcriptions become confident and as diverse as the training texts.",
-    ),
-]
 
 
 @verb(app)
-def train(
-    data: DataOption = None,
-    model: Annotated[
-        str, typer.Option(help="nano, mini or tiny (the dimensions of Whisper tiny).")
-    ] = "nano",
-    width: Annotated[int | None, typer.Option(min=8, help="Model width (overrides).")] = None,
-    depth: Annotated[
-        int | None, typer.Option(min=1, help="Encoder and decoder blocks (overrides).")
-    ] = None,
-    heads: Annotated[int | None, typer.Option(min=1, help="Attention heads (overrides).")] = None,
-    frontend: Annotated[
-        str, typer.Option(help="conv1d (Whisper's) or conv2d (a VGG-style 2D CNN over bands).")
-    ] = "conv1d",
-    epochs: EpochsOption = 20,
-    batch_size: BatchSizeOption = 32,
-    lr: LrOption = 1e-3,
-    name: NameOption = None,
-    run_dir: RunDirOption = None,
-    exist_ok: ExistOkOption = False,
-    resume: ResumeOption = None,
-    config: ConfigOption = None,
-    workers: WorkersOption = 0,
-    patience: PatienceOption = None,
-    vocab_size: Annotated[int, typer.Option(min=260, help="BPE vocabulary size.")] = 512,
-    max_tokens: Annotated[int, typer.Option(min=4, help="Longest token sequence.")] = 96,
-    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.1,
-    dropout: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.0,
-    normalization: Annotated[
-        str,
-        typer.Option(
-            help="Log-mel scaling: band-mean (per-band mean removed), level-mean (overall mean "
-            "removed) or whisper."
-        ),
-    ] = "band-mean",
-    split_by: Annotated[
-        str, typer.Option(help="random, or speaker (test speakers unseen in training).")
-    ] = "random",
-    test_speakers: Annotated[
-        str | None, typer.Option(help="Comma-separated speakers held out for the test.")
-    ] = None,
-    test_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
-    val_fraction: ValFractionOption = 0.1,
-    builtin: Annotated[
-        str, typer.Option(help="Built-in speech: mixed, digits, digit (one) or phrases.")
-    ] = "mixed",
-    builtin_size: Annotated[
-        int, typer.Option(min=10, help="Synthesized training clips of the built-in data.")
-    ] = 2000,
-    extra_builtin: Annotated[
-        int, typer.Option(min=0, help="Synthesized spoken digits mixed into --data's training.")
-    ] = 0,
-    speed: Annotated[
-        float, typer.Option(min=0.0, max=0.5, help="Speed perturbation: factor in 1 +- this.")
-    ] = 0.0,
-    noise_snr: Annotated[
-        float | None, typer.Option(help="Add white noise at SNR (dB) from this to +30.")
-    ] = None,
-    freq_masks: Annotated[int, typer.Option(min=0, help="SpecAugment frequency masks.")] = 0,
-    time_masks: Annotated[int, typer.Option(min=0, help="SpecAugment time masks.")] = 0,
-    stretch: Annotated[
-        float,
-        typer.Option(min=0.0, max=1.0, help="Tempo perturbation: duration x 1/(1+this) to 1+this."),
-    ] = 0.0,
-    warp: Annotated[
-        float,
-        typer.Option(min=0.0, max=0.5, help="Vocal tract length perturbation: formants x 1+-this."),
-    ] = 0.0,
-    eq: Annotated[
-        float,
-        typer.Option(min=0.0, max=30.0, help="Random equalizer: band gains within +-this dB."),
-    ] = 0.0,
-    weight_decay: WeightDecayOption = 0.01,
-    warmup: WarmupOption = 1.0,
-    ema: EmaOption = None,
-    amp: AmpOption = True,
-    compile: CompileOption = False,
-    save_period: SavePeriodOption = None,
-    skip_bad: Annotated[
-        bool, typer.Option(help="Warn about bad audio files and train on the rest.")
-    ] = False,
-    *,
-    common: Common,
-) -> None:
+def train(args: TrainArgs, common: Common) -> None:
     """Train on a manifest, a wav + txt folder, LibriSpeech, FSDD or built-in synthesized speech."""
-    from lbdl_apps.asr.train import TrainArgs, run_training
+    from lbdl_apps.asr.task import train as run
 
-    args = from_options(TrainArgs, locals())
-    run_training(args, common)
-
-
-@verb(app)
-def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="An asr .safetensors file.")],
-    data: DataOption = None,
-    out: OutOption = None,
-    split: Annotated[str, typer.Option(help="test or val split of the data.")] = "test",
-    beam_size: BeamOption = 1,
-    show: Annotated[int, typer.Option(min=0, help="Worst utterances to list.")] = 10,
-    adapt: AdaptOption = False,
-    adapt_passes: AdaptPassesOption = 0,
-    *,
-    common: Common,
-) -> None:
-    """Word and character error rates, results.csv per file, and the worst utterances."""
-    from lbdl_apps.asr.train import run_evaluation, worst
-
-    scores, rows, folder = run_evaluation(
-        checkpoint, data, out, split, beam_size, common, adapt, adapt_passes
-    )
-    console = Console(quiet=common.quiet)
-    if show:
-        table = Table("file", "reference", "hypothesis", "WER", title="worst utterances")
-        for r in worst(rows, show):
-            table.add_row(Path(r.name).name, r.reference, r.hypothesis, f"{r.wer:.2f}")
-        console.print(table)
-    print(f"wer {scores['wer']:.4f} cer {scores['cer']:.4f} ({len(rows)} utterances)")
-    console.print(f"results: {folder}")
+    run(args, common)
 
 
-@verb(app)
-def transcribe(
-    checkpoint: Annotated[Path, typer.Argument(help="An asr .safetensors file.")],
-    inputs: Annotated[list[str], typer.Argument(help="Audio files, folders or globs.")],
-    out: OutOption = None,
-    beam_size: BeamOption = 1,
-    batch_size: BatchSizeOption = 16,
-    formats: Annotated[
-        str, typer.Option("--format", help="Comma-separated: txt, json, srt, vtt.")
-    ] = "txt,json,srt,vtt",
-    no_speech_threshold: Annotated[
-        float,
-        typer.Option(min=0.0, max=1.0, help="Above this no-speech probability, no text."),
-    ] = 0.6,
-    strict: StrictOption = False,
-    adapt: AdaptOption = False,
-    adapt_passes: AdaptPassesOption = 0,
-    *,
-    common: Common,
-) -> None:
+@verb(app, "transcribe", aliases=("predict",))
+def transcribe(args: TranscribeArgs, common: Common) -> int:
     """Transcribe audio files (30-second windows); prints and writes .txt/.json/.srt/.vtt."""
     from lbdl_apps.asr.api import load
     from lbdl_apps.asr.audio import AUDIO_EXTENSIONS
     from lbdl_apps.asr.outputs import FORMATS, write_transcripts
+    from lbdl_apps.core.batch import BatchReport, batch_folder
     from lbdl_apps.core.data import expand_inputs
-    from lbdl_apps.core.errors import BatchReport, LbdlError
+    from lbdl_apps.core.errors import LbdlError
 
-    kinds = tuple(k.strip() for k in formats.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in FORMATS]
-    if unknown or not kinds:
-        raise LbdlError(f"--format {formats}: choose among {', '.join(FORMATS)}")
-    recognizer = load(checkpoint, common.torch_device())
-    paths = expand_inputs(inputs, AUDIO_EXTENSIONS, "audio files")
-    report = BatchReport(strict=strict)
+    kinds = tuple(k.strip() for k in args.formats.split(",") if k.strip())
+    if not kinds or any(k not in FORMATS for k in kinds):
+        raise LbdlError(f"--format {args.formats}: choose among {', '.join(FORMATS)}")
+    recognizer = load(args.checkpoint, common.torch_device())
+    paths = expand_inputs(args.inputs, AUDIO_EXTENSIONS, "audio files")
+    report = BatchReport(strict=args.strict)
     transcripts = recognizer.transcribe(
-        paths, beam_size, batch_size, no_speech_threshold, report, adapt, adapt_passes
-    )
+        paths, args.beam_size, args.batch_size, args.no_speech_threshold, report, args.adapt,
+        args.adapt_passes,
+    )  # fmt: skip
     report.ok(len(transcripts))
-    folder = out or Path("runs") / TASK / "transcribe"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = batch_folder("asr", "transcribe", args.out)
     write_transcripts(transcripts, folder, kinds)
     for t in transcripts:
         print(f"{t.path}\t{t.text}")
-    print(f"{report.summary('files')}; results: {folder}")
-    raise typer.Exit(report.exit_code)
+    return report.finish("files", folder)
 
 
-app.command("predict", help="Same as transcribe.")(app.registered_commands[-1].callback)
+@verb(app)
+def evaluate(args: EvaluateArgs, common: Common) -> None:
+    """Word and character error rates, results.csv per file, and the worst utterances."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from lbdl_apps.asr.metrics import worst
+    from lbdl_apps.asr.task import evaluate as run
+
+    result = run(args, common)
+    console = Console(quiet=common.quiet)
+    if args.show:
+        table = Table("file", "reference", "hypothesis", "WER", title="worst utterances")
+        for r in worst(result.rows, args.show):
+            table.add_row(Path(r.name).name, r.reference, r.hypothesis, f"{r.wer:.2f}")
+        console.print(table)
+    scores = result.scores
+    print(f"wer {scores['wer']:.4f} cer {scores['cer']:.4f} ({len(result.rows)} utterances)")
+    console.print(f"results: {result.folder}")

@@ -1,21 +1,19 @@
-"""Speech datasets (book 6.5): the readers of the common formats, the built-in synthesized
-speech, augmentation (speed, noise and tempo perturbation, SpecAugment) and batching."""
+"""Speech datasets (book 6.5): the readers of the common formats in a registry (manifests,
+wav + txt folders, LibriSpeech, FSDD), the bad-record rule on their audio, the built-in
+synthesized speech, the splits, and the dataset and batches the model trains on."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchaudio
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -26,12 +24,13 @@ from lbdl_apps.asr.audio import (
     log_mel,
     random_equalizer,
     read_audio,
-    resample,
-    warp_bands,
 )
+from lbdl_apps.asr.augment import Augment
 from lbdl_apps.asr.tokenizer import TextTokenizer
+from lbdl_apps.core.bad_records import bad_record_rule
 from lbdl_apps.core.data import split_indices
-from lbdl_apps.core.errors import LbdlError, report
+from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.readers import Readers
 
 MAX_SECONDS = 30.0
 IGNORED = -100  # target of a padded position: no loss counts it (cross_entropy's default)
@@ -39,6 +38,7 @@ FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 AUDIO_KEYS = ("audio", "path", "file", "audio_filepath", "wav")
 TEXT_KEYS = ("text", "transcript", "sentence", "transcription")
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 
 
 @dataclass
@@ -62,6 +62,9 @@ def normalize_text(text: str) -> str:
 
 
 # ------------------------------------------------------------------ readers
+READERS: Readers = Readers("speech data")
+
+
 def _pick(row: dict[str, Any], keys: tuple[str, ...], where: str) -> Any:
     for key in keys:
         if key in row and row[key] is not None:
@@ -69,22 +72,29 @@ def _pick(row: dict[str, Any], keys: tuple[str, ...], where: str) -> Any:
     raise LbdlError(f"{where}: needs a column named one of {', '.join(keys)}")
 
 
-def read_manifest(path: Path) -> list[Utterance]:
-    """A CSV (header row) or JSONL/JSON manifest with an audio path and a text per row; an
-    optional `speaker` column. Relative paths are relative to the manifest's folder."""
+def _manifest_rows(path: Path) -> list[Any]:
+    if path.suffix.lower() not in MANIFEST_SUFFIXES:
+        raise LbdlError(f"{path}: a manifest must be .csv, .jsonl or .json")
     try:
         if path.suffix.lower() == ".csv":
             with open(path, newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle))
-        elif path.suffix.lower() == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            lines = path.read_text(encoding="utf-8").splitlines()
-            rows = [json.loads(line) for line in lines if line.strip()]
+                return list(csv.DictReader(handle))
+        if path.suffix.lower() == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as error:
         raise LbdlError(f"{path}: unreadable manifest ({error})") from None
+
+
+@READERS.register(
+    "manifest", "a .csv (with a header), .jsonl or .json of audio paths and texts", Path.is_file
+)
+def read_manifest(path: Path) -> list[Utterance]:
+    """A CSV (header row) or JSONL/JSON manifest with an audio path and a text per row; an
+    optional `speaker` column. Relative paths are relative to the manifest's folder."""
     utterances = []
-    for number, row in enumerate(rows, 1):
+    for number, row in enumerate(_manifest_rows(path), 1):
         if not isinstance(row, dict):
             raise LbdlError(f"{path}: row {number} is not an object")
         audio = Path(str(_pick(row, AUDIO_KEYS, f"{path}: row {number}")))
@@ -94,6 +104,14 @@ def read_manifest(path: Path) -> list[Utterance]:
     return utterances
 
 
+def _is_librispeech(path: Path) -> bool:
+    return path.is_dir() and any(path.rglob("*.trans.txt"))
+
+
+@READERS.register(
+    "librispeech", "LibriSpeech (speaker/chapter/*.trans.txt beside the .flac files)",
+    _is_librispeech,
+)  # fmt: skip
 def read_librispeech(root: Path) -> list[Utterance]:
     """LibriSpeech layout: speaker/chapter/speaker-chapter.trans.txt with `ID TEXT` lines
     next to ID.flac."""
@@ -126,6 +144,19 @@ def read_fsdd(files: list[Path]) -> list[Utterance]:
     return utterances
 
 
+def _is_fsdd(path: Path) -> bool:
+    wavs = list(path.rglob("*.wav")) if path.is_dir() else []
+    return bool(wavs) and all(FSDD_NAME.match(p.name) for p in wavs)
+
+
+@READERS.register("fsdd", "spoken digits (FSDD: {digit}_{speaker}_{i}.wav)", _is_fsdd)
+def read_fsdd_folder(root: Path) -> list[Utterance]:
+    """A folder of the Free Spoken Digit Dataset's recordings (see `read_fsdd`)."""
+    return read_fsdd(sorted(root.rglob("*.wav")))
+
+
+@READERS.register("pairs", "a folder of audio files beside their transcripts (x.wav + x.txt)",
+                  Path.is_dir)  # fmt: skip
 def read_pairs(root: Path) -> list[Utterance]:
     """A folder of audio files with a transcript beside each: x.wav + x.txt. The speaker is
     the parent folder's name."""
@@ -139,62 +170,42 @@ def read_pairs(root: Path) -> list[Utterance]:
 
 
 def read_dataset(data: str) -> tuple[list[Utterance], str]:
-    """The utterances of a manifest file or a folder (LibriSpeech, FSDD or wav + txt), and
-    the name of the format found."""
+    """The utterances of a manifest file or a folder (the first reader of READERS that
+    recognises it), and the name of that reader."""
     path = Path(data).expanduser()
     if not path.exists():
         raise LbdlError(f"--data {data}: no such file or folder")
-    if path.is_file():
-        if path.suffix.lower() not in (".csv", ".jsonl", ".json"):
-            raise LbdlError(f"--data {data}: a manifest must be .csv, .jsonl or .json")
-        found, kind = read_manifest(path), "manifest"
-    elif any(path.rglob("*.trans.txt")):
-        found, kind = read_librispeech(path), "LibriSpeech"
-    else:
-        wavs = sorted(path.rglob("*.wav"))
-        if wavs and all(FSDD_NAME.match(p.name) for p in wavs):
-            found, kind = read_fsdd(wavs), "spoken digits (FSDD)"
-        else:
-            found, kind = read_pairs(path), "audio + transcript folder"
+    reader = READERS.find(path)
+    found = reader.read(path)
     if not found:
-        raise LbdlError(
-            f"--data {data}: no utterances found (expected a manifest, x.wav + x.txt pairs, "
-            "LibriSpeech *.trans.txt or FSDD {digit}_{speaker}_{i}.wav)"
-        )
-    return found, kind
+        raise LbdlError(f"--data {data}: no utterances found (expected {READERS.expected()})")
+    return found, reader.name
+
+
+def _audio_problem(path: Path) -> str | None:
+    """Why an audio file cannot be a training record (None when it can)."""
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+    except Exception as error:  # soundfile raises several kinds; all mean unreadable
+        return f"not a readable audio file ({str(error).split(':')[-1].strip()})"
+    if info.frames == 0:
+        return "audio file holds no samples"
+    if info.duration < 0.025:
+        return f"shorter than one 25 ms window ({info.duration * 1000:.1f} ms)"
+    if info.duration > MAX_SECONDS:
+        return f"longer than {MAX_SECONDS:.0f} s ({info.duration:.1f} s)"
+    return None
 
 
 def check_utterances(utterances: list[Utterance], skip_bad: bool) -> list[Utterance]:
-    """The bad-record rule: every file must open as audio, hold samples and last at most
-    30 s; the first bad one is an error (with the count) unless `skip_bad`."""
-    import soundfile
-
-    good, bad = [], []
-    for utterance in utterances:
-        if utterance.path is None:
-            good.append(utterance)
-            continue
-        try:
-            info = soundfile.info(str(utterance.path))
-            reason = None
-            if info.frames == 0:
-                reason = "audio file holds no samples"
-            elif info.duration < 0.025:
-                reason = f"shorter than one 25 ms window ({info.duration * 1000:.1f} ms)"
-            elif info.duration > MAX_SECONDS:
-                reason = f"longer than {MAX_SECONDS:.0f} s ({info.duration:.1f} s)"
-        except Exception as error:  # soundfile raises several kinds; all mean unreadable
-            reason = f"not a readable audio file ({str(error).split(':')[-1].strip()})"
-        (bad.append((utterance.path, reason)) if reason else good.append(utterance))
-    if bad and not skip_bad:
-        path, reason = bad[0]
-        raise LbdlError(
-            f"{len(bad)} bad record(s), first: {path}: {reason} "
-            "(add --skip-bad to train on the rest)"
-        )
-    for path, reason in bad:
-        report(f"warning: skipping bad record {path}: {reason}")
-    return good
+    """The bad-record rule (core.bad_records): every file must open as audio, hold samples
+    and last at most 30 s; the utterances kept."""
+    problems = [(u, _audio_problem(u.path) if u.path is not None else None) for u in utterances]
+    bad = [(u.path, reason) for u, reason in problems if reason is not None]
+    bad_record_rule(bad, len(utterances), skip_bad)
+    return [u for u, reason in problems if reason is None]
 
 
 def lowest_sample_rate(utterances: list[Utterance]) -> int:
@@ -205,55 +216,7 @@ def lowest_sample_rate(utterances: list[Utterance]) -> int:
     return min(rates, default=SAMPLE_RATE)
 
 
-# ------------------------------------------------------------------ augmentation
-@dataclass
-class Augment:
-    """Training-time perturbations: speed (resampling by a random factor), additive noise
-    at a random SNR, tempo (the spectrogram stretched in time, pitch and formants kept), vocal
-    tract length (the bands warped, formants moved alone), a random equalizer (each band's
-    gain, as another microphone) and SpecAugment frequency and time masks (book 6.5)."""
-
-    speed: float = 0.0  # factor drawn in [1 - speed, 1 + speed]
-    noise_snr: float | None = None  # lowest SNR in dB of added white noise (up to +30 dB)
-    freq_masks: int = 0
-    time_masks: int = 0
-    stretch: float = 0.0  # duration factor drawn log-uniformly in [1 / (1 + s), 1 + s]
-    warp: float = 0.0  # formant frequency factor drawn in [1 - warp, 1 + warp]
-    eq: float = 0.0  # largest gain in dB of a random equalizer over the mel bands
-    freq_width: int = 10
-    time_fraction: float = 0.1  # a time mask covers at most this fraction of the frames
-
-    def wave(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if self.speed > 0:
-            factor = rng.uniform(1 - self.speed, 1 + self.speed)
-            wave = resample(wave, round(SAMPLE_RATE * factor / 100) * 100)
-        if self.noise_snr is not None:
-            snr = rng.uniform(self.noise_snr, self.noise_snr + 30)
-            level = np.sqrt(np.mean(wave**2)) + 1e-6
-            wave = wave + rng.standard_normal(len(wave)).astype(np.float32) * level * 10 ** (
-                -snr / 20
-            )
-        return wave.astype(np.float32)
-
-    def spectrogram(self, mel: Tensor) -> Tensor:
-        if self.stretch > 0:
-            factor = math.exp(math.log1p(self.stretch) * (2 * float(torch.rand(())) - 1))
-            frames = max(1, round(mel.shape[-1] * factor))
-            mel = F.interpolate(mel[None], size=frames, mode="linear")[0]
-        if self.warp > 0:
-            mel = warp_bands(mel, 1 + self.warp * (2 * float(torch.rand(())) - 1))
-        if self.freq_masks:
-            mask = torchaudio.transforms.FrequencyMasking(self.freq_width)
-            for _ in range(self.freq_masks):
-                mel = mask(mel)
-        if self.time_masks:
-            width = max(1, int(mel.shape[-1] * self.time_fraction))
-            mask = torchaudio.transforms.TimeMasking(width)
-            for _ in range(self.time_masks):
-                mel = mask(mel)
-        return mel
-
-
+# ------------------------------------------------------------------ batches
 class SpeechDataset(Dataset):
     """Utterances -> (log-mel (80, frames), decoder target ids). Waveforms are kept in
     memory after the first read; augmentation is drawn afresh at every access."""
@@ -341,6 +304,9 @@ class SpeechData:
     source: str
     test_speakers: list[str] = field(default_factory=list)
 
+    def splits(self) -> dict[str, list[Utterance]]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
 
 def _split_by_speaker(
     utterances: list[Utterance], test_speakers: list[str] | None, fraction: float, seed: int
@@ -414,3 +380,24 @@ def load_speech_data(
         train += [Utterance(t, wave=w, speaker="espeak") for w, t in zip(waves, texts, strict=True)]
     source = f"{data} ({kind}, {len(utterances)} utterances)"
     return SpeechData(train, val, test, source, held)
+
+
+def _speakers(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def data_for(settings: Mapping[str, Any], seed: int, skip_bad: bool = False) -> SpeechData:
+    """The data of a run from its settings: a run's TrainArgs as a dict, or the metadata of
+    its checkpoint (which has what it takes to rebuild the splits, not `extra_builtin`)."""
+    return load_speech_data(
+        settings.get("data"),
+        seed=seed,
+        val_fraction=settings.get("val_fraction", 0.1),
+        test_fraction=settings.get("test_fraction", 0.1),
+        split_by=settings.get("split_by", "random"),
+        test_speakers=_speakers(settings.get("test_speakers")),
+        skip_bad=skip_bad,
+        builtin_size=settings.get("builtin_size", 2000),
+        extra_builtin=settings.get("extra_builtin", 0),
+        builtin=settings.get("builtin", "mixed"),
+    )

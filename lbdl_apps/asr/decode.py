@@ -9,6 +9,17 @@ import torch
 from torch import Tensor
 
 from lbdl_apps.asr.model import SpeechRecognizer
+from lbdl_apps.core.layers import KVCache
+
+
+@dataclass(frozen=True)
+class Specials:
+    """The decoder's special tokens (book 6.5): start of transcript, end of text, and the
+    token a window without speech gets."""
+
+    sot: int
+    eot: int
+    no_speech: int
 
 
 @dataclass
@@ -20,28 +31,22 @@ class Hypothesis:
     no_speech_prob: float
 
 
-def _reorder_cache(cache: dict, order: Tensor) -> None:
-    """Keep the cache rows `order` (beams that survive a step), in place."""
-    for block in cache.values():
-        for attention in block.values():
-            for key in ("k", "v"):
-                if key in attention:
-                    attention[key] = attention[key].index_select(0, order)
-
-
-def _first_step(
+def _start(
     model: SpeechRecognizer,
-    audio: Tensor,
-    mask: Tensor | None,
-    sot: int,
-    no_speech: int,
-    cache: dict | None,
-) -> tuple[Tensor, Tensor]:
-    """Log-probabilities after the start token, and the probability of no-speech."""
-    start = torch.full((audio.shape[0], 1), sot, dtype=torch.long, device=audio.device)
-    logprobs = model.decoder(start, audio, mask, cache=cache, offset=0)[:, -1].float()
-    logprobs = logprobs.log_softmax(-1)
-    return logprobs, logprobs[:, no_speech].exp()
+    mel: Tensor,
+    frames: Tensor | None,
+    specials: Specials,
+    max_tokens: int | None,
+    cache: KVCache | None,
+) -> tuple[Tensor, Tensor | None, int, Tensor, Tensor]:
+    """The encoded audio and its padding mask, the most steps to decode, the
+    log-probabilities after the start token and the probability of no-speech."""
+    audio, mask = model.encode(mel, frames)
+    limit = min(max_tokens or model.decoder.max_len, model.decoder.max_len) - 1
+    batch = audio.shape[0]
+    start = torch.full((batch, 1), specials.sot, dtype=torch.long, device=audio.device)
+    logprobs = model.decoder(start, audio, mask, cache=cache)[:, -1].float().log_softmax(-1)
+    return audio, mask, limit, logprobs, logprobs[:, specials.no_speech].exp()
 
 
 @torch.no_grad()
@@ -49,9 +54,7 @@ def greedy_decode(
     model: SpeechRecognizer,
     mel: Tensor,
     frames: Tensor | None,
-    sot: int,
-    eot: int,
-    no_speech: int,
+    specials: Specials,
     max_tokens: int | None = None,
     use_cache: bool = True,
 ) -> list[Hypothesis]:
@@ -59,19 +62,19 @@ def greedy_decode(
 
     `use_cache=False` recomputes the whole prefix at each step (the reference the cache is
     tested against)."""
-    audio, mask = model.encode(mel, frames)
+    cache = KVCache() if use_cache else None
+    start = _start(model, mel, frames, specials, max_tokens, cache)
+    audio, mask, limit, logprobs, no_speech_prob = start
     batch, device = audio.shape[0], audio.device
-    limit = min(max_tokens or model.decoder.max_len, model.decoder.max_len) - 1
-    cache: dict | None = {} if use_cache else None
-    logprobs, no_speech_prob = _first_step(model, audio, mask, sot, no_speech, cache)
-    tokens = torch.full((batch, 1), sot, dtype=torch.long, device=device)
+    eot = specials.eot
+    tokens = torch.full((batch, 1), specials.sot, dtype=torch.long, device=device)
     total = torch.zeros(batch, device=device)
     length = torch.zeros(batch, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(limit):
         if step > 0:
-            if use_cache:
-                logits = model.decoder(tokens[:, -1:], audio, mask, cache=cache, offset=step)
+            if cache is not None:  # the new token alone; the cache holds the prefix
+                logits = model.decoder(tokens[:, -1:], audio, mask, cache=cache)
             else:
                 logits = model.decoder(tokens, audio, mask)
             logprobs = logits[:, -1].float().log_softmax(-1)
@@ -79,7 +82,7 @@ def greedy_decode(
         chosen = chosen.masked_fill(done, eot)
         total += best.masked_fill(done, 0.0)
         length += (~done).float()
-        tokens = torch.cat([tokens, chosen[:, None]], dim=1)
+        tokens = torch.cat([tokens, chosen[:, None]], dim=1)  # (B, t) + (B, 1) -> (B, t + 1)
         done |= chosen == eot
         if done.all():
             break
@@ -93,14 +96,42 @@ def greedy_decode(
     return results
 
 
+Prefix = list[int]
+
+
+def _extend(
+    prefixes: list[Prefix],
+    finished: list[tuple[Prefix, float]],
+    candidates: list[tuple[float, int]],
+    vocab: int,
+    k: int,
+    eot: int,
+) -> list[tuple[int, int, float, Prefix]]:
+    """One step of one utterance's beam: of its best candidates, (score, index into its
+    k * vocab continuations), those ending with the end token join `finished` (k at most),
+    and the first k others are returned as (source beam, token, score, prefix)."""
+    kept: list[tuple[int, int, float, Prefix]] = []
+    for score, index in candidates:
+        if score == float("-inf"):
+            break
+        source, token = divmod(index, vocab)
+        prefix = prefixes[source] + [token]
+        if token == eot:
+            if len(finished) < k:
+                finished.append((prefix[:-1], score))
+            continue
+        kept.append((source, token, score, prefix))
+        if len(kept) == k:
+            break
+    return kept
+
+
 @torch.no_grad()
 def beam_search(
     model: SpeechRecognizer,
     mel: Tensor,
     frames: Tensor | None,
-    sot: int,
-    eot: int,
-    no_speech: int,
+    specials: Specials,
     beam_size: int = 5,
     max_tokens: int | None = None,
     length_penalty: float = 1.0,
@@ -108,65 +139,57 @@ def beam_search(
     """Keep the `beam_size` best prefixes of each utterance (sum of log-probabilities); a
     prefix that picks the end token is finished. The finished sequence with the best
     score / length**length_penalty wins. Width 1 gives exactly the greedy tokens."""
-    audio, mask = model.encode(mel, frames)
+    eot = specials.eot
+    cache = KVCache()
+    start = _start(model, mel, frames, specials, max_tokens, cache)
+    audio, mask, limit, logprobs, no_speech_prob = start
     batch, device, k = audio.shape[0], audio.device, beam_size
-    limit = min(max_tokens or model.decoder.max_len, model.decoder.max_len) - 1
-    cache: dict = {}
-    logprobs, no_speech_prob = _first_step(model, audio, mask, sot, no_speech, cache)
     # every utterance's beams share its audio: repeat rows (and the cache) beam_size times
-    rows = torch.arange(batch, device=device).repeat_interleave(k)
+    rows = torch.arange(batch, device=device).repeat_interleave(k)  # (B * k,)
     audio = audio[rows]
     mask = None if mask is None else mask[rows]
-    _reorder_cache(cache, rows)
+    cache.reorder(rows)
     logprobs = logprobs[rows]
-    beams: list[list[list[int]]] = [[[]] for _ in range(batch)]  # live prefixes per utterance
+    beams: list[list[Prefix]] = [[[]] for _ in range(batch)]  # live prefixes per utterance
     scores = torch.full((batch, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # at the start, one live prefix per utterance
-    finished: list[list[tuple[list[int], float]]] = [[] for _ in range(batch)]
+    finished: list[list[tuple[Prefix, float]]] = [[] for _ in range(batch)]
     last = torch.full((batch * k,), eot, dtype=torch.long, device=device)
     for step in range(limit):
         if step > 0:
-            logits = model.decoder(last[:, None], audio, mask, cache=cache, offset=step)
+            logits = model.decoder(last[:, None], audio, mask, cache=cache)  # (B * k, 1) tokens
             logprobs = logits[:, -1].float().log_softmax(-1)
+        # logprobs (B * k, V) -> (B, k, V), + each beam's score, -> (B, k * V) candidates
         candidates = (scores[:, :, None] + logprobs.view(batch, k, -1)).view(batch, -1)
         top_scores, top_index = candidates.topk(2 * k, dim=-1)
-        vocab = logprobs.shape[-1]
         order = torch.arange(batch * k, device=device)
         last = torch.full((batch * k,), eot, dtype=torch.long, device=device)
-        new_beams: list[list[list[int]]] = []
-        new_scores = torch.full((batch, k), float("-inf"), device=device)
+        scores = torch.full((batch, k), float("-inf"), device=device)
         for i in range(batch):
-            kept: list[list[int]] = []
             if len(finished[i]) >= k:
-                new_beams.append(beams[i])
                 continue
-            for score, index in zip(top_scores[i].tolist(), top_index[i].tolist(), strict=True):
-                if score == float("-inf"):
-                    break
-                source, token = divmod(index, vocab)
-                prefix = beams[i][source] + [token]
-                if token == eot:
-                    if len(finished[i]) < k:
-                        finished[i].append((prefix[:-1], score))
-                    continue
-                order[i * k + len(kept)] = i * k + source
-                last[i * k + len(kept)] = token
-                new_scores[i, len(kept)] = score
-                kept.append(prefix)
-                if len(kept) == k:
-                    break
-            new_beams.append(kept or beams[i])
-        beams, scores = new_beams, new_scores
-        _reorder_cache(cache, order)
+            best = list(zip(top_scores[i].tolist(), top_index[i].tolist(), strict=True))
+            kept = _extend(beams[i], finished[i], best, logprobs.shape[-1], k, eot)
+            for j, (source, token, score, _) in enumerate(kept):
+                order[i * k + j] = i * k + source
+                last[i * k + j] = token
+                scores[i, j] = score
+            beams[i] = [prefix for *_, prefix in kept] or beams[i]
+        cache.reorder(order)
         if all(len(f) >= k for f in finished):
             break
-    results = []
-    for i in range(batch):
-        pool = finished[i] or [
-            (b, float(s)) for b, s in zip(beams[i], scores[i].tolist(), strict=False)
-        ]
-        tokens, score = max(pool, key=lambda h: h[1] / max(len(h[0]) + 1, 1) ** length_penalty)
-        results.append(
-            Hypothesis(tokens, score / max(len(tokens) + 1, 1), float(no_speech_prob[i]))
-        )
-    return results
+    return [_best(finished[i], beams[i], scores[i], float(no_speech_prob[i]), length_penalty)
+            for i in range(batch)]  # fmt: skip
+
+
+def _best(
+    finished: list[tuple[Prefix, float]],
+    beams: list[Prefix],
+    scores: Tensor,
+    no_speech_prob: float,
+    length_penalty: float,
+) -> Hypothesis:
+    """The finished sequence (else the live one) with the best score / length**penalty."""
+    pool = finished or [(b, float(s)) for b, s in zip(beams, scores.tolist(), strict=False)]
+    tokens, score = max(pool, key=lambda h: h[1] / max(len(h[0]) + 1, 1) ** length_penalty)
+    return Hypothesis(tokens, score / max(len(tokens) + 1, 1), no_speech_prob)

@@ -4,7 +4,7 @@ cross-attends to it and writes BPE tokens one at a time."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,24 +24,35 @@ MODELS: dict[str, dict[str, int]] = {
 }
 
 
+@dataclass
+class RecognizerConfig:
+    """Everything `build_model` needs, stored in the checkpoint (the keys of the dicts that
+    checkpoints from before this class hold; those without `frontend` have Whisper's)."""
+
+    name: str
+    dim: int
+    encoder_depth: int
+    decoder_depth: int
+    heads: int
+    vocab_size: int
+    n_mels: int = N_MELS
+    max_frames: int = MAX_FRAMES
+    max_tokens: int = 128
+    dropout: float = 0.0
+    frontend: str = "conv1d"
+
+
 def default_config(
     name: str, vocab_size: int, max_tokens: int = 128, frontend: str = "conv1d"
-) -> dict[str, Any]:
+) -> RecognizerConfig:
     """The config of model `name` for a tokenizer of `vocab_size` tokens."""
     if name not in MODELS:
         raise LbdlError(f"--model {name}: unknown; choose from {', '.join(MODELS)}")
     if frontend not in FRONTENDS:
         raise LbdlError(f"--frontend {frontend}: choose {' or '.join(FRONTENDS)}")
-    return {
-        "name": name,
-        **MODELS[name],
-        "vocab_size": vocab_size,
-        "n_mels": N_MELS,
-        "max_frames": MAX_FRAMES,
-        "max_tokens": max_tokens,
-        "dropout": 0.0,
-        "frontend": frontend,
-    }
+    return RecognizerConfig(
+        name=name, **MODELS[name], vocab_size=vocab_size, max_tokens=max_tokens, frontend=frontend
+    )
 
 
 class Conv1dFrontEnd(nn.Module):
@@ -59,6 +70,8 @@ class Conv1dFrontEnd(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, mel: Tensor, valid: Tensor | None) -> Tensor:
+        """(B, n_mels, T) and the valid frames (B, T) -> (B, dim, ceil(T / 2))."""
+        # valid (B, T) -> (B, 1, T): zero the padded frames of every channel
         x = F.gelu(self.conv1(mel if valid is None else mel * valid[:, None, :]))
         return F.gelu(self.conv2(x if valid is None else x * valid[:, None, :]))
 
@@ -70,6 +83,7 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
         if not self.training or valid is None:
             return super().forward(x)
+        # x (B, C, F, T); valid (B, T) -> (B, 1, 1, T) -> weight (B, 1, F, T)
         weight = valid[:, None, None, :].to(x.dtype).expand(-1, 1, x.shape[2], -1)
         count = weight.sum()
         mean = (x * weight).sum(dim=(0, 2, 3)) / count
@@ -79,7 +93,7 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
             unbiased = var * count / (count - 1).clamp(min=1)
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(unbiased, self.momentum)
-        scale = self.weight / torch.sqrt(var + self.eps)
+        scale = self.weight / torch.sqrt(var + self.eps)  # (C,), broadcast as (C, 1, 1)
         return x * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]
 
 
@@ -105,17 +119,21 @@ class Conv2dFrontEnd(nn.Module):
         self.project = nn.Conv1d(inputs, dim, kernel_size=1)
 
     def forward(self, mel: Tensor, valid: Tensor | None) -> Tensor:
-        def masked(x: Tensor) -> Tensor:  # padding kept at zero: it then acts as the
-            return x if valid is None else x * valid[:, None, None, :]  # border does
+        """(B, n_mels, T) and the valid frames (B, T) -> (B, dim, ceil(T / 4))."""
 
-        x = masked(mel[:, None])
+        def masked(x: Tensor) -> Tensor:  # padding kept at zero: it then acts as the
+            # border does; valid (B, T') -> (B, 1, 1, T') over x (B, C, F, T')
+            return x if valid is None else x * valid[:, None, None, :]
+
+        x = masked(mel[:, None])  # (B, n_mels, T) -> (B, 1, n_mels, T): one input channel
         for index, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = masked(F.relu(norm(conv(x), valid)))
             if index % 2:  # the end of a stage: after ReLU, a window half in the padding
                 time_step = 2 if index < 4 else 1  # takes its valid maximum
                 x = F.max_pool2d(x, (2, time_step), ceil_mode=True)
                 if valid is not None and time_step == 2:
-                    valid = valid[:, ::2]
+                    valid = valid[:, ::2]  # (B, T') -> (B, ceil(T' / 2))
+        # (B, 96, n_mels / 16, T / 4) -> max over bands (B, 96, T / 4) -> (B, dim, T / 4)
         return self.project(x.amax(dim=2))
 
 
@@ -147,37 +165,30 @@ class AudioEncoder(nn.Module):
         at padding; None when `frames`, the true lengths, is None). Padded frames are zeroed
         before each convolution, so an utterance gives the same features in any batch."""
         if frames is None:
-            x = self.frontend(mel, None)
+            x = self.frontend(mel, None)  # (B, dim, T / stride)
+            # (B, dim, T / stride) -> (B, T / stride, dim): one position per output frame
             return self.transformer(self.positions(x.transpose(1, 2))), None
         frames = frames.to(mel.device)
+        # (1, T) < (B, 1) -> valid (B, T): True at the frames of the audio
         valid = torch.arange(mel.shape[-1], device=mel.device)[None, :] < frames[:, None]
+        # (B, dim, T / stride) -> (B, T / stride, dim)
         x = self.positions(self.frontend(mel, valid).transpose(1, 2))
-        padding = ~valid[:, :: self.frontend.stride]
+        padding = ~valid[:, :: self.frontend.stride]  # (B, T) -> (B, ceil(T / stride))
         return self.transformer(x, key_padding_mask=padding if padding.any() else None), padding
 
 
 class SpeechRecognizer(nn.Module):
     """Encoder-decoder transformer from log-mel spectrograms to token logits (book 6.5)."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: RecognizerConfig) -> None:
         super().__init__()
         self.config = config
+        c = config
         self.encoder = AudioEncoder(
-            config["n_mels"],
-            config["dim"],
-            config["encoder_depth"],
-            config["heads"],
-            config["max_frames"],
-            config["dropout"],
-            config.get("frontend", "conv1d"),
+            c.n_mels, c.dim, c.encoder_depth, c.heads, c.max_frames, c.dropout, c.frontend
         )
         self.decoder = TransformerDecoder(
-            config["vocab_size"],
-            config["dim"],
-            config["decoder_depth"],
-            config["heads"],
-            config["max_tokens"],
-            dropout=config["dropout"],
+            c.vocab_size, c.dim, c.decoder_depth, c.heads, c.max_tokens, dropout=c.dropout
         )
         # PyTorch's default (fan-in) initialisation of the decoder's linear layers instead of
         # GPT's N(0, 0.02): at small widths the latter makes the cross-attention path
@@ -197,5 +208,6 @@ class SpeechRecognizer(nn.Module):
         return self.decoder(tokens, audio, mask)
 
 
-def build_model(config: dict[str, Any]) -> SpeechRecognizer:
+def build_model(config: RecognizerConfig) -> SpeechRecognizer:
+    """The recognizer of a config (as stored in a checkpoint)."""
     return SpeechRecognizer(config)

@@ -4,8 +4,12 @@ and stored as JSON inside the checkpoint, plus the special tokens of the decoder
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+if TYPE_CHECKING:
+    from lbdl_apps.asr.decode import Specials
 
 PAD, SOT, EOT, NO_SPEECH = "<|pad|>", "<|startoftranscript|>", "<|endoftext|>", "<|nospeech|>"
 SPECIAL_TOKENS = (PAD, SOT, EOT, NO_SPEECH)
@@ -19,6 +23,13 @@ class TextTokenizer:
         self.pad, self.sot, self.eot, self.no_speech = (
             tokenizer.token_to_id(t) for t in SPECIAL_TOKENS
         )
+
+    @property
+    def specials(self) -> Specials:
+        """The decoder's special tokens."""
+        from lbdl_apps.asr.decode import Specials
+
+        return Specials(self.sot, self.eot, self.no_speech)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 512) -> TextTokenizer:

@@ -4,6 +4,7 @@ wav files, and show their spectrograms with the transcripts."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -12,34 +13,37 @@ from matplotlib.figure import Figure
 from lbdl_apps.asr.api import load
 from lbdl_apps.asr.audio import SAMPLE_RATE, log_mel
 from lbdl_apps.asr.builtin import make_speech
-from lbdl_apps.asr.train import TrainArgs, run_evaluation, run_training
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.core.tour import TourResult, register_tour_step
+from lbdl_apps.asr.cli import EvaluateArgs, TrainArgs
+from lbdl_apps.asr.task import evaluate, train
+from lbdl_apps.core.options import Common
+from lbdl_apps.core.tour import TourResult, register_tour_step, train_in
+
+
+def _settings(quick: bool) -> dict[str, Any]:
+    """A small recognizer on spoken digits (the --quick one is a smoke test)."""
+    return {
+        "builtin": "digit",
+        "builtin_size": 60 if quick else 600,
+        "width": 32 if quick else 64,
+        "depth": 1,
+        "heads": 2,
+        "epochs": 1 if quick else 8,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "warmup": 0.5,
+        "vocab_size": 300,
+        "max_tokens": 8,
+        "label_smoothing": 0.0,
+    }
 
 
 @register_tour_step("asr", "Speech recognition (book 6.5)")
 def asr_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
-    run_dir = workdir / "train"
-    args = TrainArgs(
-        builtin="digit",
-        builtin_size=60 if quick else 600,
-        width=32 if quick else 64,
-        depth=1,
-        heads=2,
-        epochs=1 if quick else 8,
-        batch_size=8,
-        lr=3e-3,
-        warmup=0.5,
-        vocab_size=300,
-        max_tokens=8,
-        label_smoothing=0.0,
-        run_dir=run_dir,
-        exist_ok=True,
-    )
-    run_training(args, common)
-    scores, _, _ = run_evaluation(
-        run_dir / "model.safetensors", None, workdir / "evaluate", "test", 1, common
-    )
+    args = TrainArgs(**_settings(quick))
+    checkpoint, _ = train_in(workdir, train, args, common)
+    run_dir = checkpoint.parent
+    evaluated = evaluate(EvaluateArgs(checkpoint=str(run_dir), out=workdir / "evaluate"), common)
+    scores = evaluated.scores
     clips = workdir / "clips"
     clips.mkdir(parents=True, exist_ok=True)
     waves, texts = make_speech(6, seed=4321, kind="digit", silence=0.0)
@@ -47,7 +51,7 @@ def asr_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
     for i, (wave, text) in enumerate(zip(waves, texts, strict=True)):
         paths.append(clips / f"{i}_{text}.wav")
         soundfile.write(paths[-1], wave, SAMPLE_RATE)
-    transcripts = load(run_dir / "model.safetensors").transcribe(paths)
+    transcripts = load(run_dir).transcribe(paths)
     picture = workdir / "transcripts.png"
     _draw(waves, texts, [t.text for t in transcripts], picture)
     return TourResult(

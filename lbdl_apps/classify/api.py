@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
-from lbdl_apps.classify.data import preprocess_for_inference
-from lbdl_apps.classify.model import build_model
+from lbdl_apps.classify.model import ClassifierConfig, build_model
+from lbdl_apps.classify.transforms import preprocess_for_inference
+from lbdl_apps.core.batch import BatchReport, read_batches
 from lbdl_apps.core.checkpoint import load_model
-from lbdl_apps.core.data import load_image
+from lbdl_apps.core.data import ImageRecords, load_image
 from lbdl_apps.core.device import resolve_device
-from lbdl_apps.core.errors import BatchReport, LbdlError
 
 TASK = "classify"
 
@@ -66,25 +68,49 @@ class Classifier:
         self, paths: Iterable[str | Path], batch_size: int, report: BatchReport | None
     ) -> Iterator[tuple[list[Path], Tensor]]:
         mode = "L" if self.preprocessing["in_channels"] == 1 else "RGB"
-        names: list[Path] = []
-        images = []
-        for path in map(Path, paths):
-            try:
-                images.append(load_image(path, mode))
-            except LbdlError as error:
-                if report is None:
-                    raise
-                report.failed(path, str(error).removeprefix(f"{path}: "))
-                continue
-            names.append(path)
-            if len(images) == batch_size:
-                yield names, preprocess_for_inference(images, self.preprocessing)
-                names, images = [], []
-        if images:
+        read = functools.partial(load_image, mode=mode)
+        for names, images in read_batches(paths, read, batch_size, report):
             yield names, preprocess_for_inference(images, self.preprocessing)
 
 
 def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Classifier:
     """Load a `lbdl classify` checkpoint (a .safetensors file or a run folder)."""
-    model, meta = load_model(checkpoint, TASK, build_model)
+    model, meta = load_model(checkpoint, TASK, build_model, ClassifierConfig)
     return Classifier(model, meta, resolve_device(device))
+
+
+@dataclass
+class LabelledImages:
+    """Labelled images as `lbdl classify train --data` reads them, for the apps that train
+    on them (diffusion): the splits the data has of its own (`train`, and `val` / `test`
+    when it has them; no validation split is held out), the class names, and the images'
+    channels and side (the data's own, at most 224). Items are (image, label index)."""
+
+    splits: dict[str, Dataset | None]
+    labels: list[str]
+    channels: int
+    image_size: int
+    source: str
+
+    def prepare(self, transform_of: Callable[[str], Callable], channels: int) -> None:
+        """Read the images of every split in `channels` (1: gray, 3: RGB) and through
+        `transform_of(split name)`, instead of classify's own preprocessing."""
+        for name, part in self.splits.items():
+            if part is None:
+                continue
+            part.transform = transform_of(name)  # type: ignore[attr-defined]
+            if isinstance(part, ImageRecords):
+                part.mode = "L" if channels == 1 else "RGB"
+
+
+def labelled_images(data: str, seed: int = 0, skip_bad: bool = False) -> LabelledImages:
+    """The labelled images of `data` (class folders, train/ val/ test/ layouts, idx files, a
+    path,label CSV, a named dataset) under the bad-record rule of `--skip-bad`."""
+    from lbdl_apps.classify.data import load_classify_data
+
+    found = load_classify_data(
+        data, None, val_fraction=0.0, seed=seed, skip_bad=skip_bad, augment="none"
+    )
+    return LabelledImages(
+        found.splits(), found.labels, found.in_channels, found.image_size, found.source
+    )

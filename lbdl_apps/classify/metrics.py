@@ -1,4 +1,5 @@
-"""Classification metrics (torchmetrics): loss, top-1/top-5, per-class P/R/F1, confusion matrix."""
+"""Classification metrics (torchmetrics): loss, top-1/top-5, per-class P/R/F1, confusion
+matrix."""
 
 from __future__ import annotations
 
@@ -13,18 +14,6 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
-
-
-def classification_loss(
-    model: nn.Module, batch: tuple[Tensor, Tensor], label_smoothing: float = 0.0
-) -> tuple[Tensor, dict[str, float]]:
-    """Cross-entropy (book 3.1); targets are class indices or soft labels (MixUp/CutMix)."""
-    images, targets = batch
-    logits = model(images)
-    loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-    hard = targets if targets.ndim == 1 else targets.argmax(dim=1)
-    accuracy = (logits.argmax(dim=1) == hard).float().mean()
-    return loss, {"acc": accuracy.item()}
 
 
 @torch.no_grad()

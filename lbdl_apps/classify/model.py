@@ -1,9 +1,9 @@
 """Image classifiers (book 6.2): a small CNN (book 5.1), ResNets (book 5.2) and a ViT (book 5.3),
-all built from the core's layers and backbones and described by one plain config dict."""
+all built from the core's layers and backbones and described by one typed config."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
@@ -46,65 +46,78 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+@dataclass
+class ClassifierConfig:
+    """Everything `build_model` needs, stored in the checkpoint. `width`/`depth` are the
+    CNN's and ResNet's base width and stages, or the ViT's embedding size and blocks."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    dropout: float = 0.1
+    width: int | None = None
+    depth: int | None = None
+    blocks: int | None = None  # resnet-small: residual blocks per stage
+    stem: str | None = None  # resnet18/34/50: "small" (3x3) or "imagenet" (7x7 + pool)
+    patch_size: int | None = None  # vit
+    heads: int | None = None
+    mlp_ratio: float | None = None
+    conv_stem: int | None = None  # vit: channels of two 3x3 convolutions before the patches
+
+
 def default_config(
     name: str, num_classes: int, in_channels: int, image_size: int
-) -> dict[str, Any]:
+) -> ClassifierConfig:
     """The full config of a model name, with widths and depths suited to the image size."""
     if name not in MODELS:
         raise LbdlError(f"--model {name}: unknown model; choose one of {', '.join(MODELS)}")
-    config: dict[str, Any] = {
-        "name": name,
-        "num_classes": num_classes,
-        "in_channels": in_channels,
-        "image_size": image_size,
-        "dropout": 0.1,
-    }
+    config = ClassifierConfig(name, num_classes, in_channels, image_size)
     if name == "cnn":
-        config.update(width=32, depth=3)
-    elif name == "resnet-small":
-        config.update(width=32, depth=3, blocks=2)
-    elif name.startswith("resnet"):
-        config.update(stem="small" if image_size <= 64 else "imagenet")
-    else:
-        patch = 4 if image_size <= 32 else 16
-        config.update(patch_size=patch, width=128, depth=6, heads=4, mlp_ratio=2.0, conv_stem=0)
-    return config
-
-
-def build_model(config: dict[str, Any]) -> nn.Module:
-    """Instantiate a classifier from its config (as stored in a checkpoint)."""
-    name, classes, channels = config["name"], config["num_classes"], config["in_channels"]
-    if name == "cnn":
-        return SmallCNN(channels, classes, config["width"], config["depth"], config["dropout"])
+        return replace(config, width=32, depth=3)
     if name == "resnet-small":
-        widths = [config["width"] * 2**i for i in range(config["depth"])]
+        return replace(config, width=32, depth=3, blocks=2)
+    if name.startswith("resnet"):
+        return replace(config, stem="small" if image_size <= 64 else "imagenet")
+    patch = 4 if image_size <= 32 else 16
+    return replace(
+        config, patch_size=patch, width=128, depth=6, heads=4, mlp_ratio=2.0, conv_stem=0
+    )
+
+
+def build_model(config: ClassifierConfig) -> nn.Module:
+    """Instantiate a classifier from its config (as stored in a checkpoint)."""
+    c = config
+    if c.name == "cnn":
+        return SmallCNN(c.in_channels, c.num_classes, c.width, c.depth, c.dropout)
+    if c.name == "resnet-small":
+        widths = [c.width * 2**i for i in range(c.depth)]
         return ResNet(
             BasicBlock,
-            [config["blocks"]] * config["depth"],
+            [c.blocks] * c.depth,
             widths=widths,
             stem="small",
-            in_channels=channels,
-            num_classes=classes,
+            in_channels=c.in_channels,
+            num_classes=c.num_classes,
         )
-    if name in ("resnet18", "resnet34", "resnet50"):
-        factory = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}[name]
-        return factory(stem=config["stem"], in_channels=channels, num_classes=classes)
-    if name == "vit":
-        if config["image_size"] % config["patch_size"]:
+    if c.name in ("resnet18", "resnet34", "resnet50"):
+        factory = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}[c.name]
+        return factory(stem=c.stem, in_channels=c.in_channels, num_classes=c.num_classes)
+    if c.name == "vit":
+        if c.image_size % c.patch_size:
             raise LbdlError(
-                f"--patch-size {config['patch_size']}: does not divide the image size "
-                f"{config['image_size']}"
+                f"--patch-size {c.patch_size}: does not divide the image size {c.image_size}"
             )
         return VisionTransformer(
-            image_size=config["image_size"],
-            patch_size=config["patch_size"],
-            in_channels=channels,
-            dim=config["width"],
-            depth=config["depth"],
-            heads=config["heads"],
-            mlp_ratio=config["mlp_ratio"],
-            num_classes=classes,
-            dropout=config["dropout"],
-            stem_channels=config.get("conv_stem", 0),
+            image_size=c.image_size,
+            patch_size=c.patch_size,
+            in_channels=c.in_channels,
+            dim=c.width,
+            depth=c.depth,
+            heads=c.heads,
+            mlp_ratio=c.mlp_ratio,
+            num_classes=c.num_classes,
+            dropout=c.dropout,
+            stem_channels=c.conv_stem or 0,
         )
-    raise LbdlError(f"unknown model '{name}' in the checkpoint config")
+    raise LbdlError(f"unknown model '{c.name}' in the checkpoint config")

@@ -1,16 +1,21 @@
 """The clip Python API (book 6.6): `load(checkpoint)` gives a model that embeds images and
-texts in one space; zero-shot classification, embedding and search use it, and so does the
-diffusion app for text guidance.
+texts in one space; zero-shot classification, embedding and search use it.
 
     from lbdl_apps.clip import load
     clip = load("model.safetensors")
     images = clip.preprocess(pil_images)          # (N, 3, S, S), the model's preprocessing
     clip.encode_image(images)                     # (N, D), unit norm
     clip.encode_text(["a red circle."])           # (N, D), unit norm
+
+It is also what other apps use of clip (the diffusion app: text conditioning, CLIP guidance
+and the built-in scenes): `TextEncoder` / `ClipModel.text_encoder()`, `caption_pairs`,
+`has_captions`, `make_scenes`, `new_config` (of `MODEL_SIZES`), `build_model`, `clip_loss`,
+`TextTokenizer`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +24,46 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
-from lbdl_apps.clip.data import image_transform
+from lbdl_apps.clip.data import PairSet, image_transform, load_clip_data
+from lbdl_apps.clip.formats import has_captions
 from lbdl_apps.clip.interop import is_openai_clip, load_openai_clip, read_state_dict
-from lbdl_apps.clip.model import CLIP, build_model
-from lbdl_apps.clip.tokenizer import TextTokenizer
-from lbdl_apps.core.checkpoint import META_KEY, load_model
+from lbdl_apps.clip.loss import clip_loss
+from lbdl_apps.clip.model import (
+    CLIP,
+    MODEL_SIZES,
+    ClipConfig,
+    TextTransformer,
+    build_model,
+    default_config,
+)
+from lbdl_apps.clip.scenes import make_scenes
+from lbdl_apps.clip.tokenizer import TextTokenizer, train_bpe
+from lbdl_apps.core.batch import BatchReport, read_batches
+from lbdl_apps.core.checkpoint import is_lbdl_checkpoint, load_model
 from lbdl_apps.core.data import load_image
 from lbdl_apps.core.device import resolve_device
-from lbdl_apps.core.errors import BatchReport, LbdlError
+from lbdl_apps.core.errors import LbdlError
+
+__all__ = [
+    "MODEL_SIZES",
+    "ClipConfig",
+    "ClipModel",
+    "PairSet",
+    "TextEncoder",
+    "TextEncoderSpec",
+    "TextTokenizer",
+    "ZeroShotPrediction",
+    "build_model",
+    "caption_pairs",
+    "check_labels",
+    "clip_loss",
+    "has_captions",
+    "load",
+    "make_scenes",
+    "new_config",
+]
 
 TASK = "clip"
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -43,20 +78,51 @@ class ZeroShotPrediction:
     probabilities: list[float]
 
 
+@dataclass
+class TextEncoderSpec:
+    """What rebuilds the text encoder of a CLIP model elsewhere (a diffusion checkpoint
+    stores it): the model's config, its tokenizer (`TextTokenizer.to_meta()`) and the
+    checkpoint it came from. A dict `config` (as read from JSON) becomes the typed one."""
+
+    config: ClipConfig
+    tokenizer: dict[str, Any]
+    source: str = ""
+
+
+class TextEncoder(nn.Module):
+    """The text half of a CLIP model with its tokenizer: texts -> unit-norm embeddings."""
+
+    def __init__(self, spec: TextEncoderSpec) -> None:
+        super().__init__()
+        self.tokenizer = TextTokenizer.from_meta(spec.tokenizer)
+        self.embed_dim: int = spec.config.embed_dim
+        self.text = TextTransformer(spec.config)
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """Texts -> (N, embed_dim), unit norm, on the encoder's device."""
+        tokens = self.tokenizer(list(texts)).to(next(self.parameters()).device)
+        return F.normalize(self.text(tokens), dim=-1)
+
+
 class ClipModel:
     """A CLIP model with its tokenizer and image preprocessing, ready for inference.
 
     `encode_image` and `encode_text` return unit-norm (N, embed_dim) embeddings; gradients
     flow through `encode_image` (and `prepare`) to the pixels, for guidance."""
 
-    def __init__(self, model: CLIP, meta: dict[str, Any], device: torch.device) -> None:
+    def __init__(
+        self, model: CLIP, meta: dict[str, Any], device: torch.device, source: str = ""
+    ) -> None:
         self.model = model.to(device).eval().requires_grad_(False)
         self.meta = meta
+        self.config: ClipConfig = meta["config"]
         self.device = device
+        self.source = source
         self.tokenizer = TextTokenizer.from_meta(meta["tokenizer"])
         self.preprocessing: dict[str, Any] = meta["preprocessing"]
         self.image_size: int = self.preprocessing["image_size"]
-        self.embed_dim: int = meta["config"]["embed_dim"]
+        self.embed_dim: int = self.config.embed_dim
         self._transform = image_transform(self.preprocessing)
 
     @property
@@ -76,6 +142,7 @@ class ClipModel:
         if tuple(images.shape[-2:]) != size:
             images = F.interpolate(images, size=size, mode="bilinear", antialias=True,
                                    align_corners=False)  # fmt: skip
+        # the (3,) statistics viewed as (1, 3, 1, 1), to broadcast over (N, 3, S, S)
         mean = torch.tensor(self.preprocessing["mean"], device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.preprocessing["std"], device=images.device).view(1, 3, 1, 1)
         return (images - mean) / std
@@ -100,8 +167,21 @@ class ClipModel:
         """Prompt ensembling (as open_clip): each label's prompts embedded, averaged and
         renormalized -> (num_labels, D)."""
         prompts = [template.format(label) for label in labels for template in templates]
-        emb = self.encode_text(prompts).view(len(labels), len(templates), -1).mean(dim=1)
+        emb = self.encode_text(prompts)  # (labels x templates, D)
+        emb = emb.view(len(labels), len(templates), -1)  # -> (labels, templates, D)
+        emb = emb.mean(dim=1)  # -> (labels, D)
         return F.normalize(emb, dim=-1)
+
+    def text_encoder(self) -> TextEncoder:
+        """This model's text encoder and tokenizer as a module of their own (on the CPU),
+        e.g. to condition another model on its text embeddings."""
+        encoder = TextEncoder(self.text_encoder_spec()).eval()
+        encoder.text.load_state_dict(self.model.text.state_dict())
+        return encoder
+
+    def text_encoder_spec(self) -> TextEncoderSpec:
+        """What `TextEncoder` needs to rebuild this model's text encoder."""
+        return TextEncoderSpec(self.config, self.tokenizer.to_meta(), self.source)
 
     @torch.no_grad()
     def embed_images(
@@ -142,21 +222,8 @@ class ClipModel:
     def _batches(
         self, paths: Iterable[str | Path], batch_size: int, report: BatchReport | None
     ) -> Iterator[tuple[list[Path], Tensor]]:
-        names: list[Path] = []
-        images: list[Image.Image] = []
-        for path in map(Path, paths):
-            try:
-                images.append(load_image(path, "RGB"))
-            except LbdlError as error:
-                if report is None:
-                    raise
-                report.failed(path, str(error).removeprefix(f"{path}: "))
-                continue
-            names.append(path)
-            if len(images) == batch_size:
-                yield names, self.preprocess(images)
-                names, images = [], []
-        if images:
+        read = functools.partial(load_image, mode="RGB")
+        for names, images in read_batches(paths, read, batch_size, report):
             yield names, self.preprocess(images)
 
 
@@ -172,16 +239,27 @@ def check_labels(labels: Sequence[str]) -> None:
         raise LbdlError("labels: the same label appears twice")
 
 
-def _has_lbdl_meta(path: Path) -> bool:
-    if path.suffix != ".safetensors":
-        return False
-    from safetensors import safe_open
+def caption_pairs(data: str, seed: int = 0, skip_bad: bool = False) -> tuple[PairSet, str]:
+    """Every image-caption pair of `data` (a format of `lbdl clip train --data`; none held
+    out for validation) under the bad-record rule, and a description of where they are."""
+    read = load_clip_data(data, val_fraction=0.0, seed=seed, skip_bad=skip_bad)
+    return read.train, read.source
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return META_KEY in (f.metadata() or {})
-    except Exception:
-        return True  # let the checkpoint reader give its error
+
+def new_config(
+    size: str,
+    image_size: int,
+    captions: Iterable[str],
+    vocab_size: int = 1000,
+    context_length: int = 32,
+) -> tuple[ClipConfig, TextTokenizer]:
+    """The config of a new CLIP of a size ("tiny", "small", "base") for images of
+    `image_size`, and a BPE tokenizer trained on `captions`."""
+    tokenizer = train_bpe(captions, vocab_size, context_length)
+    config = default_config(
+        size, image_size, tokenizer.vocab_size, tokenizer.context_length, tokenizer.eot_id
+    )
+    return config, tokenizer
 
 
 def load(
@@ -191,11 +269,11 @@ def load(
     of an OpenAI CLIP / open_clip ViT model (.pt, .bin, .pth or .safetensors); `act` applies
     to the latter: quick_gelu (OpenAI's weights) or gelu (most of open_clip's)."""
     path = Path(checkpoint)
-    if path.is_file() and not _has_lbdl_meta(path):
+    if path.is_file() and not is_lbdl_checkpoint(path):
         state = read_state_dict(path)
         if not is_openai_clip(state):
             raise LbdlError(f"{path}: neither an lbdl checkpoint nor a CLIP ViT state dict")
         model, meta = load_openai_clip(state, str(path), act)
     else:
-        model, meta = load_model(path, TASK, build_model)
-    return ClipModel(model, meta, resolve_device(device))
+        model, meta = load_model(path, TASK, build_model, ClipConfig)
+    return ClipModel(model, meta, resolve_device(device), str(checkpoint))

@@ -1,290 +1,145 @@
-"""`lbdl clip`: train, evaluate and use contrastive image-text models (book 6.6)."""
+"""`lbdl clip`: train, evaluate and use contrastive image-text models (book 6.6). Each
+verb's options are the fields of its dataclass below."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from lbdl_apps.core.cli_common import (
-    AmpOption,
-    BatchSizeOption,
-    Common,
-    CompileOption,
-    ConfigOption,
-    DataOption,
-    EmaOption,
-    EpochsOption,
-    ExistOkOption,
-    LrOption,
-    NameOption,
-    OutOption,
-    PatienceOption,
-    ResumeOption,
-    RunDirOption,
-    SavePeriodOption,
-    StrictOption,
-    ValFractionOption,
-    WarmupOption,
-    WeightDecayOption,
-    WorkersOption,
-    from_options,
-    verb,
-)
+from lbdl_apps.core import options
+from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.options import Common, Options, option
+from lbdl_apps.core.verbs import verb
 
 app = typer.Typer(help="Contrastive image-text models (book 6.6): CLIP, zero-shot, search.")
-TASK = "clip"
-
-CheckpointArg = Annotated[
-    Path,
-    typer.Argument(help="A clip .safetensors file, a run folder, or OpenAI/open_clip weights."),
-]
-TemplateOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--template",
-        help="Prompt template with {} for the label; repeat it to ensemble prompts "
-        "(default: the checkpoint's, or 'a photo of a {}.').",
-    ),
-]
-ActOption = Annotated[
-    str,
-    typer.Option(help="Activation of imported OpenAI/open_clip weights: quick_gelu or gelu."),
-]
 
 
-@verb(app)
-def train(
-    data: DataOption = None,
-    model: Annotated[str, typer.Option(help="Model size: tiny, small or base.")] = "small",
-    epochs: EpochsOption = 10,
-    batch_size: BatchSizeOption = 128,
-    lr: LrOption = 1e-3,
-    name: NameOption = None,
-    run_dir: RunDirOption = None,
-    exist_ok: ExistOkOption = False,
-    resume: ResumeOption = None,
-    config: ConfigOption = None,
-    workers: WorkersOption = 0,
-    patience: PatienceOption = None,
-    image_size: Annotated[
-        int | None, typer.Option(min=8, help="Input size (default: the data's own, or 64).")
-    ] = None,
-    width: Annotated[int | None, typer.Option(min=8, help="Width of both encoders.")] = None,
-    depth: Annotated[int | None, typer.Option(min=1, help="Blocks of both encoders.")] = None,
-    patch_size: Annotated[int | None, typer.Option(min=1, help="ViT patch size.")] = None,
-    vocab_size: Annotated[int, typer.Option(min=32, help="BPE vocabulary size.")] = 1000,
-    context_length: Annotated[
-        int, typer.Option(min=4, help="Tokens per text (longer ones are truncated).")
-    ] = 32,
-    scenes: Annotated[
-        int, typer.Option(min=10, help="Built-in data: number of training scenes.")
-    ] = 10000,
-    init: Annotated[
-        str | None,
-        typer.Option(help="Start from these weights (a clip checkpoint or OpenAI/open_clip)."),
-    ] = None,
-    weight_decay: WeightDecayOption = 0.1,
-    warmup: WarmupOption = 1.0,
-    ema: EmaOption = None,
-    val_fraction: ValFractionOption = 0.1,
-    fraction: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Train on this fraction of the pairs.")
-    ] = 1.0,
-    amp: AmpOption = True,
-    compile: CompileOption = False,
-    save_period: SavePeriodOption = None,
-    skip_bad: Annotated[
-        bool, typer.Option(help="Warn about bad images and train on the rest.")
-    ] = False,
-    *,
-    common: Common,
-) -> None:
-    """Train a CLIP model on image-caption pairs or the built-in captioned scenes.
+@dataclass(kw_only=True)
+class TrainArgs(options.TrainArgs):
+    """Everything `lbdl clip train` was asked for; saved as the run's config.json."""
 
-    Pairs: CSV/JSONL manifests, COCO captions, .txt sidecars, class folders with prompt
-    templates, idx files."""
-    from lbdl_apps.clip.train import TrainArgs, run_training
-
-    args = from_options(TrainArgs, locals())
-    run_training(args, common)
+    model: str = "small"
+    """Model size: tiny, small or base."""
+    batch_size: int = 128
+    weight_decay: float = 0.1
+    image_size: int | None = option(None, min=8)
+    """Input size (default: the data's own, or 64)."""
+    width: int | None = option(None, min=8)
+    """Width of both encoders."""
+    depth: int | None = option(None, min=1)
+    """Blocks of both encoders."""
+    patch_size: int | None = option(None, min=1)
+    """ViT patch size."""
+    vocab_size: int = option(1000, min=32)
+    """BPE vocabulary size."""
+    context_length: int = option(32, min=4)
+    """Tokens per text (longer ones are truncated)."""
+    scenes: int = option(10000, min=10)
+    """Built-in data: number of training scenes."""
+    init: str | None = None
+    """Start from these weights (a clip checkpoint or OpenAI/open_clip)."""
+    fraction: float = option(1.0, min=0.0, max=1.0)
+    """Train on this fraction of the pairs."""
 
 
-@verb(app)
-def evaluate(
-    checkpoint: CheckpointArg,
-    data: DataOption = None,
-    out: OutOption = None,
-    batch_size: BatchSizeOption = 256,
-    split: Annotated[str, typer.Option(help="test or val split of the data.")] = "test",
-    template: TemplateOption = None,
-    *,
-    common: Common,
-) -> None:
-    """Retrieval recall@1/5/10 both ways, and zero-shot accuracy when the data has labels.
+@dataclass(kw_only=True)
+class Prompts(Options):
+    """The prompt templates of zero-shot classification."""
 
-    Writes metrics.json."""
-    from lbdl_apps.clip.train import run_evaluation
+    template: list[str] | None = option(None, flags=("--template",))
+    """Prompt template with {} for the label; repeat it to ensemble prompts (default: the
+    checkpoint's, or 'a photo of a {}.')."""
 
-    templates = _check_templates(template)
-    scores, folder = run_evaluation(checkpoint, data, out, batch_size, split, templates, common)
-    table = Table("metric", "value")
-    for key, value in scores.items():
-        table.add_row(key, f"{value:.4f}")
-    Console(quiet=common.quiet).print(table)
-    print(" ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-    print(f"results: {folder}")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for template in self.template or []:
+            if template.count("{}") != 1:
+                raise LbdlError(f"--template '{template}': needs exactly one {{}} for the label")
 
 
-@verb(app, name="zero-shot")
-def zero_shot(
-    checkpoint: CheckpointArg,
-    images: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
-    labels: Annotated[str | None, typer.Option(help="Comma-separated class names.")] = None,
-    labels_file: Annotated[
-        Path | None, typer.Option(help="A text file of class names, one a line.")
-    ] = None,
-    template: TemplateOption = None,
-    top_k: Annotated[int, typer.Option(min=1, help="Labels shown per image.")] = 3,
-    out: OutOption = None,
-    batch_size: BatchSizeOption = 64,
-    act: ActOption = "quick_gelu",
-    strict: StrictOption = False,
-    *,
-    common: Common,
-) -> None:
-    """Rank labels for each image by probability, from text prompts alone.
+@dataclass(kw_only=True)
+class EvaluateArgs(Prompts, options.EvaluateArgs):
+    """The options of `lbdl clip evaluate`."""
 
-    Each label's prompts are embedded and averaged (prompt ensembling); writes
-    zero_shot.csv and zero_shot.json."""
-    from lbdl_apps.clip.api import DEFAULT_TEMPLATES, check_labels, load
-    from lbdl_apps.clip.outputs import write_zero_shot
-    from lbdl_apps.core.data import expand_inputs
-    from lbdl_apps.core.errors import BatchReport
-
-    names = _read_labels(labels, labels_file)
-    check_labels(names)
-    templates = _check_templates(template)
-    clip = load(checkpoint, common.torch_device(), act)
-    templates = templates or clip.meta.get("templates") or list(DEFAULT_TEMPLATES)
-    paths = expand_inputs(images)
-    report = BatchReport(strict=strict)
-    predictions = clip.zero_shot(paths, names, templates, batch_size, report)
-    report.ok(len(predictions))
-    folder = out or Path("runs") / TASK / "zero-shot"
-    folder.mkdir(parents=True, exist_ok=True)
-    csv_path = write_zero_shot(predictions, folder)
-    k = min(top_k, len(names))
-    table = Table("file", *[f"#{i + 1}" for i in range(k)])
-    for p in predictions[:50]:
-        ranked = zip(p.labels[:k], p.probabilities[:k], strict=True)
-        cells = [f"{label} {prob:.3f}" for label, prob in ranked]
-        table.add_row(Path(p.path).name, *cells)
-    Console(quiet=common.quiet).print(table)
-    if len(predictions) > 50:
-        print(f"... {len(predictions) - 50} more in {csv_path}")
-    print(f"{report.summary('images')}; results: {folder}")
-    raise typer.Exit(report.exit_code)
+    checkpoint: str = option(argument=True)
+    """A clip .safetensors file, a run folder, or OpenAI/open_clip weights."""
+    batch_size: int = option(256, min=1)
+    """Batch size."""
 
 
-@verb(app)
-def embed(
-    checkpoint: CheckpointArg,
-    inputs: Annotated[
-        list[str] | None, typer.Argument(help="Image files, folders or globs.")
-    ] = None,
-    text: Annotated[
-        list[str] | None, typer.Option("--text", help="A text to embed (repeatable).")
-    ] = None,
-    texts_file: Annotated[
-        Path | None, typer.Option(help="A text file of texts to embed, one a line.")
-    ] = None,
-    out: OutOption = None,
-    batch_size: BatchSizeOption = 64,
-    act: ActOption = "quick_gelu",
-    strict: StrictOption = False,
-    *,
-    common: Common,
-) -> None:
-    """Embed images or texts into embeddings.npy, with embeddings.json naming each row."""
-    from lbdl_apps.clip.api import load
-    from lbdl_apps.clip.outputs import write_embeddings
-    from lbdl_apps.core.data import expand_inputs
-    from lbdl_apps.core.errors import BatchReport, LbdlError
+@dataclass(kw_only=True)
+class ImageArgs(options.PredictArgs):
+    """What the verbs that run a model over image files share."""
 
-    texts = list(text or []) + (_read_lines(texts_file) if texts_file else [])
-    if inputs and texts:
-        raise LbdlError("embed: give images or texts, not both (run embed twice)")
-    if not inputs and not texts:
-        raise LbdlError("embed: nothing to embed; give images, --text or --texts-file")
-    paths = expand_inputs(inputs) if inputs else []
-    clip = load(checkpoint, common.torch_device(), act)
-    report = BatchReport(strict=strict)
-    if texts:
-        embeddings = clip.encode_text(texts).float().cpu()
-        items = [{"index": i, "text": t} for i, t in enumerate(texts)]
-    else:
-        done, embeddings = clip.embed_images(paths, batch_size, report)
-        items = [{"index": i, "path": str(p)} for i, p in enumerate(done)]
-    report.ok(len(items))
-    folder = out or Path("runs") / TASK / "embed"
-    folder.mkdir(parents=True, exist_ok=True)
-    info = {"checkpoint": str(checkpoint), "kind": "text" if texts else "image",
-            "embed_dim": clip.embed_dim, "normalized": True}  # fmt: skip
-    npy, _ = write_embeddings(embeddings.numpy(), items, info, folder)
-    what = "texts" if texts else "images"
-    print(f"{report.summary(what)}; embeddings {tuple(embeddings.shape)} in {npy}")
-    raise typer.Exit(report.exit_code)
+    checkpoint: str = option(argument=True)
+    """A clip .safetensors file, a run folder, or OpenAI/open_clip weights."""
+    inputs: list[str] = option(argument=True)
+    """Image files, folders or globs."""
+    batch_size: int = option(64, min=1)
+    """Images per batch."""
+    act: str = "quick_gelu"
+    """Activation of imported OpenAI/open_clip weights: quick_gelu or gelu."""
 
 
-@verb(app)
-def search(
-    checkpoint: CheckpointArg,
-    folders: Annotated[list[str], typer.Argument(help="Image folders, files or globs.")],
-    text: Annotated[str, typer.Option("--text", help="The text query.")],
-    top_k: Annotated[int, typer.Option(min=1, help="Images to return.")] = 16,
-    out: OutOption = None,
-    batch_size: BatchSizeOption = 64,
-    act: ActOption = "quick_gelu",
-    strict: StrictOption = False,
-    *,
-    common: Common,
-) -> None:
-    """Rank images by similarity to a text: table, results.csv and contact_sheet.png."""
-    from lbdl_apps.clip.api import load
-    from lbdl_apps.clip.outputs import write_search
-    from lbdl_apps.core.data import expand_inputs
-    from lbdl_apps.core.errors import BatchReport, LbdlError
+@dataclass(kw_only=True)
+class ZeroShotArgs(Prompts, ImageArgs):
+    """The options of `lbdl clip zero-shot` (and `predict`)."""
 
-    if not text.strip():
-        raise LbdlError("--text: the query is empty")
-    paths = expand_inputs(folders)
-    clip = load(checkpoint, common.torch_device(), act)
-    report = BatchReport(strict=strict)
-    done, images = clip.embed_images(paths, batch_size, report)
-    report.ok(len(done))
-    if not done:
-        raise LbdlError(f"{' '.join(folders)}: no readable image to search")
-    scores = (images @ clip.encode_text([text]).float().cpu().t()).squeeze(1)
-    order = scores.argsort(descending=True)[:top_k].tolist()
-    ranked = [(done[i], float(scores[i])) for i in order]
-    folder = out or Path("runs") / TASK / "search"
-    folder.mkdir(parents=True, exist_ok=True)
-    _, sheet = write_search(ranked, text, folder)
-    table = Table("rank", "file", "similarity", title=text)
-    for rank, (path, score) in enumerate(ranked, start=1):
-        table.add_row(str(rank), str(path), f"{score:.4f}")
-    Console(quiet=common.quiet).print(table)
-    print(f"{report.summary('images')}; contact sheet: {sheet}")
-    raise typer.Exit(report.exit_code)
+    labels: str | None = None
+    """Comma-separated class names."""
+    labels_file: Path | None = None
+    """A text file of class names, one a line."""
+    top_k: int = option(3, min=1)
+    """Labels shown per image."""
+
+    def names(self) -> list[str]:
+        """The class names of --labels or --labels-file."""
+        if self.labels is not None and self.labels_file is not None:
+            raise LbdlError("labels: give --labels or --labels-file, not both")
+        if self.labels_file is not None:
+            return read_lines(self.labels_file)
+        if self.labels is None:
+            raise LbdlError("labels: give --labels 'cat,dog,...' or --labels-file FILE")
+        return [label.strip() for label in self.labels.split(",")]
 
 
-def _read_lines(path: Path) -> list[str]:
-    from lbdl_apps.core.errors import LbdlError
+@dataclass(kw_only=True)
+class EmbedArgs(ImageArgs):
+    """The options of `lbdl clip embed`: images or texts."""
 
+    inputs: list[str] | None = option(None, argument=True)
+    """Image files, folders or globs."""
+    text: list[str] | None = None
+    """A text to embed (repeatable)."""
+    texts_file: Path | None = None
+    """A text file of texts to embed, one a line."""
+
+    def texts(self) -> list[str]:
+        """The texts of --text and --texts-file; an error unless images or texts are given."""
+        texts = list(self.text or []) + (read_lines(self.texts_file) if self.texts_file else [])
+        if self.inputs and texts:
+            raise LbdlError("embed: give images or texts, not both (run embed twice)")
+        if not self.inputs and not texts:
+            raise LbdlError("embed: nothing to embed; give images, --text or --texts-file")
+        return texts
+
+
+@dataclass(kw_only=True)
+class SearchArgs(ImageArgs):
+    """The options of `lbdl clip search`."""
+
+    inputs: list[str] = option(argument=True)
+    """Image folders, files or globs."""
+    text: str
+    """The text query."""
+    top_k: int = option(16, min=1)
+    """Images to return."""
+
+
+def read_lines(path: Path) -> list[str]:
+    """The non-empty lines of a text file, stripped."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -292,22 +147,126 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def _read_labels(labels: str | None, labels_file: Path | None) -> list[str]:
-    from lbdl_apps.core.errors import LbdlError
+@verb(app)
+def train(args: TrainArgs, common: Common) -> None:
+    """Train a CLIP model on image-caption pairs or the built-in captioned scenes.
 
-    if labels is not None and labels_file is not None:
-        raise LbdlError("labels: give --labels or --labels-file, not both")
-    if labels_file is not None:
-        return _read_lines(labels_file)
-    if labels is None:
-        raise LbdlError("labels: give --labels 'cat,dog,...' or --labels-file FILE")
-    return [label.strip() for label in labels.split(",")]
+    Pairs: CSV/JSONL manifests, COCO captions, .txt sidecars, class folders with prompt
+    templates, idx files."""
+    from lbdl_apps.clip.task import train as run
+
+    run(args, common)
 
 
-def _check_templates(templates: list[str] | None) -> list[str] | None:
-    from lbdl_apps.core.errors import LbdlError
+@verb(app)
+def evaluate(args: EvaluateArgs, common: Common) -> None:
+    """Retrieval recall@1/5/10 both ways, and zero-shot accuracy when the data has labels.
 
-    for template in templates or []:
-        if template.count("{}") != 1:
-            raise LbdlError(f"--template '{template}': needs exactly one {{}} for the label")
-    return templates or None
+    Writes metrics.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lbdl_apps.clip.task import evaluate as run
+
+    result = run(args, common)
+    table = Table("metric", "value")
+    for key, value in result.scores.items():
+        table.add_row(key, f"{value:.4f}")
+    Console(quiet=common.quiet).print(table)
+    print(" ".join(f"{k} {v:.4f}" for k, v in result.scores.items()))
+    print(f"results: {result.folder}")
+
+
+@verb(app, "zero-shot", aliases=("predict",))
+def zero_shot(args: ZeroShotArgs, common: Common) -> int:
+    """Rank labels for each image by probability, from text prompts alone.
+
+    Each label's prompts are embedded and averaged (prompt ensembling); writes
+    zero_shot.csv and zero_shot.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lbdl_apps.clip.api import DEFAULT_TEMPLATES, check_labels, load
+    from lbdl_apps.clip.outputs import write_zero_shot
+    from lbdl_apps.core.batch import BatchReport, batch_folder
+    from lbdl_apps.core.data import expand_inputs
+
+    names = args.names()
+    check_labels(names)
+    clip = load(args.checkpoint, common.torch_device(), args.act)
+    templates = args.template or clip.meta.get("templates") or list(DEFAULT_TEMPLATES)
+    paths = expand_inputs(args.inputs)
+    report = BatchReport(strict=args.strict)
+    predictions = clip.zero_shot(paths, names, templates, args.batch_size, report)
+    report.ok(len(predictions))
+    folder = batch_folder("clip", "zero-shot", args.out)
+    csv_path = write_zero_shot(predictions, folder)
+    k = min(args.top_k, len(names))
+    table = Table("file", *[f"#{i + 1}" for i in range(k)])
+    for p in predictions[:50]:
+        ranked = zip(p.labels[:k], p.probabilities[:k], strict=True)
+        table.add_row(Path(p.path).name, *[f"{label} {prob:.3f}" for label, prob in ranked])
+    Console(quiet=common.quiet).print(table)
+    if len(predictions) > 50:
+        print(f"... {len(predictions) - 50} more in {csv_path}")
+    return report.finish("images", folder)
+
+
+@verb(app)
+def embed(args: EmbedArgs, common: Common) -> int:
+    """Embed images or texts into embeddings.npy, with embeddings.json naming each row."""
+    from lbdl_apps.clip.api import load
+    from lbdl_apps.clip.outputs import write_embeddings
+    from lbdl_apps.core.batch import BatchReport, batch_folder
+    from lbdl_apps.core.data import expand_inputs
+
+    texts = args.texts()
+    paths = expand_inputs(args.inputs) if args.inputs else []
+    clip = load(args.checkpoint, common.torch_device(), args.act)
+    report = BatchReport(strict=args.strict)
+    if texts:
+        embeddings = clip.encode_text(texts).float().cpu()
+        items = [{"index": i, "text": t} for i, t in enumerate(texts)]
+    else:
+        done, embeddings = clip.embed_images(paths, args.batch_size, report)
+        items = [{"index": i, "path": str(p)} for i, p in enumerate(done)]
+    report.ok(len(items))
+    folder = batch_folder("clip", "embed", args.out)
+    info = {"checkpoint": str(args.checkpoint), "kind": "text" if texts else "image",
+            "embed_dim": clip.embed_dim, "normalized": True}  # fmt: skip
+    npy, _ = write_embeddings(embeddings.numpy(), items, info, folder)
+    print(f"embeddings {tuple(embeddings.shape)}: {npy}")
+    return report.finish("texts" if texts else "images", folder)
+
+
+@verb(app)
+def search(args: SearchArgs, common: Common) -> int:
+    """Rank images by similarity to a text: table, results.csv and contact_sheet.png."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lbdl_apps.clip.api import load
+    from lbdl_apps.clip.outputs import write_search
+    from lbdl_apps.core.batch import BatchReport, batch_folder
+    from lbdl_apps.core.data import expand_inputs
+
+    if not args.text.strip():
+        raise LbdlError("--text: the query is empty")
+    paths = expand_inputs(args.inputs)
+    clip = load(args.checkpoint, common.torch_device(), args.act)
+    report = BatchReport(strict=args.strict)
+    done, images = clip.embed_images(paths, args.batch_size, report)
+    report.ok(len(done))
+    if not done:
+        raise LbdlError(f"{' '.join(args.inputs)}: no readable image to search")
+    scores = (images @ clip.encode_text([args.text]).float().cpu().t()).squeeze(1)  # (N, 1) -> (N,)
+    order = scores.argsort(descending=True)[: args.top_k].tolist()
+    ranked = [(done[i], float(scores[i])) for i in order]
+    folder = batch_folder("clip", "search", args.out)
+    _, sheet = write_search(ranked, args.text, folder)
+    table = Table("rank", "file", "similarity", title=args.text)
+    for rank, (path, score) in enumerate(ranked, start=1):
+        table.add_row(str(rank), str(path), f"{score:.4f}")
+    Console(quiet=common.quiet).print(table)
+    print(f"contact sheet: {sheet}")
+    return report.finish("images", folder)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from lbdl_apps.clip.model import CLIP
+from lbdl_apps.clip.model import CLIP, ClipConfig
 from lbdl_apps.clip.tokenizer import openai_tokenizer
 from lbdl_apps.core.backbones.vit import (
     from_openai_clip_text_state_dict,
@@ -57,26 +57,27 @@ def _layers(sd: dict[str, Tensor], prefix: str) -> int:
     return len(found)
 
 
-def openai_config(sd: dict[str, Tensor], act: str = "quick_gelu") -> dict[str, Any]:
+def openai_config(sd: dict[str, Tensor], act: str = "quick_gelu") -> ClipConfig:
     """Our model config read off the shapes of an OpenAI / open_clip state dict."""
     vision_width, _, patch, _ = sd["visual.conv1.weight"].shape
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     context_length, text_width = sd["positional_embedding"].shape
-    return {
-        "image_size": patch * grid,
-        "patch_size": patch,
-        "vision_width": vision_width,
-        "vision_depth": _layers(sd, "visual.transformer.resblocks."),
-        "vision_heads": vision_width // HEAD_WIDTH,
-        "text_width": text_width,
-        "text_depth": _layers(sd, "transformer.resblocks."),
-        "text_heads": text_width // HEAD_WIDTH,
-        "embed_dim": sd["text_projection"].shape[1],
-        "vocab_size": sd["token_embedding.weight"].shape[0],
-        "context_length": context_length,
-        "eot_id": sd["token_embedding.weight"].shape[0] - 1,  # <end_of_text>, the last id
-        "act": act,
-    }
+    vocab_size = sd["token_embedding.weight"].shape[0]
+    return ClipConfig(
+        image_size=patch * grid,
+        patch_size=patch,
+        vision_width=vision_width,
+        vision_depth=_layers(sd, "visual.transformer.resblocks."),
+        vision_heads=vision_width // HEAD_WIDTH,
+        text_width=text_width,
+        text_depth=_layers(sd, "transformer.resblocks."),
+        text_heads=text_width // HEAD_WIDTH,
+        embed_dim=sd["text_projection"].shape[1],
+        vocab_size=vocab_size,
+        context_length=context_length,
+        eot_id=vocab_size - 1,  # <end_of_text>, the last id
+        act=act,
+    )
 
 
 def from_openai_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -85,7 +86,7 @@ def from_openai_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     decoder = from_openai_clip_text_state_dict(sd)
     out.update({f"text.transformer.{k}": v for k, v in decoder.items()})
     out["text.proj.weight"] = sd["text_projection"].t()
-    out["logit_scale"] = sd["logit_scale"].reshape(())
+    out["logit_scale"] = sd["logit_scale"].reshape(())  # (1,) or () -> ()
     return out
 
 
@@ -93,8 +94,8 @@ def load_openai_clip(
     sd: dict[str, Tensor], source: str, act: str = "quick_gelu"
 ) -> tuple[CLIP, dict[str, Any]]:
     """Our CLIP with the weights of `sd`, and checkpoint-like metadata (OpenAI's tokenizer
-    and preprocessing). `act`: "quick_gelu" for OpenAI's weights, "gelu" for most of
-    open_clip's own."""
+    and preprocessing; meta["config"] is the typed config, as `load_model` gives it).
+    `act`: "quick_gelu" for OpenAI's weights, "gelu" for most of open_clip's own."""
     config = openai_config(sd, act)
     model = CLIP(config)
     try:
@@ -102,13 +103,13 @@ def load_openai_clip(
     except (KeyError, RuntimeError) as error:
         first = str(error).splitlines()[0]
         raise LbdlError(f"{source}: weights do not map onto a CLIP ViT ({first})") from None
-    tokenizer = openai_tokenizer(config["context_length"])
+    tokenizer = openai_tokenizer(config.context_length)
     meta = {
         "task": "clip",
         "config": config,
         "tokenizer": tokenizer.to_meta(),
         "preprocessing": {
-            "image_size": config["image_size"],
+            "image_size": config.image_size,
             "mean": OPENAI_MEAN,
             "std": OPENAI_STD,
         },

@@ -1,32 +1,22 @@
 """How well a CLIP model matches images and texts (book 6.6): retrieval recall@k in both
-directions, zero-shot classification accuracy with prompt ensembling, and the training step."""
+directions, zero-shot classification accuracy with prompt ensembling, and the scores of a
+set of pairs that training's validation, `evaluate` and the test split report."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lbdl_apps.clip.data import PairDataset, PairSet, pair_tokens, prompt_tokens, scene_class_names
 from lbdl_apps.clip.loss import clip_loss
 from lbdl_apps.clip.model import CLIP
 
 RECALL_KS = (1, 5, 10)
-
-
-def contrastive_step(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
-    """The Trainer's loss function: the symmetric contrastive loss of a batch of pairs, the
-    in-batch image-to-text accuracy and the current 1 / temperature."""
-    images, tokens = batch
-    image_emb, text_emb, scale = model(images, tokens)
-    loss = clip_loss(image_emb, text_emb, scale)
-    with torch.no_grad():
-        hits = (image_emb @ text_emb.t()).argmax(dim=1) == torch.arange(
-            len(images), device=images.device
-        )
-    return loss, {"acc": hits.float().mean(), "scale": scale.detach()}
 
 
 @torch.no_grad()
@@ -82,8 +72,9 @@ def retrieval_recalls(
 def class_embeddings(model: CLIP, prompt_tokens: Tensor, num_classes: int) -> Tensor:
     """Prompt ensembling: the embeddings of each class's prompts (num_classes x templates
     rows, class-major) averaged and renormalized -> (num_classes, D)."""
-    emb = model.encode_text(prompt_tokens).float().cpu()
-    return F.normalize(emb.view(num_classes, -1, emb.shape[1]).mean(dim=1), dim=-1)
+    emb = model.encode_text(prompt_tokens).float().cpu()  # (classes x templates, D)
+    per_class = emb.view(num_classes, -1, emb.shape[1])  # -> (classes, templates, D)
+    return F.normalize(per_class.mean(dim=1), dim=-1)
 
 
 def zero_shot_predictions(image_emb: Tensor, classes: Tensor) -> Tensor:
@@ -102,3 +93,46 @@ def scene_attribute_accuracy(
         "zero_shot_color_acc": sum(t[0] == g[0] for t, g in zip(truth, guess, strict=True)) / n,
         "zero_shot_shape_acc": sum(t[1] == g[1] for t, g in zip(truth, guess, strict=True)) / n,
     }
+
+
+def pair_metrics(
+    model: CLIP,
+    loader: DataLoader,
+    device: torch.device,
+    pairs: PairSet,
+    prompts: Tensor | None,
+    class_names: Sequence[str] | None,
+) -> dict[str, float]:
+    """Loss, retrieval recalls and (with labels) zero-shot accuracy of a set of pairs."""
+    image_emb, text_emb = embed_pairs(model, loader, device)
+    scale = float(model.scale())
+    size = loader.batch_size or len(image_emb)
+    total = 0.0
+    for start in range(0, len(image_emb), size):  # the loss of each batch, as in training
+        images, texts = image_emb[start : start + size], text_emb[start : start + size]
+        total += float(clip_loss(images, texts, scale)) * len(images)
+    scores = {"loss": total / len(image_emb)}
+    scores.update(retrieval_recalls(image_emb, text_emb, pairs.image_keys, pairs.first_captions()))
+    if prompts is not None and class_names and pairs.labels is not None:
+        classes = class_embeddings(model, prompts.to(device), len(class_names))
+        predicted = zero_shot_predictions(image_emb, classes)
+        truth = torch.tensor(pairs.labels)
+        scores["zero_shot_acc"] = (predicted == truth).float().mean().item()
+        if list(class_names) == scene_class_names():
+            scores.update(scene_attribute_accuracy(predicted, pairs.labels, class_names))
+    return scores
+
+
+def evaluate_pairs(
+    clip: Any,
+    pairs: PairSet,
+    class_names: list[str] | None,
+    templates: Sequence[str],
+    batch_size: int,
+    workers: int = 0,
+) -> dict[str, float]:
+    """The metrics of a loaded model (a `clip.api.ClipModel`) on a set of pairs."""
+    dataset = PairDataset(pairs, pair_tokens(pairs, clip.tokenizer), clip.preprocessing)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    prompts = prompt_tokens(clip.tokenizer, class_names, templates) if class_names else None
+    return pair_metrics(clip.model, loader, clip.device, pairs, prompts, class_names)

@@ -5,7 +5,7 @@ mapped into one embedding space where matching images and captions point the sam
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +13,31 @@ from torch import Tensor, nn
 
 from lbdl_apps.core.backbones.transformer import TransformerDecoder
 from lbdl_apps.core.backbones.vit import VisionTransformer
+from lbdl_apps.core.errors import LbdlError
 
 MAX_LOGIT_SCALE = 100.0  # the temperature is clamped to >= 1/100, as in CLIP
+MODEL_SIZES = {"tiny": (64, 2, 2), "small": (128, 4, 4), "base": (256, 6, 8)}  # width, depth, heads
+
+
+@dataclass
+class ClipConfig:
+    """Everything `build_model` needs, stored in the checkpoint (the field names are the keys
+    of the checkpoints written before the config was typed)."""
+
+    image_size: int
+    patch_size: int
+    vision_width: int
+    vision_depth: int
+    vision_heads: int
+    text_width: int
+    text_depth: int
+    text_heads: int
+    embed_dim: int
+    vocab_size: int
+    context_length: int
+    eot_id: int  # the end-of-text token, whose state the text encoder reads
+    act: str = "gelu"  # "quick_gelu" for OpenAI's weights
+    init_temperature: float = 0.07
 
 
 def eos_positions(tokens: Tensor, eot_id: int) -> Tensor:
@@ -27,62 +50,45 @@ class TextTransformer(nn.Module):
     token, which has attended to the whole caption, is projected to the embedding size.
     The causal mask means padding after that token never changes it."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        context_length: int,
-        dim: int,
-        depth: int,
-        heads: int,
-        embed_dim: int,
-        eot_id: int,
-        act: str = "gelu",
-    ) -> None:
+    def __init__(self, config: ClipConfig) -> None:
         super().__init__()
-        self.eot_id = eot_id
+        c = config
+        self.eot_id = c.eot_id
         self.transformer = TransformerDecoder(
-            vocab_size, dim, depth, heads, context_length, cross_attention=False, act=act
-        )
-        self.proj = nn.Linear(dim, embed_dim, bias=False)
+            c.vocab_size, c.text_width, c.text_depth, c.text_heads, c.context_length,
+            cross_attention=False, act=c.act,
+        )  # fmt: skip
+        self.proj = nn.Linear(c.text_width, c.embed_dim, bias=False)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """(B, L) token ids -> (B, embed_dim), not normalized."""
-        states = self.transformer.forward_features(tokens)
-        pooled = states[torch.arange(len(tokens), device=tokens.device),
-                        eos_positions(tokens, self.eot_id)]  # fmt: skip
+        states = self.transformer(tokens, logits=False)  # (B, L, text_width)
+        rows = torch.arange(len(tokens), device=tokens.device)
+        pooled = states[rows, eos_positions(tokens, self.eot_id)]  # (B, text_width)
         return self.proj(pooled)
 
 
 class CLIP(nn.Module):
     """Image and text encoders into a shared space, and the learned temperature."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: ClipConfig) -> None:
         super().__init__()
         c = config
         self.visual = VisionTransformer(
-            image_size=c["image_size"],
-            patch_size=c["patch_size"],
-            dim=c["vision_width"],
-            depth=c["vision_depth"],
-            heads=c["vision_heads"],
+            image_size=c.image_size,
+            patch_size=c.patch_size,
+            dim=c.vision_width,
+            depth=c.vision_depth,
+            heads=c.vision_heads,
             num_classes=None,
-            act=c["act"],
+            act=c.act,
             pre_norm=True,
             eps=1e-5,
             patch_bias=False,
-            proj_dim=c["embed_dim"],
+            proj_dim=c.embed_dim,
         )
-        self.text = TextTransformer(
-            c["vocab_size"],
-            c["context_length"],
-            c["text_width"],
-            c["text_depth"],
-            c["text_heads"],
-            c["embed_dim"],
-            c["eot_id"],
-            c["act"],
-        )
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / c.get("init_temperature", 0.07))))
+        self.text = TextTransformer(c)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / c.init_temperature)))
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Preprocessed images (B, 3, H, W) -> unit-norm embeddings (B, embed_dim)."""
@@ -102,33 +108,48 @@ class CLIP(nn.Module):
 
 def default_config(
     size: str, image_size: int, vocab_size: int, context_length: int, eot_id: int
-) -> dict[str, Any]:
+) -> ClipConfig:
     """The config of a model size ("tiny", "small", "base") for images of `image_size`."""
-    widths = {"tiny": (64, 2, 2), "small": (128, 4, 4), "base": (256, 6, 8)}
-    if size not in widths:
-        raise ValueError(f"unknown model size {size!r}; choose {', '.join(widths)}")
-    width, depth, heads = widths[size]
+    if size not in MODEL_SIZES:
+        raise LbdlError(f"--model {size}: unknown size; choose {', '.join(MODEL_SIZES)}")
+    width, depth, heads = MODEL_SIZES[size]
     patch = 4 if image_size <= 32 else 8 if image_size <= 96 else 16
-    return {
-        "image_size": image_size,
-        "patch_size": patch,
-        "vision_width": width,
-        "vision_depth": depth,
-        "vision_heads": heads,
-        "text_width": width,
-        "text_depth": max(1, depth - 1),
-        "text_heads": heads,
-        "embed_dim": width,
-        "vocab_size": vocab_size,
-        "context_length": context_length,
-        "eot_id": eot_id,
-        "act": "gelu",
-    }
+    return ClipConfig(
+        image_size=image_size,
+        patch_size=patch,
+        vision_width=width,
+        vision_depth=depth,
+        vision_heads=heads,
+        text_width=width,
+        text_depth=max(1, depth - 1),
+        text_heads=heads,
+        embed_dim=width,
+        vocab_size=vocab_size,
+        context_length=context_length,
+        eot_id=eot_id,
+    )
 
 
-MODEL_SIZES = ("tiny", "small", "base")
+def resized(
+    config: ClipConfig, width: int | None, depth: int | None, patch_size: int | None
+) -> ClipConfig:
+    """`config` with --width (both encoders and the embedding), --depth (both encoders) and
+    --patch-size applied; an LbdlError when they do not fit the image size or the heads."""
+    if width is not None:
+        config = replace(config, vision_width=width, text_width=width, embed_dim=width)
+    if depth is not None:
+        config = replace(config, vision_depth=depth, text_depth=depth)
+    if patch_size is not None:
+        config = replace(config, patch_size=patch_size)
+    if config.image_size % config.patch_size:
+        raise LbdlError(
+            f"--patch-size {config.patch_size}: does not divide the image size {config.image_size}"
+        )
+    if config.vision_width % config.vision_heads:
+        raise LbdlError(f"--width {width}: must be a multiple of {config.vision_heads}")
+    return config
 
 
-def build_model(config: dict[str, Any]) -> CLIP:
+def build_model(config: ClipConfig) -> CLIP:
     """Instantiate a CLIP model from its config (as stored in a checkpoint)."""
     return CLIP(config)

@@ -8,28 +8,19 @@ from pathlib import Path
 from PIL import Image
 
 from lbdl_apps.clip.api import load
-from lbdl_apps.clip.data import SCENE_COLORS, make_scenes
+from lbdl_apps.clip.cli import TrainArgs
 from lbdl_apps.clip.outputs import write_search
-from lbdl_apps.clip.train import TrainArgs, run_training
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.core.tour import TourResult, register_tour_step
+from lbdl_apps.clip.scenes import SCENE_COLORS, make_scenes
+from lbdl_apps.clip.task import train
+from lbdl_apps.core.options import Common
+from lbdl_apps.core.tour import TourResult, register_tour_step, train_in
 
 
 @register_tour_step("clip", "Contrastive image-text model (book 6.6)")
 def clip_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
-    run_dir = workdir / "train"
-    args = TrainArgs(
-        model="tiny",
-        patch_size=8,
-        epochs=1 if quick else 4,
-        scenes=300 if quick else 3000,
-        batch_size=32,
-        lr=2e-3,
-        warmup=0.3,
-        run_dir=run_dir,
-        exist_ok=True,
-    )
-    test = run_training(args, common)
+    size = {"epochs": 1, "scenes": 300} if quick else {"epochs": 4, "scenes": 3000}
+    args = TrainArgs(model="tiny", patch_size=8, batch_size=32, lr=2e-3, warmup=0.3, **size)
+    checkpoint, scores = train_in(workdir, train, args, common)
     pictures = workdir / "images"
     pictures.mkdir(parents=True, exist_ok=True)
     scenes = make_scenes(12, 32, seed=1234, split="unseen")
@@ -38,21 +29,22 @@ def clip_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
         path = pictures / f"{i:02d}_{attrs['color']}_{attrs['shape']}.png"
         Image.fromarray(image).save(path)
         paths.append(path)
-    clip = load(run_dir / "model.safetensors")
+    clip = load(checkpoint)
     colors = list(SCENE_COLORS)
     predictions = clip.zero_shot(paths, colors, ["a {} shape.", "a photo of a {} thing."])
     right = sum(p.labels[0] in Path(p.path).name for p in predictions)
     query = "a large red shape"
-    scores = clip.embed_images(paths)[1] @ clip.encode_text([query]).t()
-    order = scores.squeeze(1).argsort(descending=True)[:8].tolist()
-    _, sheet = write_search([(paths[i], float(scores[i])) for i in order], query, workdir)
+    similarity = clip.embed_images(paths)[1] @ clip.encode_text([query]).t()
+    similarity = similarity.squeeze(1)  # (N, 1) -> (N,)
+    order = similarity.argsort(descending=True)[:8].tolist()
+    _, sheet = write_search([(paths[i], float(similarity[i])) for i in order], query, workdir)
     return TourResult(
         metrics={
-            "test_zero_shot_color_acc": test.get("zero_shot_color_acc", 0.0),
+            "test_zero_shot_color_acc": scores.get("test_zero_shot_color_acc", 0.0),
             "png_zero_shot_color_acc": right / len(predictions),
             "chance": 1 / len(colors),
         },
-        images=[sheet, run_dir / "loss.png"],
+        images=[sheet, checkpoint.parent / "loss.png"],
         notes=f"tiny CLIP trained {args.epochs} epoch(s) on {args.scenes} captioned scenes; "
         "zero-shot colors of color-shape pairs absent from training"
         + (" (--quick: a smoke test, too short to learn)" if quick else ""),

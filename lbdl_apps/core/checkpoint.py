@@ -10,9 +10,11 @@ import contextlib
 import json
 import os
 import tempfile
+import typing
 from collections.abc import Callable, Iterator
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -68,6 +70,38 @@ def _check_file(path: Path) -> None:
         raise LbdlError(f"{path}: is a folder, not a checkpoint file")
 
 
+def _raw_meta(path: Path) -> str | None:
+    """The lbdl metadata of a safetensors file, as stored (None: a file without it)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get(META_KEY)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LbdlError(f"{path}: not a safetensors file (truncated or corrupt)") from e
+
+
+def read_meta(path: str | Path, task: str | None = None) -> dict[str, Any]:
+    """The metadata of a checkpoint alone (the weights are not read); LbdlError naming the
+    file if it is not a usable checkpoint, or, with `task`, one of another app."""
+    path = Path(path)
+    _check_file(path)
+    raw = _raw_meta(path)
+    if raw is None:
+        raise LbdlError(f"{path}: a safetensors file without lbdl metadata, not a checkpoint")
+    return _parse_meta(path, raw, task)
+
+
+def is_lbdl_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a .safetensors file with lbdl metadata (a corrupt one counts, so
+    that reading it gives its error); False for a file in another format."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        return _raw_meta(path) is not None
+    except LbdlError:
+        return True
+
+
 def read_checkpoint(
     path: str | Path, task: str | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -75,14 +109,8 @@ def read_checkpoint(
 
     With `task`, a checkpoint made by another task's app is rejected.
     """
-    path = Path(path)
-    _check_file(path)
+    meta = read_meta(path, task)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
-        if raw is None:
-            raise LbdlError(f"{path}: a safetensors file without lbdl metadata, not a checkpoint")
-        meta = _parse_meta(path, raw, task)
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise LbdlError(f"{path}: not a safetensors file (truncated or corrupt)") from e
@@ -125,21 +153,64 @@ def load_state(path: str | Path) -> dict:
         raise LbdlError(f"{path}: unreadable trainer state ({type(e).__name__})") from e
 
 
+C = TypeVar("C")  # an app's model config dataclass
+
+
+def config_from_dict(config_type: type[C], values: dict[str, Any], source: str | Path) -> C:
+    """The typed model config stored in a checkpoint's metadata (a field that is itself a
+    config dataclass is built from its dict too); settings that this lbdl does not know, or
+    lacks, are an error naming the file."""
+    names = {f.name for f in fields(config_type)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise LbdlError(f"{source}: unknown model settings {', '.join(unknown)} (a newer lbdl?)")
+    hints = typing.get_type_hints(config_type)
+    values = dict(values)
+    for name, value in values.items():
+        nested = _dataclass_in(hints[name])
+        if nested is not None and isinstance(value, dict):
+            values[name] = config_from_dict(nested, value, source)
+    try:
+        return config_type(**values)
+    except TypeError as error:
+        raise LbdlError(f"{source}: incomplete model config ({error})") from None
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass a type hint names (`Spec` or `Spec | None`), or None."""
+    for candidate in (hint, *typing.get_args(hint)):
+        if isinstance(candidate, type) and is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def checkpoint_file(checkpoint: str | Path) -> Path:
+    """The checkpoint file a CHECKPOINT argument names: the file, or a run folder's
+    model.safetensors."""
+    path = Path(checkpoint)
+    return path / "model.safetensors" if path.is_dir() else path
+
+
 def load_model(
-    checkpoint: str | Path, task: str, build: Callable[[dict[str, Any]], nn.Module]
+    checkpoint: str | Path,
+    task: str,
+    build: Callable[[C], nn.Module],
+    config_type: type[C],
 ) -> tuple[nn.Module, dict[str, Any]]:
     """An app's trained model from its checkpoint (a .safetensors file or a run folder):
-    `build(meta["config"])` with the saved weights loaded, and the metadata."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "model.safetensors"
+    `build(config)` with the saved weights loaded, and the metadata; meta["config"] is the
+    typed config."""
+    path = checkpoint_file(checkpoint)
     state, meta = read_checkpoint(path, task=task)
+    if not isinstance(meta.get("config"), dict):
+        raise LbdlError(f"{path}: incomplete {task} metadata (no model config)")
+    config = config_from_dict(config_type, meta["config"], path)
     try:
-        model = build(meta["config"])
+        model = build(config)
         model.load_state_dict(state)
     except (KeyError, TypeError) as error:
         raise LbdlError(f"{path}: incomplete {task} metadata ({error})") from None
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise LbdlError(f"{path}: weights do not match the model config ({first})") from None
-    return model, meta
+    return model, {**meta, "config": config}

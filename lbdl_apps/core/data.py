@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
+from lbdl_apps.core.bad_records import bad_record_rule
 from lbdl_apps.core.checkpoint import atomic_path
-from lbdl_apps.core.errors import LbdlError, report
+from lbdl_apps.core.errors import LbdlError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
@@ -123,6 +126,37 @@ def save_image(image: Image.Image | torch.Tensor | np.ndarray, path: str | Path)
     return path
 
 
+def image_preprocessing(
+    image_size: int, in_channels: int, mean: Sequence[float], std: Sequence[float], **extra: Any
+) -> dict[str, Any]:
+    """The preprocessing an image app stores in its checkpoints, so that inference prepares
+    an image as evaluation did: size, channels, normalization, and the app's `extra`."""
+    return {"image_size": image_size, "in_channels": in_channels, "mean": list(mean),
+            "std": list(std), **extra}  # fmt: skip
+
+
+def center_transform(
+    size: int,
+    channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize: int | None = None,
+    interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR,
+) -> v2.Compose:
+    """The evaluation / inference transform of the image apps: a PIL image or uint8 tensor
+    -> float (channels, size, size): gray or RGB, the short side resized to `resize`
+    (default `size`), the center crop, then (x - mean) / std per channel."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Grayscale(1) if channels == 1 else v2.RGB(),
+        v2.Resize(resize or size, interpolation=interpolation, antialias=True),
+        v2.CenterCrop(size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+        v2.ToPureTensor(),
+    ])  # fmt: skip
+
+
 def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
@@ -203,6 +237,57 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
+def idx_file(folder: Path, prefix: str, kind: str) -> Path | None:
+    """The idx file `prefix`-`kind` ("images" or "labels") of a folder, e.g.
+    train-images-idx3-ubyte[.gz] (also the train-images.idx3-ubyte spelling), or None."""
+    dims = "idx3" if kind == "images" else "idx1"
+    hits = sorted(folder.glob(f"{prefix}-{kind}[-.]{dims}-ubyte*"))
+    return hits[0] if hits else None
+
+
+def read_classes_txt(folder: Path) -> list[str] | None:
+    """The class names of `folder`/classes.txt, one a line (None without the file)."""
+    path = folder / "classes.txt"
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n]
+    if len(set(names)) != len(names):
+        raise LbdlError(f"{path}: a class name appears twice")
+    return names
+
+
+def read_idx_pair(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The images (N, H, W[, C]) uint8 and labels (N,) int64 of `prefix`-images / -labels
+    idx files in `folder`, checked against each other; None when neither file is there."""
+    images_path = idx_file(folder, prefix, "images")
+    labels_path = idx_file(folder, prefix, "labels")
+    if images_path is None and labels_path is None:
+        return None
+    if images_path is None or labels_path is None:
+        missing = (
+            f"{prefix}-images-idx3-ubyte" if images_path is None else f"{prefix}-labels-idx1-ubyte"
+        )
+        raise LbdlError(f"{folder}: has {prefix} idx files but no {missing}[.gz]")
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise LbdlError(f"{images_path}: expected unsigned-byte images (N, H, W)")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise LbdlError(
+            f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}"
+        )
+    if len(labels) and labels.min() < 0:
+        raise LbdlError(f"{labels_path}: negative labels")
+    return images, labels.astype(np.int64)
+
+
+def datasets_root() -> Path:
+    """Where named datasets are downloaded and built-in data is cached: $LBDL_DATA, else
+    ~/.cache/lbdl/datasets."""
+    root = os.environ.get("LBDL_DATA") or Path.home() / ".cache" / "lbdl" / "datasets"
+    return Path(root).expanduser()
+
+
 def split_indices(
     n: int, val_fraction: float, seed: int, stratify: Sequence[int] | None = None
 ) -> tuple[list[int], list[int]]:
@@ -250,9 +335,8 @@ def _check_one(path: Path) -> str | None:
 
 
 def check_records(records: Sequence[Record], skip_bad: bool = False) -> list[Record]:
-    """The bad-record rule (DESIGN.md): open every image; if any is unreadable, raise an
-    LbdlError naming the first one and the count, unless `skip_bad`, which warns for each
-    on stderr and returns the good records."""
+    """The bad-record rule (core.bad_records) for image files: open every image and return
+    the good records."""
     good: list[Record] = []
     bad: list[tuple[Path, str]] = []
     for record in records:
@@ -261,16 +345,7 @@ def check_records(records: Sequence[Record], skip_bad: bool = False) -> list[Rec
             good.append(record)
         else:
             bad.append((Path(record[0]), reason))
-    if bad and not skip_bad:
-        path, reason = bad[0]
-        noun = "record" if len(bad) == 1 else "records"
-        raise LbdlError(
-            f"{len(bad)} bad {noun}, first: {path}: {reason} (add --skip-bad to train on the rest)"
-        )
-    for path, reason in bad:
-        report(f"warning: skipping bad record {path}: {reason}")
-    if bad:
-        report(f"warning: skipped {len(bad)} bad records of {len(records)}")
+    bad_record_rule(bad, len(records), skip_bad)
     return good
 
 

@@ -1,19 +1,16 @@
-"""Data-parallel training under `torchrun`: joining the process group and letting rank 0
-decide what every rank must agree on (DESIGN.md, "The Trainer")."""
+"""Data-parallel training under `torchrun` (DESIGN.md, "The Trainer"). Which process this
+is comes from torchrun's environment, so that everything before training (data, model, run
+folder) needs no communication; the Trainer alone joins and leaves the process group,
+around its `fit`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
-
-from lbdl_apps.core.errors import LbdlError
-
-T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -21,53 +18,42 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_distributed(device: torch.device) -> torch.device:
-    """Under torchrun, join the process group (NCCL on CUDA, Gloo on CPU) once and return this
-    rank's device (cuda:LOCAL_RANK on GPUs); without torchrun, return `device` unchanged."""
-    if world_size() <= 1:
-        return device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        cuda = device.type == "cuda"
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
-    return device
+def rank() -> int:
+    """This process's rank under torchrun (0 without it)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def is_main_process() -> bool:
-    """True on rank 0, and always without a process group."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    """True on rank 0 (and without torchrun): the process that writes files and prints."""
+    return rank() == 0
 
 
-def decide_on_main(decide: Callable[[], T]) -> T:
-    """Run `decide` on rank 0 only and give its result (or its LbdlError) to every rank."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return decide()
-    holder: list = [None]
-    if dist.get_rank() == 0:
-        try:
-            holder[0] = ("ok", decide())
-        except LbdlError as error:
-            holder[0] = ("error", str(error))
-    dist.broadcast_object_list(holder, src=0)
-    status, value = holder[0]
-    if status == "error":
-        raise LbdlError(value)
-    return value
+def local_device(device: torch.device) -> torch.device:
+    """This rank's device: cuda:LOCAL_RANK for a CUDA device under torchrun, else `device`."""
+    if world_size() > 1 and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
-def finish_distributed() -> None:
-    """Leave the process group, if this process joined one, once every rank is done with it
-    (a rank that leaves while another still talks to it can abort the other's exit)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def finish_run(run_dir: Path) -> None:
-    """End a training command: name its run folder (rank 0; printed also with --quiet, which
-    only silences progress), then leave the process group."""
-    if is_main_process():
-        print(f"run folder: {run_dir}")
-    finish_distributed()
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[bool]:
+    """Join torchrun's process group (NCCL on CUDA, Gloo on CPU) for the block, then leave it
+    once every rank is done with it (a rank that leaves while another still talks to it can
+    abort the other's exit). Yields whether there is a group; a group someone else made is
+    used as it is."""
+    if world_size() <= 1:
+        yield False
+        return
+    owned = not dist.is_initialized()
+    if owned:
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    try:
+        yield True
+        if owned:
+            dist.barrier()
+    finally:
+        if owned:
+            dist.destroy_process_group()

@@ -74,9 +74,7 @@ def _downsample(in_ch: int, out_ch: int, stride: int) -> nn.Sequential | None:
     """The 1x1 projection of the skip connection when the shape changes (book 5.2)."""
     if stride == 1 and in_ch == out_ch:
         return None
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
-    )
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
 
 
 class BasicBlock(nn.Module):
@@ -173,6 +171,33 @@ def _attention_mask(
     return attn_mask if keep is None else attn_mask.masked_fill(~keep, float("-inf"))
 
 
+class KVCache:
+    """What a decoder's attention layers keep between decoding steps (book 5.3): each layer's
+    keys and values (self-attention: of every token so far; cross-attention: of the context,
+    computed once). Make one with `KVCache()` before the first step and pass it to every
+    step; `length` is the number of tokens it holds (the next token's position);
+    `reorder(rows)` keeps, in that order, rows of the batch (the beams that survive a step,
+    or each input repeated once per beam). Decoding never reads its layout."""
+
+    def __init__(self) -> None:
+        self._layers: dict[str, dict[str, Tensor]] = {}
+        self.length = 0
+
+    def layer(self, name: str) -> dict[str, Tensor]:
+        """The entry of one attention layer (its own to fill)."""
+        return self._layers.setdefault(name, {})
+
+    def advance(self, tokens: int) -> None:
+        """Count the `tokens` a decoding step added."""
+        self.length += tokens
+
+    def reorder(self, rows: Tensor) -> None:
+        """Keep the batch rows `rows` (B',) of every cached tensor, in place."""
+        for entry in self._layers.values():
+            for key, value in entry.items():
+                entry[key] = value.index_select(0, rows)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention (book 4.8) on F.scaled_dot_product_attention.
 
@@ -180,9 +205,9 @@ class MultiHeadAttention(nn.Module):
     Masks follow nn.MultiheadAttention: `key_padding_mask` (B, S) and boolean `attn_mask` are
     True where a key is ignored; a float `attn_mask` is added to the attention scores.
 
-    `cache` (a dict, updated in place) speeds up autoregressive decoding: in self-attention
-    the new keys and values are appended to the cached ones; in cross-attention those of
-    `context` are computed on the first call and reused afterwards.
+    `cache` (this layer's entry of a KVCache, updated in place) speeds up autoregressive
+    decoding: in self-attention the new keys and values are appended to the cached ones; in
+    cross-attention those of `context` are computed on the first call and reused afterwards.
     """
 
     def __init__(
@@ -235,9 +260,7 @@ class MultiHeadAttention(nn.Module):
         if causal and q_len == k_len and key_padding_mask is None and attn_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
-            mask = _attention_mask(
-                b, q_len, k_len, causal, key_padding_mask, attn_mask, x.device
-            )
+            mask = _attention_mask(b, q_len, k_len, causal, key_padding_mask, attn_mask, x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.out_proj(y.transpose(1, 2).reshape(b, q_len, -1))
 
@@ -260,8 +283,9 @@ class SinusoidalPositionalEncoding(nn.Module):
     def __init__(self, dim: int, max_len: int, base: float = 10_000) -> None:
         super().__init__()
         self.max_len = max_len
-        self.register_buffer("pe", sinusoidal_embedding(torch.arange(max_len), dim, base),
-                             persistent=False)
+        self.register_buffer(
+            "pe", sinusoidal_embedding(torch.arange(max_len), dim, base), persistent=False
+        )
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         """`offset` is the position of x's first token (decoding one token at a time)."""
@@ -304,7 +328,7 @@ class TransformerBlock(nn.Module):
     """Pre-normalization transformer block (book 5.3).
 
     x = x + attn(ln1(x)); [x = x + cross_attn(ln_cross(x), context)]; x = x + mlp(ln2(x)).
-    `cache` is a dict, updated in place, holding the attention caches for decoding.
+    With a KVCache, the block keeps its attention layers' keys and values under `name`.
     """
 
     def __init__(
@@ -336,16 +360,25 @@ class TransformerBlock(nn.Module):
         causal: bool = False,
         key_padding_mask: Tensor | None = None,
         context_padding_mask: Tensor | None = None,
-        cache: dict[str, dict[str, Tensor]] | None = None,
+        cache: KVCache | None = None,
+        name: str = "",
     ) -> Tensor:
-        self_cache = None if cache is None else cache.setdefault("self", {})
-        x = x + self.drop(self.attn(self.ln1(x), causal=causal,
-                                    key_padding_mask=key_padding_mask, cache=self_cache))
+        self_cache = None if cache is None else cache.layer(f"{name}.self")
+        x = x + self.drop(
+            self.attn(
+                self.ln1(x), causal=causal, key_padding_mask=key_padding_mask, cache=self_cache
+            )
+        )
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block has cross-attention: pass a context")
-            cross_cache = None if cache is None else cache.setdefault("cross", {})
-            x = x + self.drop(self.cross_attn(self.ln_cross(x), context,
-                                              key_padding_mask=context_padding_mask,
-                                              cache=cross_cache))
+            cross_cache = None if cache is None else cache.layer(f"{name}.cross")
+            x = x + self.drop(
+                self.cross_attn(
+                    self.ln_cross(x),
+                    context,
+                    key_padding_mask=context_padding_mask,
+                    cache=cross_cache,
+                )
+            )
         return x + self.mlp(self.ln2(x))

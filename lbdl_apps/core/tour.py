@@ -8,10 +8,11 @@ import html
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.core.options import Common, RunArgs
 
 
 @dataclass
@@ -31,6 +32,17 @@ class TourStep:
 
 
 STEPS: dict[str, TourStep] = {}
+A = TypeVar("A", bound=RunArgs)
+
+
+def train_in(
+    workdir: Path, train: Callable[[A, Common], Any], args: A, common: Common
+) -> tuple[Path, Any]:
+    """Train `args` into workdir/train (a new tour reuses the folder); returns the best
+    checkpoint and what `train` returned."""
+    run_dir = workdir / "train"
+    result = train(replace(args, run_dir=run_dir, exist_ok=True), common)
+    return run_dir / "model.safetensors", result
 
 
 def register_tour_step(name: str, title: str) -> Callable:

@@ -7,285 +7,61 @@ and data parallelism under torchrun.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
-import random
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from lbdl_apps.core.checkpoint import atomic_path, load_state, save_checkpoint, save_state
+from lbdl_apps.core.checkpoint import atomic_path, load_state, save_state
 from lbdl_apps.core.device import amp_dtype, seed_everything
-from lbdl_apps.core.distributed import init_distributed, world_size
+from lbdl_apps.core.distributed import local_device, process_group, world_size
 from lbdl_apps.core.errors import EXIT_INTERRUPTED, LbdlError
-from lbdl_apps.core.runs import MetricsLog, plot_metrics
+from lbdl_apps.core.optim import adamw_with_schedule, ema_with_warmup
+from lbdl_apps.core.options import TrainArgs
+from lbdl_apps.core.progress import add_task, progress_bar
+from lbdl_apps.core.records import Recorder
+from lbdl_apps.core.signals import StopSignals
+from lbdl_apps.core.train_state import (
+    Monitor,
+    Position,
+    SkipSampler,
+    Tally,
+    batch_size,
+    rng_state,
+    set_rng_state,
+    to_device,
+)
 
 LossFn = Callable[[nn.Module, Any], tuple[Tensor, dict[str, Any]]]
 EvaluateFn = Callable[[nn.Module, DataLoader, torch.device], dict[str, float]]
+Collate = Callable[[list[Any]], Any]
 
 REFRESH_S = 0.5  # how often the progress bar (and the NaN check) reads values off the device
 
 
-@dataclass
-class TrainOptions:
-    """The `train` options every app has under the same names (DESIGN.md). An app's
-    TrainArgs adds its own and may change these defaults; saved in the run's config.json."""
-
-    data: str | None = None
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    name: str | None = None
-    run_dir: Path | None = None
-    exist_ok: bool = False
-    resume: Path | None = None
-    workers: int = 0
-    patience: int | None = None
-    weight_decay: float = 1e-4
-    warmup: float = 1.0
-    ema: float | None = None
-    val_fraction: float = 0.1
-    amp: bool = True
-    compile: bool = False
-    save_period: int | None = None
-    skip_bad: bool = False
-
-
-@dataclass
-class TrainConfig:
-    """What the Trainer does; saved as train_config.json in the run folder."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0  # linear warmup then cosine to 0, per optimizer step
-    grad_clip: float | None = 1.0
-    accumulate: int = 1  # batches per optimizer step
-    amp: bool = True  # mixed precision on CUDA (bf16 if supported, else fp16 + loss scaling)
-    ema_decay: float | None = None  # EMA weights are the ones evaluated and saved
-    patience: int | None = None  # stop after this many epochs without improvement
-    monitor: str = "val_loss"  # picks model.safetensors (ties: the lower val_loss)
-    mode: str = "min"  # "min" or "max" for `monitor`
-    save_period: int | None = None  # also save state.pt every N optimizer steps
-    workers: int = 0
-    seed: int = 0
-    compile: bool = False
-
-    @classmethod
-    def from_args(cls, args: TrainOptions, seed: int, monitor: str, mode: str) -> TrainConfig:
-        """The Trainer settings of an app's `train` options."""
-        return cls(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            warmup_epochs=args.warmup,
-            amp=args.amp,
-            ema_decay=args.ema,
-            patience=args.patience,
-            monitor=monitor,
-            mode=mode,
-            save_period=args.save_period,
-            workers=args.workers,
-            seed=seed,
-            compile=args.compile,
-        )
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "accumulate": self.accumulate >= 1,
-            "warmup_epochs": self.warmup_epochs >= 0,
-            "workers": self.workers >= 0,
-            "mode": self.mode in ("min", "max"),
-            "patience": self.patience is None or self.patience >= 1,
-            "save_period": self.save_period is None or self.save_period >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise LbdlError(f"{name} = {getattr(self, name)!r} is not a valid value")
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move the tensors of a batch (tensor, or nested tuple/list/dict of them) to `device`."""
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
-
-
-def _first_tensor(batch: Any) -> Tensor | None:
-    if isinstance(batch, Tensor):
-        return batch
-    items = batch.values() if isinstance(batch, dict) else batch
-    if isinstance(items, (list, tuple)) or isinstance(batch, dict):
-        for item in items:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    return None
-
-
-def batch_size(batch: Any) -> int:
-    """Number of samples in a batch: the length of its first tensor."""
-    first = _first_tensor(batch)
-    return len(first) if first is not None and first.ndim else 1
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices and kernels, none on biases and norm scales."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
-def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
-    """EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n))
-    after n updates, so that early EMA weights follow the training instead of averaging in
-    the random initialisation (a plain 0.999 EMA lags ~1000 steps behind)."""
-
-    @torch.no_grad()
-    def update(ema_params: list[Tensor], params: list[Tensor], n_averaged: Tensor) -> None:
-        n = float(n_averaged)
-        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
-        if torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0]):
-            torch._foreach_lerp_(ema_params, params, weight)
-        else:  # integer buffers (BatchNorm's batch counter) follow the model
-            for ema, current in zip(ema_params, params, strict=True):
-                ema.copy_(current)
-
-    return update
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR factor per optimizer step: linear warmup to 1, then cosine decay towards 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    random.setstate(state["python"])
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-class _SkipSampler(Sampler[int]):
-    """Wraps a sampler and drops the first `skip` indices (resuming in the middle of an epoch)."""
-
-    def __init__(self, inner: Sampler[int]) -> None:
-        self.inner = inner
-        self.skip = 0
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.inner), self.skip, None)
-
-    def __len__(self) -> int:
-        return len(self.inner) - self.skip  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class _Tally:
-    """Sample-weighted sums of the train loss and metrics; device tensors, read only when needed."""
-
-    loss: Tensor | float = 0.0
-    metrics: dict[str, Tensor | float] = field(default_factory=dict)
-    samples: int = 0
-
-    def add(self, loss: Tensor, metrics: dict[str, Any], n: int) -> _Tally:
-        summed = dict(self.metrics)
-        for k, v in metrics.items():
-            v = v.detach() if isinstance(v, Tensor) else v
-            summed[k] = summed.get(k, 0.0) + v * n
-        return _Tally(self.loss + loss.detach().float() * n, summed, self.samples + n)
-
-    def sums(self) -> dict[str, float]:
-        values = [self.loss, *self.metrics.values()]
-        floats = torch.stack([torch.as_tensor(v, dtype=torch.float64).cpu() for v in values])
-        return dict(zip(["loss", *self.metrics], floats.tolist(), strict=True))
-
-    def to_state(self) -> dict[str, Any]:
-        sums = self.sums()
-        return {"loss": sums.pop("loss"), "metrics": sums, "samples": self.samples}
-
-    @staticmethod
-    def from_state(state: dict[str, Any]) -> _Tally:
-        return _Tally(state["loss"], dict(state["metrics"]), state["samples"])
-
-
-@dataclass(frozen=True)
-class _Position:
-    """Where training stands after the last optimizer step: what state.pt records."""
-
-    epoch: int  # the epoch in progress (0-based); after an epoch end, the next one
-    batch: int  # batches of that epoch already used
-    step: int  # optimizer steps done
-    tally: _Tally
-    rng: dict[str, Any]
-
-
 class Trainer:
-    """Trains `model` on `train_set` with `loss_fn(model, batch) -> (loss, metrics)`.
+    """Trains `model` on `train_set` with `loss_fn(model, batch) -> (loss, metrics)`, as the
+    `args` (an app's TrainArgs) say: epochs, batch size, AdamW, schedule, clipping,
+    accumulation, AMP, EMA, patience, workers, save period.
 
     Each epoch ends with `evaluate_fn(model, val_loader, device) -> metrics` (or the mean of
     loss_fn over the validation set when evaluate_fn is None); its keys are logged with a
     "val_" prefix. Under torchrun only rank 0 evaluates, so metric objects in evaluate_fn
     must not synchronise across ranks (torchmetrics: sync_on_compute=False).
     The run folder gets metrics.csv/.jsonl, loss.png, train_config.json,
-    model.safetensors (best by `config.monitor`, a tie going to the lower validation loss;
+    model.safetensors (best by `monitor`, a tie going to the lower validation loss;
     every epoch without a validation set),
     last.safetensors and state.pt. With EMA, both .safetensors files hold the EMA weights.
     Checkpoint metadata is `checkpoint_meta` plus "epoch" and "metrics".
@@ -301,31 +77,33 @@ class Trainer:
         val_set: Dataset | None,
         loss_fn: LossFn,
         evaluate_fn: EvaluateFn | None,
-        config: TrainConfig,
+        args: TrainArgs,
         run_dir: str | Path,
         device: torch.device,
         checkpoint_meta: dict[str, Any],
-        collate_fn: Callable[[list[Any]], Any] | None = None,
+        *,
+        monitor: Monitor = Monitor(),
+        seed: int = 0,
+        collate_fn: Collate | None = None,
+        val_collate_fn: Collate | None = None,
         quiet: bool = False,
-        val_collate_fn: Callable[[list[Any]], Any] | None = None,
     ) -> None:
         self.model = model
         self.train_set, self.val_set = train_set, val_set
         self.loss_fn, self.evaluate_fn = loss_fn, evaluate_fn
-        self.config = config
+        self.args, self.monitor, self.seed = args, monitor, seed
         self.run_dir = Path(run_dir)
-        self.device = device
-        self.meta = checkpoint_meta
+        self.device = local_device(device)
         self.collate_fn = collate_fn
         self.val_collate_fn = val_collate_fn or collate_fn  # e.g. no MixUp on validation
         self.quiet = quiet
         self.world, self.rank = world_size(), 0
-        self.best: float | None = None
-        self.best_metrics: dict[str, Any] = {}
-        self.bad_epochs = 0
-        self._deferring = False
-        self._stop_requested = False
-        self._tensorboard: Any = None
+        self.signals = StopSignals()
+        validated = val_set is not None and len(val_set) > 0  # type: ignore[arg-type]
+        console = Console(stderr=True, quiet=quiet)
+        self.records = Recorder(
+            self.run_dir, checkpoint_meta, monitor, validated, args.epochs, console
+        )
 
     @property
     def main(self) -> bool:
@@ -335,161 +113,121 @@ class Trainer:
     # ----------------------------------------------------------------- set-up
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train (or continue from run_dir/state.pt) and return the best epoch's metrics."""
-        with self._process_group(), self._signals():
+        with process_group(self.device) as grouped, self.signals.installed():
+            self.rank = dist.get_rank() if grouped else 0
             self._setup(resume)
             try:
-                with self._progress_bar():
+                with self._progress():
                     self._run()
             except KeyboardInterrupt:
-                self._deferring = True  # a second Ctrl-C must not cut the save short
+                self.signals.hold()
                 self._flush()
                 if self.main:
                     save_state(self.run_dir / "state.pt", self._state())
-                    self._say(
+                    self.records.say(
                         f"interrupted: training state saved in {self.run_dir / 'state.pt'} "
                         f"(continue with --resume {self.run_dir})"
                     )
                 raise SystemExit(EXIT_INTERRUPTED) from None
             finally:
-                if self._tensorboard is not None:
-                    self._tensorboard.close()
-        return self.best_metrics
-
-    @contextlib.contextmanager
-    def _process_group(self) -> Iterator[None]:
-        owned = self.world > 1 and not dist.is_initialized()
-        if self.world > 1:
-            self.device = init_distributed(self.device)
-            self.rank = dist.get_rank()
-        try:
-            yield
-            if owned:
-                dist.barrier()  # leaving while another rank still talks to this one can abort
-        finally:
-            if owned:
-                dist.destroy_process_group()
-
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        """Turn SIGINT/SIGTERM into KeyboardInterrupt, held back while state is being written."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._deferring:
-            self._stop_requested = True
-        else:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def _deferred(self) -> Iterator[None]:
-        """Finish this block before a Ctrl-C/SIGTERM takes effect (consistent state)."""
-        self._deferring = True
-        try:
-            yield
-        finally:
-            self._deferring = False
-        if self._stop_requested:
-            raise KeyboardInterrupt
+                self.records.close()
+        return self.records.best_metrics
 
     def _setup(self, resume: bool) -> None:
-        cfg = self.config
+        args = self.args
         self.model.to(self.device)
-        self.ema = (
-            AveragedModel(self.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
-            if cfg.ema_decay is not None
-            else None
-        )
+        self.ema = None
+        if args.ema is not None:
+            update = ema_with_warmup(args.ema)
+            self.ema = AveragedModel(self.model, multi_avg_fn=update, use_buffers=True)
         self._make_loaders()
-        steps_per_epoch = math.ceil(self.n_batches / cfg.accumulate)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
-        self.scheduler = LambdaLR(
-            self.optimizer,
-            warmup_cosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch),
+        steps_per_epoch = math.ceil(self.n_batches / args.accumulate)
+        self.optimizer, self.scheduler = adamw_with_schedule(
+            self.model,
+            args.lr,
+            args.weight_decay,
+            round(args.warmup * steps_per_epoch),
+            args.epochs * steps_per_epoch,
         )
-        self.amp = amp_dtype(self.device) if cfg.amp else None
+        self.amp = amp_dtype(self.device) if args.amp else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.log = MetricsLog(self.run_dir)
         if resume:
             self._load_state()
         else:
-            seed_everything(cfg.seed + self.rank)
-            self._at = _Position(0, 0, 0, _Tally(), _rng_state(self.device))
+            seed_everything(self.seed + self.rank)
+            self._at = Position(0, 0, 0, Tally(), rng_state(self.device))
         self._ddp = None
         if self.world > 1:
             cuda = self.device.type == "cuda"
             self._ddp = DistributedDataParallel(self.model, [self.device] if cuda else None)
         train_model = self._ddp or self.model
-        self.train_model = torch.compile(train_model) if cfg.compile else train_model
+        self.train_model = torch.compile(train_model) if args.compile else train_model
         self._pending: list[tuple[int, Tensor]] = []  # (step, loss) not yet checked for NaN
         self._last_refresh = time.perf_counter()
-        self._tensorboard = _tensorboard_writer(self.run_dir) if self.main else None
         if self.main:
-            self.log.keep(self._at.epoch)
+            self.records.open(self._at.epoch)
             with atomic_path(self.run_dir / "train_config.json") as tmp:
-                tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+                tmp.write_text(self._settings() + "\n")
+
+    def _settings(self) -> str:
+        """What this Trainer does, as JSON: train_config.json and the state's "config"."""
+        settings = {**asdict(self.args), "monitor": asdict(self.monitor), "seed": self.seed}
+        return json.dumps(settings, indent=2, default=str)
 
     def _make_loaders(self) -> None:
-        cfg = self.config
+        args = self.args
         if len(self.train_set) == 0:  # type: ignore[arg-type]
             raise LbdlError("the training set is empty")
         self._generator = torch.Generator()
         inner: Sampler[int] = (
-            DistributedSampler(self.train_set, shuffle=True, seed=cfg.seed)
+            DistributedSampler(self.train_set, shuffle=True, seed=self.seed)
             if self.world > 1
             else RandomSampler(self.train_set, generator=self._generator)
         )
-        self._sampler = _SkipSampler(inner)
+        self._sampler = SkipSampler(inner)
         loader_args = {
-            "batch_size": cfg.batch_size,
-            "num_workers": cfg.workers,
+            "batch_size": args.batch_size,
+            "num_workers": args.workers,
             "collate_fn": self.collate_fn,
             # pinning pays off only when a worker thread does it beside the training step
-            "pin_memory": self.device.type == "cuda" and cfg.workers > 0,
+            "pin_memory": self.device.type == "cuda" and args.workers > 0,
         }
         self.train_loader = DataLoader(
             self.train_set, sampler=self._sampler, generator=self._generator, **loader_args
         )
-        self.n_batches = math.ceil(len(inner) / cfg.batch_size)  # type: ignore[arg-type]
+        self.n_batches = math.ceil(len(inner) / args.batch_size)  # type: ignore[arg-type]
         self.val_loader = None
         self._val_generator = torch.Generator()
-        if self.val_set is not None and len(self.val_set) > 0:  # type: ignore[arg-type]
+        if self.records.validated:
             self.val_loader = DataLoader(
-                self.val_set,
+                self.val_set,  # type: ignore[arg-type]
                 generator=self._val_generator,
                 **{**loader_args, "collate_fn": self.val_collate_fn},
             )
 
     # ---------------------------------------------------------------- the loop
     def _run(self) -> None:
-        cfg = self.config
-        for epoch in range(self._at.epoch, cfg.epochs):
-            if cfg.patience is not None and self.bad_epochs >= cfg.patience:
+        patience = self.args.patience
+        for epoch in range(self._at.epoch, self.args.epochs):
+            if patience is not None and self.records.bad_epochs >= patience:
                 break
             if self._end_epoch(epoch, *self._train_epoch(epoch)):
                 break
 
     def _train_epoch(self, epoch: int) -> tuple[float, int]:
         """One pass over the training set (the rest of it when resuming); (seconds, samples)."""
-        cfg, start = self.config, self._at
+        args, start = self.args, self._at
         self.model.train()
         # The data order (and the workers' seeds) depend only on (seed, epoch, rank).
-        self._generator.manual_seed(cfg.seed + 1009 * epoch + 1_000_003 * self.rank)
+        self._generator.manual_seed(self.seed + 1009 * epoch + 1_000_003 * self.rank)
         if isinstance(self._sampler.inner, DistributedSampler):
             self._sampler.inner.set_epoch(epoch)
-        self._sampler.skip = start.batch * cfg.batch_size
+        self._sampler.skip = start.batch * args.batch_size
         self._bar_start(epoch, start.batch)
         tally, step, t0 = start.tally, start.step, time.perf_counter()
         for i, batch in enumerate(self.train_loader, start=start.batch):
-            group_start = i - i % cfg.accumulate
-            group_len = min(cfg.accumulate, self.n_batches - group_start)
+            group_start = i - i % args.accumulate
+            group_len = min(args.accumulate, self.n_batches - group_start)
             last = i + 1 == group_start + group_len
             batch = to_device(batch, self.device)
             with self._no_sync(not last):
@@ -500,15 +238,15 @@ class Trainer:
             self._pending.append((step + 1, loss.detach()))
             if not last:
                 continue
-            with self._deferred():
+            with self.signals.deferred():
                 self._optimizer_step()
                 step += 1
-                self._at = _Position(epoch, i + 1, step, tally, _rng_state(self.device))
+                self._at = Position(epoch, i + 1, step, tally, rng_state(self.device))
             if time.perf_counter() - self._last_refresh > REFRESH_S:
                 self._flush()
-            if cfg.save_period and step % cfg.save_period == 0:
+            if args.save_period and step % args.save_period == 0:
                 self._flush()
-                with self._deferred():
+                with self.signals.deferred():
                     if self.main:
                         save_state(self.run_dir / "state.pt", self._state())
         self._flush()
@@ -521,9 +259,9 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _optimizer_step(self) -> None:
-        if self.config.grad_clip is not None:
+        if self.args.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -556,7 +294,6 @@ class Trainer:
     # ------------------------------------------------------------- epoch end
     def _end_epoch(self, epoch: int, train_s: float, samples: int) -> bool:
         """Evaluate, log, save; return whether to stop early."""
-        cfg = self.config
         train = self._reduce(self._at.tally)
         t0 = time.perf_counter()
         val = self._evaluate() if self.main and self.val_loader is not None else {}
@@ -570,20 +307,26 @@ class Trainer:
             "samples_per_s": round(samples * self.world / max(train_s, 1e-9), 1),
         }
         stop = False
-        with self._deferred():
-            self._at = _Position(epoch + 1, 0, self._at.step, _Tally(), _rng_state(self.device))
+        records, patience = self.records, self.args.patience
+        with self.signals.deferred():
+            self._at = Position(epoch + 1, 0, self._at.step, Tally(), rng_state(self.device))
             if self.main:
-                improved = self._update_best(row)
-                stop = cfg.patience is not None and bool(val) and self.bad_epochs >= cfg.patience
-                self._save_epoch(row, improved)
-                self._say_epoch(row, improved, stop)
+                improved = records.update_best(row)
+                stop = patience is not None and bool(val) and records.bad_epochs >= patience
+                records.save_epoch(row, self._weights(), improved)
+                save_state(self.run_dir / "state.pt", self._state())
+                records.say_epoch(row, improved, stop)
         if self.world > 1:
-            decision = [stop, self.bad_epochs]
+            decision = [stop, records.bad_epochs]
             dist.broadcast_object_list(decision, src=0)
-            stop, self.bad_epochs = decision
+            stop, records.bad_epochs = decision
         return stop
 
-    def _reduce(self, tally: _Tally) -> dict[str, float]:
+    def _weights(self) -> dict[str, Tensor]:
+        """The weights that are evaluated and saved: the EMA ones when there is an EMA."""
+        return (self.ema.module if self.ema is not None else self.model).state_dict()
+
+    def _reduce(self, tally: Tally) -> dict[str, float]:
         """Mean train loss and metrics over the epoch (over every rank under DDP)."""
         sums = tally.sums()
         samples = float(tally.samples)
@@ -597,7 +340,7 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
-        self._val_generator.manual_seed(self.config.seed)  # the same worker seeds every epoch
+        self._val_generator.manual_seed(self.seed)  # the same worker seeds every epoch
         with torch.no_grad():
             if self.evaluate_fn is not None:
                 metrics = self.evaluate_fn(model, self.val_loader, self.device)  # type: ignore[arg-type]
@@ -607,47 +350,13 @@ class Trainer:
         return {k if k.startswith("val_") else f"val_{k}": float(v) for k, v in metrics.items()}
 
     def _mean_loss(self, model: nn.Module) -> dict[str, float]:
-        tally = _Tally()
+        tally = Tally()
         for batch in self.val_loader:  # type: ignore[union-attr]
             batch = to_device(batch, self.device)
             with torch.autocast(self.device.type, self.amp, enabled=self.amp is not None):
                 loss, metrics = self.loss_fn(model, batch)
             tally = tally.add(loss, metrics, batch_size(batch))
         return {k: v / max(tally.samples, 1) for k, v in tally.sums().items()}
-
-    def _update_best(self, row: dict[str, Any]) -> bool:
-        if self.val_loader is None:
-            self.best_metrics = row
-            return True
-        value = self._monitored(row)
-        tied = value == self.best and _lower_loss(row, self.best_metrics)
-        if tied or _improves(value, self.best, self.config.mode):
-            self.best, self.best_metrics, self.bad_epochs = value, row, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    def _monitored(self, row: dict[str, Any]) -> float:
-        name = self.config.monitor
-        for key in (name, f"val_{name}"):
-            if key in row:
-                return float(row[key])
-        raise LbdlError(f"monitor '{name}' is not among the metrics: {', '.join(row)}")
-
-    def _save_epoch(self, row: dict[str, Any], improved: bool) -> None:
-        self.log.append(row)
-        weights = (self.ema.module if self.ema is not None else self.model).state_dict()
-        meta = {**self.meta, "epoch": row["epoch"], "metrics": row}
-        if improved:
-            save_checkpoint(self.run_dir / "model.safetensors", weights, meta)
-        save_checkpoint(self.run_dir / "last.safetensors", weights, meta)
-        save_state(self.run_dir / "state.pt", self._state())
-        plot_metrics(self.log.csv_path, self.run_dir / "loss.png")
-        if self._tensorboard is not None:
-            for key, value in row.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    self._tensorboard.add_scalar(key, value, row["epoch"])
-            self._tensorboard.flush()
 
     # ------------------------------------------------------------- state.pt
     def _state(self) -> dict[str, Any]:
@@ -663,10 +372,8 @@ class Trainer:
             "step": at.step,
             "tally": at.tally.to_state(),
             "rng": at.rng,
-            "best": self.best,
-            "best_metrics": self.best_metrics,
-            "bad_epochs": self.bad_epochs,
-            "config": asdict(self.config),
+            **self.records.to_state(),
+            "config": json.loads(self._settings()),
         }
 
     def _load_state(self) -> None:
@@ -681,44 +388,33 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
             if self.ema is not None and state["ema"] is not None:
                 self.ema.load_state_dict(state["ema"])
-            self.best, self.best_metrics = state["best"], state["best_metrics"]
-            self.bad_epochs = state["bad_epochs"]
-            tally = _Tally.from_state(state["tally"])
-            self._at = _Position(state["epoch"], state["batch"], state["step"], tally, state["rng"])
+            self.records.load_state(state)
+            tally = Tally.from_state(state["tally"])
+            self._at = Position(state["epoch"], state["batch"], state["step"], tally, state["rng"])
         except (KeyError, ValueError, RuntimeError) as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LbdlError(f"{path}: does not match this model and settings ({first_line})") from e
-        _set_rng_state(self._at.rng, self.device)
+        set_rng_state(self._at.rng, self.device)
 
-    # ------------------------------------------------------- progress, output
+    # ------------------------------------------------------- progress bar
     @contextlib.contextmanager
-    def _progress_bar(self) -> Iterator[None]:
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            auto_refresh=False,
-            transient=True,
-            disable=self.quiet or not self.main,
-        )
+    def _progress(self) -> Iterator[None]:
+        self._bar = progress_bar(self.quiet or not self.main, unit="batches")
+        if not self.quiet:  # epoch lines printed above the bar
+            self.records.console = self._bar.console
         self._task = None
-        with self._progress:
+        with self._bar:
             yield
 
     def _bar_start(self, epoch: int, done: int) -> None:
         if self._task is not None:
-            self._progress.remove_task(self._task)
+            self._bar.remove_task(self._task)
         self._epoch_t0, self._epoch_done0 = time.perf_counter(), self._at.tally.samples
-        description = f"epoch {epoch + 1}/{self.config.epochs}"
-        self._task = self._progress.add_task(description, total=self.n_batches, info="")
-        self._progress.update(self._task, completed=done, refresh=True)
+        description = f"epoch {epoch + 1}/{self.args.epochs}"
+        self._task = add_task(self._bar, description, self.n_batches, done)
 
     def _bar_update(self) -> None:
-        if self._task is None or self._progress.disable:
+        if self._task is None or self._bar.disable:
             return
         tally = self._at.tally
         info = ""
@@ -726,40 +422,4 @@ class Trainer:
             speed = (tally.samples - self._epoch_done0) / (time.perf_counter() - self._epoch_t0)
             loss = float(tally.loss) / tally.samples
             info = f"loss {loss:.4g}  {speed * self.world:.0f} samples/s"
-        self._progress.update(self._task, completed=self._at.batch, info=info, refresh=True)
-
-    def _say(self, text: str) -> None:
-        if self.main and not self.quiet:
-            self._progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
-
-    def _say_epoch(self, row: dict[str, Any], improved: bool, stop: bool) -> None:
-        shown = [k for k in row if k == "train_loss" or k.startswith("val_")]
-        values = "  ".join(f"{k} {row[k]:.4g}" for k in shown)
-        best = "  (best)" if improved and self.val_loader is not None else ""
-        self._say(
-            f"epoch {row['epoch']}/{self.config.epochs}  {values}  "
-            f"{row['time_s']:.1f} s  {row['samples_per_s']:.0f} samples/s{best}"
-        )
-        if stop:
-            self._say(f"early stop: no better {self.config.monitor} for {self.bad_epochs} epochs")
-
-
-def _lower_loss(row: dict[str, Any], best_row: dict[str, Any]) -> bool:
-    """Whether `row` has a lower validation loss than `best_row` (breaks ties of a coarse
-    monitor such as the WER or accuracy of a small validation set)."""
-    return "val_loss" in row and row["val_loss"] < best_row.get("val_loss", math.inf)
-
-
-def _improves(value: float, best: float | None, mode: str) -> bool:
-    if best is None or math.isnan(best):
-        return True
-    return value < best if mode == "min" else value > best
-
-
-def _tensorboard_writer(run_dir: Path) -> Any:
-    """A TensorBoard SummaryWriter when the tensorboard package is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(run_dir))
+        self._bar.update(self._task, completed=self._at.batch, info=info, refresh=True)

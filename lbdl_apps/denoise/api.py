@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from lbdl_apps.core.batch import BatchReport, read_each
 from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.data import convert_image, load_image, save_image
 from lbdl_apps.core.device import resolve_device
-from lbdl_apps.core.errors import BatchReport, LbdlError
 from lbdl_apps.core.tiles import tiled_apply
 from lbdl_apps.denoise.degrade import (
     Degradation,
@@ -24,7 +25,7 @@ from lbdl_apps.denoise.degrade import (
     scale_factor,
     to_uint8,
 )
-from lbdl_apps.denoise.model import build_model
+from lbdl_apps.denoise.model import RestorerConfig, build_model, size_multiple
 
 TASK = "denoise"
 
@@ -45,9 +46,10 @@ class Restorer:
         self.model = model.to(device).eval()
         self.meta = meta
         self.device = device
-        self.channels: int = meta["config"]["channels"]
+        self.config: RestorerConfig = meta["config"]
+        self.channels: int = self.config.channels
         self.degradations = [parse_spec(s) for s in meta["degradations"]]
-        self.multiple: int = getattr(model, "factor", 1)
+        self.multiple: int = size_multiple(self.config)
 
     @property
     def mode(self) -> str:
@@ -68,6 +70,7 @@ class Restorer:
 
     def restore_array(self, image: np.ndarray, tile: int = 256, overlap: int = 32) -> np.ndarray:
         """Restore a float (H, W, C) array in [0, 1]; returns float32 (H, W, C)."""
+        # (H, W, C) -> (C, H, W) -> restored -> (H, W, C)
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), np.float32))
         return self.restore_tensor(tensor, tile, overlap).permute(1, 2, 0).numpy()
 
@@ -121,15 +124,9 @@ class Restorer:
         """Restore image files into `out` (name_restored.png, and name_compare.png with the
         input beside the output); unreadable files go to `report` (or raise)."""
         folder = Path(out)
+        read = functools.partial(self.prepare, degrade=degrade, seed=seed)
         results = []
-        for path in map(Path, paths):
-            try:
-                prepared = self.prepare(path, degrade, seed)
-            except LbdlError as error:
-                if report is None:
-                    raise
-                report.failed(path, str(error).removeprefix(f"{path}: "))
-                continue
+        for path, prepared in read_each(paths, read, report):
             restored = to_uint8(self.restore_array(prepared, tile, overlap))
             output = save_image(restored, folder / f"{path.stem}_restored.png")
             side = None
@@ -148,5 +145,5 @@ class Restorer:
 
 def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Restorer:
     """Load a `lbdl denoise` checkpoint (a .safetensors file or a run folder)."""
-    model, meta = load_model(checkpoint, TASK, build_model)
+    model, meta = load_model(checkpoint, TASK, build_model, RestorerConfig)
     return Restorer(model, meta, resolve_device(device))

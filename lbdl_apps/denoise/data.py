@@ -1,5 +1,6 @@
-"""Restoration data (book 6.1): clean images from any folder (or built-in dead leaves), cut into
-random patches with flips and rotations, degraded on the fly into (degraded, clean) pairs."""
+"""Restoration data (book 6.1): clean images from any folder or file (a registry of readers)
+or the built-in dead leaves, cut into random patches with flips and rotations, degraded on the
+fly into (degraded, clean) pairs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset
 
 from lbdl_apps.core.data import check_records, find_images, load_image, split_indices
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.readers import Readers
 from lbdl_apps.denoise.degrade import LUMA, Degradation, apply_all, from_uint8, needs_color
 
 BUILTIN = "dead-leaves"
@@ -137,6 +139,7 @@ def _decoded_bytes(paths: Sequence[Path]) -> int:
 
 
 def _to_tensor(image: np.ndarray) -> Tensor:
+    # (H, W, C) -> (C, H, W)
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
 
 
@@ -214,9 +217,7 @@ class CenterPairs(Dataset):
         image = _fit(self.source[index], self.size)
         top = (image.shape[0] - self.size) // 2
         left = (image.shape[1] - self.size) // 2
-        clean = _with_channels(
-            image[top : top + self.size, left : left + self.size], self.channels
-        )
+        clean = _with_channels(image[top : top + self.size, left : left + self.size], self.channels)
         degraded, _ = apply_all(clean, self.degradations, np.random.default_rng([self.seed, index]))
         return _to_tensor(degraded), _to_tensor(clean)
 
@@ -233,6 +234,10 @@ class DenoiseData:
     val: ImageSource
     channels: int
     source: str
+
+    def splits(self) -> dict[str, ImageSource | None]:
+        """The splits `evaluate --split` chooses from (restoration data has no test split)."""
+        return {"train": self.train, "val": self.val, "test": None}
 
 
 def resolve_channels(data_channels: int, forced: int | None, degradations: Sequence[Degradation]):
@@ -274,6 +279,40 @@ def builtin_images(n: int, seed: int, color: bool, size: int = BUILTIN_SIZE) -> 
     return ImageSource(LazyLeaves(n, seed, color, size), None, 3 if color else 1)  # type: ignore[arg-type]
 
 
+READERS: Readers = Readers("a folder or file of images")
+
+
+@READERS.register("folder", "a folder of images (recursive, gray or color)", Path.is_dir)
+def _image_folder(folder: Path) -> list[Path]:
+    """Every image under the folder, subfolders included."""
+    paths = find_images(folder)
+    if not paths:
+        raise LbdlError(f"{folder}: folder holds no images")
+    return paths
+
+
+@READERS.register("file", "one image file", Path.is_file)
+def _image_file(path: Path) -> list[Path]:
+    return [path]
+
+
+def _builtin(
+    channels: int | None,
+    degradations: Sequence[Degradation],
+    seed: int,
+    builtin_sizes: tuple[int, int],
+) -> DenoiseData:
+    """The built-in dead leaves (color unless --channels 1), validation images of their own."""
+    color = channels != 1
+    n_train, n_val = builtin_sizes
+    return DenoiseData(
+        builtin_images(n_train, seed, color),
+        builtin_images(n_val, seed + 1_000_003, color),
+        resolve_channels(3 if color else 1, channels, degradations),
+        f"built-in {BUILTIN} ({'color' if color else 'gray'}, {BUILTIN_SIZE}x{BUILTIN_SIZE})",
+    )
+
+
 def load_denoise_data(
     data: str | None,
     degradations: Sequence[Degradation],
@@ -283,24 +322,14 @@ def load_denoise_data(
     skip_bad: bool = False,
     builtin_sizes: tuple[int, int] = BUILTIN_SIZES,
 ) -> DenoiseData:
-    """Clean images of a folder (recursive; a seeded split of whole images for validation) or
-    the built-in dead leaves (color unless --channels 1)."""
+    """Clean images of a folder (recursive) or an image file, a seeded split of whole images
+    for validation (none with `val_fraction` 0); or the built-in dead leaves."""
     if data is None or data == BUILTIN:
-        color = channels != 1
-        n_train, n_val = builtin_sizes
-        chans = resolve_channels(3 if color else 1, channels, degradations)
-        return DenoiseData(
-            builtin_images(n_train, seed, color),
-            builtin_images(n_val, seed + 1_000_003, color),
-            chans,
-            f"built-in {BUILTIN} ({'color' if color else 'gray'}, {BUILTIN_SIZE}x{BUILTIN_SIZE})",
-        )
+        return _builtin(channels, degradations, seed, builtin_sizes)
     root = Path(data)
     if not root.exists():
         raise LbdlError(f"{data}: no such folder")
-    paths = [root] if root.is_file() else find_images(root)
-    if not paths:
-        raise LbdlError(f"{data}: folder holds no images")
+    paths = READERS.find(root).read(root)
     good = [p for p, _ in check_records([(p, 0) for p in paths], skip_bad=skip_bad)]
     if not good:
         raise LbdlError(f"{data}: no readable images")

@@ -138,9 +138,7 @@ def parse_spec(spec: str) -> Degradation:
         raise LbdlError(f"--degrade {spec}: the darkening factor must be in (0, 1]")
     if kind == "downscale" and (low != high or low not in (2, 3, 4)):
         raise LbdlError(f"--degrade {spec}: the factor must be 2, 3 or 4")
-    if kind == "jpeg" and not (
-        low >= 1 and high <= 95 and low == int(low) and high == int(high)
-    ):
+    if kind == "jpeg" and not (low >= 1 and high <= 95 and low == int(low) and high == int(high)):
         raise LbdlError(f"--degrade {spec}: JPEG quality must be whole numbers in 1-95")
     return Degradation(kind, low, high, peak)
 

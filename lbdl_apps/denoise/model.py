@@ -7,7 +7,7 @@ training learns only the correction (the noise, the lost detail).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
@@ -41,7 +41,7 @@ class ResidualUNet(nn.Module):
         self.factor = self.net.factor
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.net(x)
+        return x + self.net(x)  # (B, C, H, W), H and W multiples of self.factor
 
 
 class DnCNN(nn.Module):
@@ -60,25 +60,42 @@ class DnCNN(nn.Module):
         self.factor = 1
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.net(x)
+        return x + self.net(x)  # (B, C, H, W) -> (B, C, H, W)
 
 
-def default_config(name: str, channels: int) -> dict[str, Any]:
+@dataclass
+class RestorerConfig:
+    """Everything `build_model` needs, stored in the checkpoint: the model, its input and
+    output channels (1 gray, 3 color), its base width and depth (U-Net levels or DnCNN
+    layers), and the U-Net's residual blocks per level."""
+
+    name: str
+    channels: int
+    width: int
+    depth: int
+    blocks: int | None = None  # unet only
+
+
+def default_config(name: str, channels: int) -> RestorerConfig:
     """The full config of a model name."""
     if name not in MODELS:
         raise LbdlError(f"--model {name}: unknown model; choose one of {', '.join(MODELS)}")
     if name == "unet":
-        return {"name": name, "channels": channels, "width": 32, "depth": 3, "blocks": 1}
-    return {"name": name, "channels": channels, "width": 64, "depth": 17}
+        return RestorerConfig(name, channels, width=32, depth=3, blocks=1)
+    return RestorerConfig(name, channels, width=64, depth=17)
 
 
-def build_model(config: dict[str, Any]) -> nn.Module:
+def size_multiple(config: RestorerConfig) -> int:
+    """Input sides must be multiples of this (the U-Net halves its maps depth - 1 times)."""
+    return 2 ** (config.depth - 1) if config.name == "unet" else 1
+
+
+def build_model(config: RestorerConfig) -> nn.Module:
     """Instantiate a restoration model from its config (as stored in a checkpoint)."""
-    name = config.get("name")
-    if name == "unet":
-        if config["depth"] < 1:
-            raise LbdlError(f"--depth {config['depth']}: the U-Net needs at least 1 level")
-        return ResidualUNet(config["channels"], config["width"], config["depth"], config["blocks"])
-    if name == "dncnn":
-        return DnCNN(config["channels"], config["width"], config["depth"])
-    raise LbdlError(f"unknown model '{name}' in the checkpoint config")
+    if config.name == "unet":
+        if config.depth < 1:
+            raise LbdlError(f"--depth {config.depth}: the U-Net needs at least 1 level")
+        return ResidualUNet(config.channels, config.width, config.depth, config.blocks or 1)
+    if config.name == "dncnn":
+        return DnCNN(config.channels, config.width, config.depth)
+    raise LbdlError(f"unknown model '{config.name}' in the checkpoint config")

@@ -9,36 +9,26 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.core.tour import TourResult, register_tour_step
+from lbdl_apps.core.options import Common
+from lbdl_apps.core.tour import TourResult, register_tour_step, train_in
 from lbdl_apps.denoise.api import load
+from lbdl_apps.denoise.cli import EvaluateArgs, TrainArgs
 from lbdl_apps.denoise.data import dead_leaves
-from lbdl_apps.denoise.train import TrainArgs, run_evaluation, run_training
+from lbdl_apps.denoise.task import evaluate, train
 
 SIGMA = 25
 
 
 @register_tour_step("denoise", "Image denoising (book 6.1)")
 def denoise_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
-    run_dir = workdir / "train"
-    args = TrainArgs(
-        model="unet",
-        width=16,
-        depth=3,
-        degrade=[f"gaussian:{SIGMA}"],
-        epochs=1 if quick else 6,
-        patches_per_epoch=64 if quick else 512,
-        patch_size=48,
-        batch_size=16,
-        lr=2e-3,
-        warmup=0.2,
-        run_dir=run_dir,
-        exist_ok=True,
+    size = (
+        {"epochs": 1, "patches_per_epoch": 64} if quick else {"epochs": 6, "patches_per_epoch": 512}
     )
-    run_training(args, common)
-    result = run_evaluation(
-        run_dir / "model.safetensors", None, workdir / "evaluate", None, common
-    )
+    args = TrainArgs(model="unet", width=16, depth=3, degrade=[f"gaussian:{SIGMA}"],
+                     patch_size=48, batch_size=16, lr=2e-3, warmup=0.2, **size)  # fmt: skip
+    checkpoint, _ = train_in(workdir, train, args, common)
+    chosen = EvaluateArgs(checkpoint=str(checkpoint), out=workdir / "evaluate")
+    result = evaluate(chosen, common)
     clean_dir = workdir / "clean"
     clean_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -46,7 +36,7 @@ def denoise_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
         path = clean_dir / f"leaves{i}.png"
         Image.fromarray(array).save(path)
         paths.append(path)
-    restorer = load(run_dir / "model.safetensors")
+    restorer = load(checkpoint)
     restored = restorer.predict(
         paths, workdir / "restored", degrade=[f"gaussian:{SIGMA}"], seed=common.seed
     )
@@ -60,7 +50,7 @@ def denoise_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
             "nlm_psnr": scores.get("opencv-nlm", scores["input"])["psnr"],
             "model_psnr": scores["model"]["psnr"],
         },
-        images=[grid, run_dir / "loss.png"],
+        images=[grid, checkpoint.parent / "loss.png"],
         notes=f"U-Net (width 16, 3 levels, attention at the lowest) trained {args.epochs} "
         f"epochs of {args.patches_per_epoch} patches on built-in dead leaves at sigma {SIGMA}; "
         f"PSNR on {result.images} full validation images; rows: noisy | restored | clean"

@@ -13,13 +13,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lbdl_apps.core.batch import BatchReport, read_each
 from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.data import convert_image, load_image
 from lbdl_apps.core.device import resolve_device
-from lbdl_apps.core.errors import BatchReport, LbdlError
+from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.detect.boxes import postprocess
 from lbdl_apps.detect.data import normalize, resize_only
-from lbdl_apps.detect.model import build_model
+from lbdl_apps.detect.model import SSDConfig, build_model
 
 TASK = "detect"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -82,7 +83,8 @@ class Detector:
         self.model = model.to(device).eval()
         self.meta = meta
         self.labels: list[str] = meta["labels"]
-        self.image_size: int = meta["config"]["image_size"]
+        self.config: SSDConfig = meta["config"]
+        self.image_size: int = self.config.image_size
         self.device = device
 
     def class_indices(self, classes: Sequence[str] | None) -> list[int] | None:
@@ -103,7 +105,7 @@ class Detector:
 
     def _input(self, image: np.ndarray) -> torch.Tensor:
         """An RGB uint8 array resized to the square input as in training, normalized."""
-        tensor = torch.from_numpy(np.array(image, np.uint8)).permute(2, 0, 1)
+        tensor = torch.from_numpy(np.array(image, np.uint8)).permute(2, 0, 1)  # HWC -> CHW
         return normalize(resize_only(self.image_size)(tensor))
 
     @torch.no_grad()
@@ -171,43 +173,45 @@ class Detector:
     ) -> Iterator[tuple[Detections, np.ndarray]]:
         """(detections, RGB image) of image files, and of every frame of video files;
         unreadable files go to `report` (or raise)."""
-        for path in map(Path, paths):
-            try:
-                if path.suffix.lower() in VIDEO_EXTENSIONS:
-                    for frame, array in enumerate(read_video(path)):
-                        found = self.detect_arrays([array], conf, iou, max_det, classes)[0]
-                        yield self._wrap(str(path), array, *found, frame=frame), array
-                    continue
-                array = np.asarray(load_image(path, "RGB"))
-            except LbdlError as error:
-                if report is None:
-                    raise
-                report.failed(path, str(error).removeprefix(f"{path}: "))
-                continue
-            found = self.detect_arrays([array], conf, iou, max_det, classes)[0]
-            yield self._wrap(str(path), array, *found), array
+        for path, media in read_each(paths, read_media, report):
+            video = not isinstance(media, np.ndarray)
+            for frame, array in enumerate(media if video else [media]):
+                found = self.detect_arrays([array], conf, iou, max_det, classes)[0]
+                yield self._wrap(str(path), array, *found, frame=frame if video else None), array
 
     def predict(self, paths: Iterable[str | Path], **kw) -> list[Detections]:
         return [found for found, _ in self.iter_predict(paths, **kw)]
 
 
+def read_media(path: Path) -> np.ndarray | Iterator[np.ndarray]:
+    """An image file as an RGB array (H, W, 3), or a video file as its RGB frames."""
+    if path.suffix.lower() in VIDEO_EXTENSIONS:
+        return read_video(path)
+    return np.asarray(load_image(path, "RGB"))
+
+
 def read_video(path: Path) -> Iterator[np.ndarray]:
-    """RGB frames of a video file (OpenCV); LbdlError if it cannot be opened or is empty."""
+    """RGB frames of a video file (OpenCV); LbdlError at once if it cannot be opened or its
+    first frame cannot be read."""
     capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise LbdlError(f"{path}: cannot open video")
-    count = 0
+    ok, first = capture.read() if capture.isOpened() else (False, None)
+    if not ok:
+        opened = capture.isOpened()
+        capture.release()
+        raise LbdlError(
+            f"{path}: no frames could be read" if opened else f"{path}: cannot open video"
+        )
+    return _frames(capture, first)
+
+
+def _frames(capture: cv2.VideoCapture, frame: np.ndarray) -> Iterator[np.ndarray]:
     try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            count += 1
+        ok = True
+        while ok:
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            ok, frame = capture.read()
     finally:
         capture.release()
-    if count == 0:
-        raise LbdlError(f"{path}: no frames could be read")
 
 
 def video_fps(path: Path) -> float:
@@ -249,5 +253,5 @@ def yolo_lines(found: Detections) -> str:
 
 def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Detector:
     """Load a `lbdl detect` checkpoint (a .safetensors file or a run folder)."""
-    model, meta = load_model(checkpoint, TASK, build_model)
+    model, meta = load_model(checkpoint, TASK, build_model, SSDConfig)
     return Detector(model, meta, resolve_device(device))

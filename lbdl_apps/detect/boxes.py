@@ -47,9 +47,10 @@ def default_boxes(
         centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size
         cy, cx = torch.meshgrid(centres, centres, indexing="ij")
         wh = torch.tensor(shapes, dtype=torch.float32)  # (A, 2)
+        # (f, f, 2) -> (f*f, 1, 2) -> (f*f, A, 2): each cell's centre for its A shapes
         cells = torch.stack([cx, cy], -1).reshape(-1, 1, 2).expand(-1, len(shapes), 2)
-        sizes = wh.unsqueeze(0).expand(size * size, -1, -1)
-        boxes.append(torch.cat([cells, sizes], -1).reshape(-1, 4))
+        sizes = wh.unsqueeze(0).expand(size * size, -1, -1)  # (A, 2) -> (f*f, A, 2)
+        boxes.append(torch.cat([cells, sizes], -1).reshape(-1, 4))  # (f*f, A, 4) -> (f*f*A, 4)
     return torch.cat(boxes).clamp(0.0, 1.0)
 
 
@@ -127,8 +128,8 @@ def select(
         probs = probs * keep_class
     results = []
     for image_boxes, image_probs in zip(boxes, probs, strict=True):
-        scores = image_probs.flatten()
-        candidates = (scores > conf).nonzero().squeeze(1)
+        scores = image_probs.flatten()  # (N, C) -> (N*C,): index = box * C + class
+        candidates = (scores > conf).nonzero().squeeze(1)  # (K, 1) -> (K,)
         if len(candidates) > pre_nms:
             candidates = candidates[scores[candidates].topk(pre_nms).indices]
         box_index = candidates // image_probs.shape[1]

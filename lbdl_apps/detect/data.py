@@ -1,7 +1,8 @@
-"""Detection datasets (book 6.3): annotated images from VOC / COCO / YOLO folders or the
-built-in scenes, box-aware augmentation with torchvision.transforms.v2 (boxes as
-tv_tensors.BoundingBoxes travel with the image through every geometric step), and the
-training targets: default boxes matched to the objects and their encoded offsets."""
+"""Detection datasets (book 6.3): annotated images in the formats of `formats.READERS`
+(VOC, YOLO, COCO) or the built-in scenes, box-aware augmentation with
+torchvision.transforms.v2 (boxes as tv_tensors.BoundingBoxes travel with the image through
+every geometric step), and the training targets: default boxes matched to the objects and
+their encoded offsets."""
 
 from __future__ import annotations
 
@@ -17,16 +18,18 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from lbdl_apps.core.bad_records import bad_record_rule
 from lbdl_apps.core.data import load_image, split_indices
-from lbdl_apps.core.errors import LbdlError, report
+from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.detect.boxes import encode, match
-from lbdl_apps.detect.formats import Bad, Record, read_annotations
+from lbdl_apps.detect.formats import Record, read_annotations
 from lbdl_apps.detect.scenes import SCENE_CLASSES, make_scene
 
 MEAN = [0.485, 0.456, 0.406]  # ImageNet statistics: what pretrained backbones expect
 STD = [0.229, 0.224, 0.225]
 SCENE_SIZE = 64
 VAL_SEED_OFFSET = 1_000_003  # validation scenes come from another stream than training ones
+Load = Callable[[int], tuple[Tensor, Any, Any]]  # index -> (uint8 C x H x W, boxes, labels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,7 +93,7 @@ class DetectionDataset(Dataset):
 
     def __init__(
         self,
-        load: Callable[[int], tuple[Tensor, np.ndarray, np.ndarray]],
+        load: Load,
         length: int,
         transform: Callable[[Any, Any], tuple[Any, Any]],
         priors: Tensor | None = None,
@@ -109,7 +112,9 @@ class DetectionDataset(Dataset):
         height, width = pixels.shape[-2:]
         target = {
             "boxes": tv_tensors.BoundingBoxes(
-                torch.as_tensor(boxes).reshape(-1, 4), format="XYXY", canvas_size=(height, width)
+                torch.as_tensor(boxes).reshape(-1, 4),  # (M, 4), also for M = 0
+                format="XYXY",
+                canvas_size=(height, width),
             ),
             "labels": torch.as_tensor(labels, dtype=torch.long),
         }
@@ -128,7 +133,7 @@ def eval_collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor,
     return torch.stack([image for image, _ in batch]), [target for _, target in batch]
 
 
-def record_loader(records: Sequence[Record]) -> Callable[[int], tuple[Tensor, Any, Any]]:
+def record_loader(records: Sequence[Record]) -> Load:
     def load(index: int) -> tuple[Tensor, np.ndarray, np.ndarray]:
         record = records[index]
         image = v2.functional.pil_to_tensor(load_image(record.image, "RGB"))
@@ -137,10 +142,11 @@ def record_loader(records: Sequence[Record]) -> Callable[[int], tuple[Tensor, An
     return load
 
 
-def scene_loader(size: int, seed: int) -> Callable[[int], tuple[Tensor, Any, Any]]:
+def scene_loader(size: int, seed: int) -> Load:
     def load(index: int) -> tuple[Tensor, np.ndarray, np.ndarray]:
         image, boxes, labels = make_scene(index, size, seed)
-        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), boxes, labels
+        pixels = torch.from_numpy(image).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+        return pixels, boxes, labels
 
     return load
 
@@ -150,44 +156,55 @@ def scene_loader(size: int, seed: int) -> Callable[[int], tuple[Tensor, Any, Any
 
 
 @dataclass
-class DetectData:
-    """Records (or scene streams) of the training and validation splits, and class names."""
+class Split:
+    """The items of one split: `load(i)` for i in range(count)."""
 
-    train_load: Callable[[int], tuple[Tensor, Any, Any]]
-    train_count: int
-    val_load: Callable[[int], tuple[Tensor, Any, Any]]
-    val_count: int
+    load: Load
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+@dataclass
+class DetectData:
+    """The training and validation splits (records or scene streams) and the class names."""
+
+    train: Split
+    val: Split
     labels: list[str]
     source: str
     format: str
     objects: int = 0
 
+    @property
+    def train_count(self) -> int:
+        return self.train.count
+
+    @property
+    def val_count(self) -> int:
+        return self.val.count
+
+    def splits(self) -> dict[str, Split | None]:
+        """The splits by name, as `core.evaluation.split_names` reads them (no test split)."""
+        return {"train": self.train, "val": self.val, "test": None}
+
     def train_set(
         self, image_size: int, priors: Tensor, zoom_out: float, iou: float, augment: str = "ssd"
     ) -> Dataset:
-        return DetectionDataset(
-            self.train_load, self.train_count, Augment(image_size, zoom_out, augment), priors, iou
-        )
+        augmentation = Augment(image_size, zoom_out, augment)
+        return DetectionDataset(self.train.load, self.train.count, augmentation, priors, iou)
+
+    def eval_set(self, image_size: int, split: str = "val") -> Dataset:
+        """A split resized to the input, with its objects (for the mAP)."""
+        part = self.splits()[split]
+        if part is None:
+            raise LbdlError(f"{self.source}: has no {split} split")
+        resize = resize_only(image_size)
+        return DetectionDataset(part.load, part.count, lambda i, t: resize(i, t))
 
     def val_set(self, image_size: int) -> Dataset:
-        resize = resize_only(image_size)
-        return DetectionDataset(self.val_load, self.val_count, lambda i, t: resize(i, t))
-
-
-def reject_bad(bad: list[Bad], total: int, skip_bad: bool) -> None:
-    """DESIGN.md's rule for bad training records: an error naming the first and the count,
-    or with `skip_bad` a warning for each."""
-    if not bad:
-        return
-    if not skip_bad:
-        path, reason = bad[0]
-        noun = "record" if len(bad) == 1 else "records"
-        raise LbdlError(
-            f"{len(bad)} bad {noun}, first: {path}: {reason} (add --skip-bad to train on the rest)"
-        )
-    for path, reason in bad:
-        report(f"warning: skipping bad record {path}: {reason}")
-    report(f"warning: skipped {len(bad)} bad records of {total}")
+        return self.eval_set(image_size, "val")
 
 
 def parse_classes(text: str | None) -> list[str] | None:
@@ -210,21 +227,20 @@ def load_detect_data(
     scene_size: int = SCENE_SIZE,
 ) -> DetectData:
     """The built-in scenes (data None: `scenes` training scenes and a fifth as many held out,
-    each from its own stream) or an annotated dataset split with a seeded `val_fraction`."""
+    each from its own stream) or an annotated dataset in a format of `formats.READERS`
+    (`fmt`, or recognised), split with a seeded `val_fraction` (0: all of it in train)."""
     if data is None:
         if fmt is not None:
             raise LbdlError(f"--format {fmt}: needs --data")
         return DetectData(
-            scene_loader(scene_size, seed),
-            scenes,
-            scene_loader(scene_size, seed + VAL_SEED_OFFSET),
-            max(scenes // 5, 8),
+            Split(scene_loader(scene_size, seed), scenes),
+            Split(scene_loader(scene_size, seed + VAL_SEED_OFFSET), max(scenes // 5, 8)),
             list(SCENE_CLASSES),
             f"built-in scenes ({scene_size}px)",
             "scenes",
         )
     found = read_annotations(Path(data).expanduser(), fmt, classes)
-    reject_bad(found.bad, len(found.records) + len(found.bad), skip_bad)
+    bad_record_rule(found.bad, len(found.records) + len(found.bad), skip_bad)
     records = found.records
     if not records:
         raise LbdlError(f"{data}: holds no annotated images")
@@ -234,10 +250,8 @@ def load_detect_data(
     train = [records[i] for i in train_idx]
     val = [records[i] for i in val_idx]
     return DetectData(
-        record_loader(train),
-        len(train),
-        record_loader(val),
-        len(val),
+        Split(record_loader(train), len(train)),
+        Split(record_loader(val), len(val)),
         found.classes,
         f"{data} ({found.format})",
         found.format,

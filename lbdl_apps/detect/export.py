@@ -22,9 +22,8 @@ from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.detect.api import Detector
 from lbdl_apps.detect.boxes import decode
+from lbdl_apps.detect.cli import EXPORT_FORMATS
 from lbdl_apps.detect.data import MEAN, STD
-
-EXPORT_FORMATS = ("torchscript", "onnx")
 
 
 class DecodedSSD(nn.Module):
@@ -67,7 +66,7 @@ def export(detector: Detector, out: Path, formats: list[str], batch: int = 1) ->
     """Write <out>/model.pt (TorchScript) and/or <out>/model.onnx, each with its .json."""
     for fmt in formats:
         if fmt not in EXPORT_FORMATS:
-            raise LbdlError(f"--format {fmt}: choose torchscript or onnx")
+            raise LbdlError(f"--format {fmt}: choose {' or '.join(EXPORT_FORMATS)}")
     wrapped = DecodedSSD(detector.model.cpu().eval()).eval()
     example = torch.zeros(batch, 3, detector.image_size, detector.image_size)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,22 +1,25 @@
-"""Readers of the annotation formats detectors are trained on: Pascal VOC XML folders, COCO
-JSON (images + instances file) and YOLO txt label folders with classes.txt. Each gives
-records (image file, pixel boxes x1 y1 x2 y2, class indices) and the bad records it met
-(missing image, box outside the image, unknown class, empty or unreadable annotation)."""
+"""Readers of the annotation formats detectors are trained on, in one registry (READERS):
+Pascal VOC XML folders, YOLO txt label folders with classes.txt and COCO JSON (images +
+instances file). Each gives records (image file, pixel boxes x1 y1 x2 y2, class indices) and
+the bad records it met (missing image, box outside the image, unknown class, empty or
+unreadable annotation)."""
 
 from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from lbdl_apps.core import data as core_data
 from lbdl_apps.core.data import IMAGE_EXTENSIONS, find_images
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.readers import Readers
 
-FORMATS = ("voc", "coco", "yolo")
 SLACK = 1.0  # pixels a box may pass the image border by (VOC boxes are 1-based)
 Bad = tuple[Path, str]
 
@@ -38,12 +41,16 @@ class Annotations:
     format: str
 
 
-def read_classes_txt(path: Path) -> list[str]:
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise LbdlError(f"{path}: lists no class names")
-    if len(set(names)) != len(names):
-        raise LbdlError(f"{path}: a class name appears twice")
+Reader = Callable[[Path, list[str] | None], Annotations]  # (path, --classes) -> annotations
+READERS: Readers[Reader] = Readers("detection data")
+
+
+def read_classes_txt(folder: Path) -> list[str] | None:
+    """The class names of folder/classes.txt (None without the file); a file that lists
+    none is an error."""
+    names = core_data.read_classes_txt(folder)
+    if names == []:
+        raise LbdlError(f"{folder / 'classes.txt'}: lists no class names")
     return names
 
 
@@ -75,7 +82,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Format detection
+# Where each format keeps its files
 
 
 def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -99,32 +106,26 @@ def coco_file(root: Path) -> Path | None:
     return None
 
 
-def detect_format(path: Path) -> str:
-    """voc, coco or yolo, from what the path holds."""
+def _is_voc(path: Path) -> bool:
+    return path.is_dir() and voc_annotation_dir(path) is not None
+
+
+def _is_yolo(path: Path) -> bool:
+    return path.is_dir() and ((path / "labels").is_dir() or (path / "classes.txt").is_file())
+
+
+def _is_coco(path: Path) -> bool:
     if path.is_file():
-        if path.suffix.lower() == ".json":
-            return "coco"
-        raise LbdlError(f"{path}: not a dataset (give a folder or a COCO .json file)")
-    if voc_annotation_dir(path) is not None:
-        return "voc"
-    if (path / "labels").is_dir() or (path / "classes.txt").is_file():
-        return "yolo"
-    if coco_file(path) is not None:
-        return "coco"
-    raise LbdlError(
-        f"{path}: no annotations found (VOC *.xml, COCO *.json or YOLO labels/ + classes.txt)"
-    )
+        return path.suffix.lower() == ".json"
+    return path.is_dir() and coco_file(path) is not None
 
 
 def read_annotations(path: Path, fmt: str | None, classes: list[str] | None = None) -> Annotations:
-    """The records of a dataset in format `fmt` (None: detected)."""
+    """The records of a dataset in the format named `fmt` (None: recognised, in the order
+    voc, yolo, coco)."""
     if not path.exists():
         raise LbdlError(f"{path}: no such file or folder")
-    fmt = fmt or detect_format(path)
-    if fmt not in FORMATS:
-        raise LbdlError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
-    reader = {"voc": read_voc, "coco": read_coco, "yolo": read_yolo}[fmt]
-    return reader(path, classes)
+    return READERS.find(path, fmt).read(path, classes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,12 +171,13 @@ def _parse_voc(
     return root.findtext("filename"), dims, objects
 
 
+@READERS.register("voc", "Pascal VOC *.xml in Annotations/, annotations/ or here", _is_voc)
 def read_voc(root: Path, classes: list[str] | None) -> Annotations:
     folder = voc_annotation_dir(root)
     if folder is None:
         raise LbdlError(f"{root}: no VOC *.xml annotations (in Annotations/, annotations/ or here)")
-    if classes is None and (root / "classes.txt").is_file():
-        classes = read_classes_txt(root / "classes.txt")
+    if classes is None:
+        classes = read_classes_txt(root)
     parsed, bad = [], []
     for xml_path in sorted(folder.glob("*.xml")):
         try:
@@ -210,6 +212,69 @@ def read_voc(root: Path, classes: list[str] | None) -> Annotations:
 
 
 # ----------------------------------------------------------------------------------------------
+# YOLO
+
+
+@READERS.register("yolo", "YOLO images/ + labels/*.txt and classes.txt", _is_yolo)
+def read_yolo(root: Path, classes: list[str] | None) -> Annotations:
+    image_dir = _first_dir(root, ("images",)) or root
+    label_dir = _first_dir(root, ("labels",)) or root
+    if classes is None:
+        classes = read_classes_txt(root) or read_classes_txt(label_dir)
+        if classes is None:
+            raise LbdlError(f"{root}: a YOLO dataset needs classes.txt (one class name a line)")
+    images = {p.relative_to(image_dir).with_suffix(""): p for p in find_images(image_dir)}
+    label_files = {
+        p.relative_to(label_dir).with_suffix(""): p
+        for p in sorted(label_dir.rglob("*.txt"))
+        if p.name != "classes.txt"
+    }
+    bad: list[Bad] = [
+        (label_files[key], "image not found") for key in sorted(label_files.keys() - images.keys())
+    ]
+    records = []
+    for key, image in sorted(images.items()):
+        label_file = label_files.get(key)
+        rows = label_file.read_text().split("\n") if label_file else []  # no file: no objects
+        try:
+            width, height = image_size(image)
+        except LbdlError as error:
+            bad.append((image, str(error).removeprefix(f"{image}: ")))
+            continue
+        boxes, labels, problem = [], [], None
+        for number, line in enumerate(rows, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                cls, cx, cy, w, h = int(fields[0]), *map(float, fields[1:5])
+                if len(fields) != 5:
+                    raise ValueError
+            except ValueError:
+                problem = f"line {number}: expected 'class cx cy w h'"
+                break
+            if not 0 <= cls < len(classes):
+                problem = f"line {number}: unknown class index {cls} ({len(classes)} classes)"
+                break
+            box = [
+                (cx - w / 2) * width,
+                (cy - h / 2) * height,
+                (cx + w / 2) * width,
+                (cy + h / 2) * height,
+            ]
+            if problem := check_box(box, width, height):
+                problem = f"line {number}: {problem}"
+                break
+            boxes.append(box)
+            labels.append(cls)
+        if problem:
+            bad.append((label_file or image, problem))
+            continue
+        records.append(Record(image, _clip(boxes, width, height), np.asarray(labels, np.int64)))
+    return Annotations(records, sorted(bad, key=lambda b: str(b[0])), list(classes), "yolo")
+
+
+# ----------------------------------------------------------------------------------------------
 # COCO
 
 
@@ -220,6 +285,7 @@ def _coco_image_root(json_path: Path) -> Path:
     return json_path.parent
 
 
+@READERS.register("coco", "a COCO instances .json (or annotations/*.json)", _is_coco)
 def read_coco(path: Path, classes: list[str] | None) -> Annotations:
     json_path = coco_file(path)
     if json_path is None:
@@ -270,68 +336,3 @@ def read_coco(path: Path, classes: list[str] | None) -> Annotations:
         labels = np.asarray([index[a["category_id"]] for a in anns], np.int64)
         records.append(Record(image, _clip(boxes, width, height), labels))
     return Annotations(records, sorted(bad, key=lambda b: str(b[0])), names, "coco")
-
-
-# ----------------------------------------------------------------------------------------------
-# YOLO
-
-
-def read_yolo(root: Path, classes: list[str] | None) -> Annotations:
-    image_dir = _first_dir(root, ("images",)) or root
-    label_dir = _first_dir(root, ("labels",)) or root
-    if classes is None:
-        listing = next(
-            (p for p in (root / "classes.txt", label_dir / "classes.txt") if p.is_file()), None
-        )
-        if listing is None:
-            raise LbdlError(f"{root}: a YOLO dataset needs classes.txt (one class name a line)")
-        classes = read_classes_txt(listing)
-    images = {p.relative_to(image_dir).with_suffix(""): p for p in find_images(image_dir)}
-    label_files = {
-        p.relative_to(label_dir).with_suffix(""): p
-        for p in sorted(label_dir.rglob("*.txt"))
-        if p.name != "classes.txt"
-    }
-    bad: list[Bad] = [
-        (label_files[key], "image not found") for key in sorted(label_files.keys() - images.keys())
-    ]
-    records = []
-    for key, image in sorted(images.items()):
-        label_file = label_files.get(key)
-        rows = label_file.read_text().split("\n") if label_file else []  # no file: no objects
-        try:
-            width, height = image_size(image)
-        except LbdlError as error:
-            bad.append((image, str(error).removeprefix(f"{image}: ")))
-            continue
-        boxes, labels, problem = [], [], None
-        for number, line in enumerate(rows, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                cls, cx, cy, w, h = int(fields[0]), *map(float, fields[1:5])
-                if len(fields) != 5:
-                    raise ValueError
-            except ValueError:
-                problem = f"line {number}: expected 'class cx cy w h'"
-                break
-            if not 0 <= cls < len(classes):
-                problem = f"line {number}: unknown class index {cls} ({len(classes)} classes)"
-                break
-            box = [
-                (cx - w / 2) * width,
-                (cy - h / 2) * height,
-                (cx + w / 2) * width,
-                (cy + h / 2) * height,
-            ]
-            if problem := check_box(box, width, height):
-                problem = f"line {number}: {problem}"
-                break
-            boxes.append(box)
-            labels.append(cls)
-        if problem:
-            bad.append((label_file or image, problem))
-            continue
-        records.append(Record(image, _clip(boxes, width, height), np.asarray(labels, np.int64)))
-    return Annotations(records, sorted(bad, key=lambda b: str(b[0])), list(classes), "yolo")

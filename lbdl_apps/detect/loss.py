@@ -33,8 +33,9 @@ def ssd_loss(
     positive = target_labels > 0
     matched = positive.sum().clamp(min=1).float()
     box = F.smooth_l1_loss(offsets[positive], target_offsets[positive], reduction="sum")
+    # (B, N, C + 1) -> (B*N, C + 1) against (B, N) -> (B*N,)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), target_labels.flatten(), reduction="none")
-    ce = ce.view_as(target_labels)
+    ce = ce.view_as(target_labels)  # (B*N,) -> (B, N)
     negative = hard_negatives(ce, positive, neg_ratio)
     classification = ce[positive].sum() + ce[negative].sum()
     loss = (classification + box_weight * box.float()) / matched

@@ -5,7 +5,7 @@ predicts, for every position and every default box, 4 box offsets and C + 1 clas
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -18,18 +18,29 @@ BACKBONES = ("resnet-small", "resnet18", "resnet34", "resnet50")
 PRETRAINABLE = ("resnet18", "resnet34", "resnet50")
 
 
-def default_config(num_classes: int, backbone: str = "resnet-small", image_size: int = 64):
-    """The model config stored in checkpoints: everything `build_model` needs."""
-    return {
-        "num_classes": num_classes,
-        "backbone": backbone,
-        "image_size": image_size,
-        "width": 16 if backbone == "resnet-small" else 64,
-        "extra_width": 128 if backbone == "resnet-small" else 256,
-        "scales": None,  # None: default_scales(maps, 0.1, 0.9)
-        "aspect_ratios": [2.0],
-        "in_channels": 3,
-    }
+@dataclass
+class SSDConfig:
+    """Everything `build_model` needs, stored in the checkpoint (the keys of the dict that
+    checkpoints held before, so that they still load)."""
+
+    num_classes: int
+    backbone: str = "resnet-small"
+    image_size: int = 64  # the square input side
+    width: int = 16  # the backbone's base width
+    extra_width: int = 128  # channels of the extra layers
+    scales: list[float] | None = None  # None: default_scales(maps, 0.1, 0.9)
+    aspect_ratios: list[float] = field(default_factory=lambda: [2.0])
+    in_channels: int = 3
+
+
+def default_config(
+    num_classes: int, backbone: str = "resnet-small", image_size: int = 64
+) -> SSDConfig:
+    """The config of a backbone: the small ResNet narrower than the ImageNet ones."""
+    config = SSDConfig(num_classes, backbone, image_size)
+    if backbone == "resnet-small":
+        return config
+    return replace(config, width=64, extra_width=256)
 
 
 def build_backbone(name: str, width: int, in_channels: int) -> tuple[ResNet, list[int]]:
@@ -63,34 +74,28 @@ def extra_layer(in_ch: int, out_ch: int, size: int) -> tuple[nn.Module, int]:
 
 
 class SSD(nn.Module):
-    def __init__(
-        self,
-        num_classes: int,
-        backbone: str = "resnet-small",
-        image_size: int = 64,
-        width: int = 16,
-        extra_width: int = 128,
-        scales: list[float] | None = None,
-        aspect_ratios: list[float] | None = None,
-        in_channels: int = 3,
-    ) -> None:
+    """The detector of a config: backbone maps and extra maps down to 1x1, a box head and a
+    class head on each, and the default boxes of the maps (`priors`, N x (cx, cy, w, h))."""
+
+    def __init__(self, config: SSDConfig) -> None:
         super().__init__()
-        self.num_classes = num_classes
-        self.backbone, self.taps = build_backbone(backbone, width, in_channels)
+        c = config
+        self.num_classes = c.num_classes
+        self.backbone, self.taps = build_backbone(c.backbone, c.width, c.in_channels)
         channels = [self.backbone.out_channels[i] for i in self.taps]
-        size = self._backbone_sizes(image_size, in_channels)[-1]
+        sizes = self._backbone_sizes(c.image_size, c.in_channels)
+        size = sizes[-1]
         self.extras = nn.ModuleList()
         in_ch = channels[-1]
-        sizes = self._backbone_sizes(image_size, in_channels)
         while size > 1:
-            layer, size = extra_layer(in_ch, extra_width, size)
+            layer, size = extra_layer(in_ch, c.extra_width, size)
             self.extras.append(layer)
-            channels.append(extra_width)
+            channels.append(c.extra_width)
             sizes.append(size)
-            in_ch = extra_width
+            in_ch = c.extra_width
         self.feature_sizes = sizes
-        ratios = list(aspect_ratios if aspect_ratios is not None else [2.0])
-        scales = list(scales) if scales is not None else default_scales(len(sizes))
+        ratios = list(c.aspect_ratios) if c.aspect_ratios is not None else [2.0]
+        scales = list(c.scales) if c.scales is not None else default_scales(len(sizes))
         if len(scales) == 2 and len(sizes) > 1:
             scales = default_scales(len(sizes), scales[0], scales[1])
         if len(scales) != len(sizes) + 1:
@@ -99,9 +104,9 @@ class SSD(nn.Module):
                 f"(smallest, largest) or {len(sizes) + 1}, got {len(scales)}"
             )
         anchors = boxes_per_location(ratios)
-        self.loc_heads = nn.ModuleList(nn.Conv2d(c, anchors * 4, 3, padding=1) for c in channels)
+        self.loc_heads = nn.ModuleList(nn.Conv2d(n, anchors * 4, 3, padding=1) for n in channels)
         self.cls_heads = nn.ModuleList(
-            nn.Conv2d(c, anchors * (num_classes + 1), 3, padding=1) for c in channels
+            nn.Conv2d(n, anchors * (c.num_classes + 1), 3, padding=1) for n in channels
         )
         priors = default_boxes(sizes, scales, ratios)
         self.register_buffer("priors", priors, persistent=False)
@@ -139,12 +144,16 @@ class SSD(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Box offsets (B, N, 4) and class logits (B, N, C + 1) for the N default boxes."""
+        batch, classes = x.shape[0], self.num_classes + 1
         offsets, logits = [], []
         for z, loc, cls in zip(self.feature_maps(x), self.loc_heads, self.cls_heads, strict=True):
-            offsets.append(loc(z).permute(0, 2, 3, 1).reshape(x.shape[0], -1, 4))
-            logits.append(cls(z).permute(0, 2, 3, 1).reshape(x.shape[0], -1, self.num_classes + 1))
-        return torch.cat(offsets, 1), torch.cat(logits, 1)
+            # (B, A*4, H, W) -> (B, H, W, A*4) -> (B, H*W*A, 4): cell by cell, A boxes each
+            offsets.append(loc(z).permute(0, 2, 3, 1).reshape(batch, -1, 4))
+            # (B, A*(C+1), H, W) -> (B, H, W, A*(C+1)) -> (B, H*W*A, C+1)
+            logits.append(cls(z).permute(0, 2, 3, 1).reshape(batch, -1, classes))
+        return torch.cat(offsets, 1), torch.cat(logits, 1)  # (B, N, 4), (B, N, C+1)
 
 
-def build_model(config: dict[str, Any]) -> SSD:
-    return SSD(**config)
+def build_model(config: SSDConfig) -> SSD:
+    """Instantiate a detector from its config (as stored in a checkpoint)."""
+    return SSD(config)

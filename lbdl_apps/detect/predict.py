@@ -10,11 +10,12 @@ import cv2
 import numpy as np
 from rich.console import Console
 
+from lbdl_apps.core.batch import BatchReport, batch_folder
 from lbdl_apps.core.checkpoint import atomic_path
-from lbdl_apps.core.cli_common import Common
 from lbdl_apps.core.data import expand_inputs, find_images, save_image
-from lbdl_apps.core.errors import BatchReport
+from lbdl_apps.core.options import Common
 from lbdl_apps.detect.api import (
+    TASK,
     VIDEO_EXTENSIONS,
     Detections,
     coco_results,
@@ -23,8 +24,7 @@ from lbdl_apps.detect.api import (
     video_fps,
     yolo_lines,
 )
-
-TASK = "detect"
+from lbdl_apps.detect.cli import PredictArgs
 
 
 class VideoOut:
@@ -70,73 +70,86 @@ def _unique_stem(path: str, used: set[str]) -> str:
     stem = Path(path).stem
     while stem in used:  # same name in two folders
         stem += "_"
-    used.add(stem)
     return stem
 
 
-def run_prediction(
-    checkpoint: Path,
-    inputs: list[str],
-    out: Path | None,
-    conf: float,
-    iou: float,
-    max_det: int,
-    classes: list[str] | None,
-    save_txt: bool,
-    save_images: bool,
-    strict: bool,
-    common: Common,
-) -> int:
-    """Detect objects in every input; returns the batch exit code (3 if a file failed)."""
-    detector = load(checkpoint, common.torch_device())
-    chosen = detector.class_indices(classes)
-    paths = expand_media(inputs)
-    report = BatchReport(strict=strict)
-    folder = out or Path("runs") / TASK / "predict"
-    folder.mkdir(parents=True, exist_ok=True)
-    console = Console(quiet=common.quiet)
-    results: list[dict] = []
-    images: list[dict] = []
-    used: set[str] = set()
-    video: VideoOut | None = None
-    stems: dict[str, str] = {}
-    for found, image in detector.iter_predict(paths, report, conf, iou, max_det, chosen):
-        if found.path not in stems:
-            stems[found.path] = _unique_stem(found.path, used)
-            if video is not None:
-                video.close()
-                video = None
+class Outputs:
+    """What predict writes for each detected image or frame: the drawn image (a video's
+    frames into its drawn video), its YOLO txt with --save-txt, and its entries of
+    predictions.json / images.json."""
+
+    def __init__(self, folder: Path, labels: list[str], args: PredictArgs) -> None:
+        self.folder, self.labels, self.args = folder, labels, args
+        self.results: list[dict] = []
+        self.images: list[dict] = []
+        self.stems: dict[str, str] = {}
+        self.video: VideoOut | None = None
+
+    def add(self, found: Detections, image: np.ndarray) -> bool:
+        """Write the outputs of one image or frame; True for the first one of its file."""
+        first = found.path not in self.stems
+        if first:
+            self.stems[found.path] = _unique_stem(found.path, set(self.stems.values()))
+            self.close()
             if found.frame is not None:
-                video = VideoOut(folder / f"{stems[found.path]}.mp4", video_fps(Path(found.path)))
-            report.ok()
-        stem = stems[found.path]
-        image_id = len(images)
-        images.append(
-            {
-                "id": image_id,
-                "file_name": found.path,
-                "width": found.width,
-                "height": found.height,
-                **({"frame": found.frame} if found.frame is not None else {}),
-            }
-        )
-        results += coco_results(found, image_id)
+                path = self.folder / f"{self.stems[found.path]}.mp4"
+                self.video = VideoOut(path, video_fps(Path(found.path)))
+        image_id = len(self.images)
+        entry = {"id": image_id, "file_name": found.path, "width": found.width}
+        entry["height"] = found.height
+        if found.frame is not None:
+            entry["frame"] = found.frame
+        self.images.append(entry)
+        self.results += coco_results(found, image_id)
+        stem = self.stems[found.path]
         name = stem if found.frame is None else f"{stem}_{found.frame}"
-        if save_images:
-            drawn = draw(image, found, len(detector.labels))
-            if video is not None:
-                video.add(drawn)
+        if self.args.save_images:
+            drawn = draw(image, found, len(self.labels))
+            if self.video is not None:
+                self.video.add(drawn)
             else:
-                save_image(drawn, folder / f"{name}.jpg")
-        if save_txt:
-            with atomic_path(folder / "labels" / f"{name}.txt") as tmp:
+                save_image(drawn, self.folder / f"{name}.jpg")
+        if self.args.save_txt:
+            with atomic_path(self.folder / "labels" / f"{name}.txt") as tmp:
                 tmp.write_text(yolo_lines(found))
+        return first
+
+    def close(self) -> None:
+        """Finish the video being written, if any."""
+        if self.video is not None:
+            self.video.close()
+            self.video = None
+
+    def write_json(self) -> None:
+        """predictions.json (COCO results: a list of detections) and images.json (the image
+        ids, files and class names they refer to)."""
+        with atomic_path(self.folder / "predictions.json") as tmp:
+            tmp.write_text(json.dumps(self.results))
+        categories = [{"id": i, "name": n} for i, n in enumerate(self.labels)]
+        index = {"images": self.images, "categories": categories}
+        with atomic_path(self.folder / "images.json") as tmp:
+            tmp.write_text(json.dumps(index, indent=1))
+
+
+def run_prediction(args: PredictArgs, common: Common) -> int:
+    """Detect objects in every input; returns the batch exit code (3 if a file failed)."""
+    detector = load(args.checkpoint, common.torch_device())
+    listed = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
+    chosen = detector.class_indices(None if listed is None else [c for c in listed if c])
+    paths = expand_media(args.inputs)
+    report = BatchReport(strict=args.strict)
+    folder = batch_folder(TASK, "predict", args.out)
+    console = Console(quiet=common.quiet)
+    outputs = Outputs(folder, detector.labels, args)
+    found_all = detector.iter_predict(paths, report, args.conf, args.iou, args.max_det, chosen)
+    for found, image in found_all:
+        if outputs.add(found, image):
+            report.ok()
         _say(console, found)
-    if video is not None:
-        video.close()
-    _write_json(folder, results, images, detector.labels)
-    print(f"{report.summary('files')}; {len(results)} objects; results: {folder}")
-    return report.exit_code
+    outputs.close()
+    outputs.write_json()
+    print(f"{len(outputs.results)} objects found")
+    return report.finish("files", folder)
 
 
 def _say(console: Console, found: Detections) -> None:
@@ -146,13 +159,3 @@ def _say(console: Console, found: Detections) -> None:
         counts[name] = counts.get(name, 0) + 1
     listed = ", ".join(f"{n} {name}" for name, n in counts.items()) or "nothing"
     console.print(f"{where}: {listed}", highlight=False)
-
-
-def _write_json(folder: Path, results: list[dict], images: list[dict], labels: list[str]) -> None:
-    """predictions.json (COCO results: a list of detections) and images.json (the image ids,
-    files and class names they refer to)."""
-    with atomic_path(folder / "predictions.json") as tmp:
-        tmp.write_text(json.dumps(results))
-    index = {"images": images, "categories": [{"id": i, "name": n} for i, n in enumerate(labels)]}
-    with atomic_path(folder / "images.json") as tmp:
-        tmp.write_text(json.dumps(index, indent=1))

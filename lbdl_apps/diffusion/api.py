@@ -7,19 +7,20 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
-from lbdl_apps.core.checkpoint import load_model, read_checkpoint
+from lbdl_apps.core.checkpoint import checkpoint_file, load_model, read_meta
 from lbdl_apps.core.data import save_image
 from lbdl_apps.core.device import resolve_device
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.progress import progress_bar
 from lbdl_apps.diffusion.data import to_unit
-from lbdl_apps.diffusion.model import build_model
-from lbdl_apps.diffusion.sampling import SAMPLERS, progress_bar, sample_loop
+from lbdl_apps.diffusion.model import DiffusionConfig, build_model
+from lbdl_apps.diffusion.sampling import SAMPLERS, sample_loop
 from lbdl_apps.diffusion.schedule import NoiseSchedule
 
 if TYPE_CHECKING:
@@ -50,18 +51,18 @@ class Diffuser:
     def __init__(self, model: nn.Module, meta: dict, device: torch.device) -> None:
         self.model = model.to(device).eval()
         self.meta = meta
-        self.config: dict[str, Any] = meta["config"]
+        self.config: DiffusionConfig = meta["config"]
         self.device = device
-        self.condition: str = self.config["condition"]
+        self.condition: str = self.config.condition
         self.labels: list[str] = list(meta.get("labels") or [])
-        self.prediction: str = self.config["prediction"]
-        self.schedule = NoiseSchedule(self.config["schedule"], self.config["timesteps"])
+        self.prediction: str = self.config.prediction
+        self.schedule = NoiseSchedule(self.config.schedule, self.config.timesteps)
         self.text_encoder = getattr(model, "clip", None)  # a text-conditional model's CLIP
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        size = self.config["image_size"]
-        return self.config["channels"], size, size
+        size = self.config.image_size
+        return self.config.channels, size, size
 
     def encode_text(self, prompts: Sequence[str]) -> Tensor:
         """The CLIP text embeddings this model is conditioned on."""
@@ -113,10 +114,10 @@ class Diffuser:
         def predict(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
             if cond is None or guidance == 1.0:
                 out = model(x, t, cond)
-            else:
+            else:  # the batch twice: conditional rows, then null rows
                 drop = torch.arange(2 * len(x), device=x.device) >= len(x)
                 both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, cond]), drop)
-                conditional, null = both.chunk(2)
+                conditional, null = both.chunk(2)  # (2B, ...) -> 2 x (B, ...)
                 out = null + guidance * (conditional - null)
             return schedule.eps_and_x0(prediction, out.float(), x, t)
 
@@ -142,35 +143,13 @@ class Diffuser:
 
         `guidance` is the classifier-free guidance scale of a conditional model (default 3);
         `clip_guide` (a loaded noised CLIP) with `clip_scale` > 0 steers any model towards
-        the prompts."""
-        if steps < 1:
-            raise LbdlError(f"--steps {steps}: must be at least 1")
-        if n < 1:
-            raise LbdlError(f"--n {n}: must be at least 1")
-        if sampler not in SAMPLERS:
-            raise LbdlError(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}")
-        if guidance is not None and self.condition == "none":
-            raise LbdlError(
-                "--guidance: this model is unconditional; classifier-free guidance "
-                "needs a class- or text-conditional model"
-            )
-        if guidance is not None and guidance < 0:
-            raise LbdlError(f"--guidance {guidance}: must be >= 0")
-        if clip_guide is not None and not prompts:
-            raise LbdlError("--clip-guide: needs --prompt, the text to steer towards")
-        if clip_guide is not None:
-            wanted = (self.config["schedule"], self.config["timesteps"])
-            if tuple(clip_guide.schedule) != wanted:
-                raise LbdlError(
-                    f"--clip-guide: trained with the {clip_guide.schedule[0]} "
-                    f"schedule, T = {clip_guide.schedule[1]}; this model uses "
-                    f"{wanted[0]}, T = {wanted[1]}"
-                )
+        the prompts. The progress bar (core's) counts each batch's steps unless `quiet`."""
+        self._check_request(n, steps, sampler, guidance, prompts, clip_guide)
         cond, names = self._conditions(prompts, classes, clip_guide is not None)
         scale = DEFAULT_GUIDANCE if guidance is None else guidance
         texts = clip_guide.encode_text(list(prompts)) if clip_guide is not None else None
         images = []
-        with progress_bar(quiet) as bar:
+        with progress_bar(quiet, unit="steps") as bar:
             for start in range(0, n, batch_size):
                 rows = torch.arange(start, min(n, start + batch_size)) % len(names)
                 generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
@@ -193,6 +172,40 @@ class Diffuser:
                 images.append(to_unit(x).cpu())
         return Samples(torch.cat(images), [names[i % len(names)] for i in range(n)])
 
+    def _check_request(
+        self,
+        n: int,
+        steps: int,
+        sampler: str,
+        guidance: float | None,
+        prompts: Sequence[str] | None,
+        clip_guide: ClipGuide | None,
+    ) -> None:
+        """The sampling options that this model cannot honour, as LbdlErrors."""
+        if steps < 1:
+            raise LbdlError(f"--steps {steps}: must be at least 1")
+        if n < 1:
+            raise LbdlError(f"--n {n}: must be at least 1")
+        if sampler not in SAMPLERS:
+            raise LbdlError(f"--sampler {sampler}: choose one of {', '.join(SAMPLERS)}")
+        if guidance is not None and self.condition == "none":
+            raise LbdlError(
+                "--guidance: this model is unconditional; classifier-free guidance "
+                "needs a class- or text-conditional model"
+            )
+        if guidance is not None and guidance < 0:
+            raise LbdlError(f"--guidance {guidance}: must be >= 0")
+        if clip_guide is not None and not prompts:
+            raise LbdlError("--clip-guide: needs --prompt, the text to steer towards")
+        if clip_guide is not None:
+            wanted = (self.config.schedule, self.config.timesteps)
+            if tuple(clip_guide.schedule) != wanted:
+                raise LbdlError(
+                    f"--clip-guide: trained with the {clip_guide.schedule[0]} "
+                    f"schedule, T = {clip_guide.schedule[1]}; this model uses "
+                    f"{wanted[0]}, T = {wanted[1]}"
+                )
+
 
 def save_samples(samples: Samples, out: str | Path) -> list[Path]:
     """grid.png (one column per condition when they cycle) and NNN_condition.png per sample."""
@@ -212,10 +225,9 @@ def save_samples(samples: Samples, out: str | Path) -> list[Path]:
 
 def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Diffuser:
     """Load a `lbdl diffusion` model checkpoint (a .safetensors file or a run folder)."""
-    path = Path(checkpoint)
-    path = path / "model.safetensors" if path.is_dir() else path
-    _, meta = read_checkpoint(path, TASK)
+    path = checkpoint_file(checkpoint)
+    meta = read_meta(path, TASK)
     if meta.get("kind", MODEL_KIND) != MODEL_KIND:
         raise LbdlError(f"{path}: is a noised CLIP (for --clip-guide), not a diffusion model")
-    model, meta = load_model(path, TASK, build_model)
+    model, meta = load_model(path, TASK, build_model, DiffusionConfig)
     return Diffuser(model, meta, resolve_device(device))

@@ -1,16 +1,17 @@
 """Training data of `lbdl diffusion` (book 7.2): images scaled to [-1, 1], with a class label,
-a caption or nothing, read from the formats people keep them in:
+a caption or nothing, read from the formats people keep them in, one registry entry each:
 
-- a folder of images (unconditional), class folders / train/ layouts, idx files, a path,label
-  CSV (class-conditional; the readers of `lbdl classify`);
-- image-caption pairs (text-conditional), in the formats of `lbdl clip`: .csv/.jsonl
-  manifests with image and caption columns, COCO captions JSON, x.png + x.txt sidecars;
+- image-caption pairs (text-conditional), read by `lbdl clip`'s API: .csv/.jsonl manifests
+  with image and caption columns, COCO captions JSON, x.png + x.txt sidecars;
+- a folder of images (unconditional);
+- labelled images (class-conditional), read by `lbdl classify`'s API: class folders,
+  train/ (val/, test/) layouts, idx files, a path,label CSV;
 - built-in captioned shape scenes, made on the fly (the scenes of `lbdl clip`): captions for
   text conditioning, or a class per color, shape or color-shape pair."""
 
 from __future__ import annotations
 
-import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,18 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from lbdl_apps.classify.data import build_transforms, load_classify_data
+from lbdl_apps.classify.api import labelled_images
+from lbdl_apps.clip.api import TextEncoder, caption_pairs, has_captions, make_scenes
 from lbdl_apps.core.data import (
     IMAGE_EXTENSIONS,
     ImageRecords,
     TensorImageDataset,
+    center_transform,
     check_records,
     find_images,
 )
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.readers import Readers
 
 SCENE_LABELS = ("color", "shape", "color-shape")
 BUILTIN_SIZE = 32
@@ -39,7 +43,8 @@ MAX_FILE_SIZE = 64  # default side for image files: larger ones are scaled down
 @dataclass
 class DiffusionData:
     """A training set of (image in [-1, 1] (C, S, S), condition) items, where the condition
-    is an int label (`labels` names them), a caption string (`captions`), or 0 (none)."""
+    is an int label (`labels` names them), a caption string (`captions`), or 0 (none); and
+    the data's own val and test splits of real images, when it has them."""
 
     train: Dataset
     kind: str  # "none", "class" or "text": what the data can condition on
@@ -47,7 +52,22 @@ class DiffusionData:
     channels: int
     image_size: int
     source: str
-    real: Dataset | None = None  # held-out real images (the test split) when the data has one
+    val: Dataset | None = None
+    test: Dataset | None = None
+
+    def splits(self) -> dict[str, Dataset | None]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+@dataclass
+class Request:
+    """How the images of --data are to be read."""
+
+    image_size: int | None = None  # None: the data's own (at most MAX_FILE_SIZE)
+    channels: int | None = None  # None: the data's own
+    seed: int = 0
+    skip_bad: bool = False
+    hflip: bool = False  # random horizontal flips of the training images
 
 
 class Captioned(Dataset):
@@ -77,12 +97,22 @@ class EmbeddedCaptions(Dataset):
         return image, self.embeddings[self.index[caption]]
 
 
+def embed_captions(captioned: Captioned, encoder: TextEncoder, batch_size: int = 256):
+    """The captioned images with each distinct caption embedded once, before training."""
+    unique = sorted(set(captioned.captions))
+    rows = [
+        encoder.encode_text(unique[i : i + batch_size]).float().cpu()
+        for i in range(0, len(unique), batch_size)
+    ]
+    index = {caption: i for i, caption in enumerate(unique)}
+    return EmbeddedCaptions(captioned, torch.cat(rows), index)
+
+
 def image_transform(size: int, channels: int, hflip: bool = False) -> v2.Compose:
     """PIL image or uint8 tensor -> float (channels, size, size) in [-1, 1]: resized on the
     short side and center-cropped, optionally flipped at random."""
-    half = [0.5] * channels
-    base = build_transforms(False, size, channels, half, half, resize=size)
-    return v2.Compose([v2.RandomHorizontalFlip(), base]) if hflip else base
+    centered = center_transform(size, channels, [0.5] * channels, [0.5] * channels)
+    return v2.Compose([v2.RandomHorizontalFlip(), centered]) if hflip else centered
 
 
 def to_unit(x: Tensor) -> Tensor:
@@ -105,8 +135,6 @@ def builtin_scenes(
     n: int, image_size: int, seed: int, captions: bool, scene_label: str
 ) -> DiffusionData:
     """The built-in captioned shape scenes (`lbdl clip`'s), text- or class-conditional."""
-    from lbdl_apps.clip.scenes import make_scenes
-
     scenes = make_scenes(n, image_size, seed)
     transform = image_transform(image_size, 3)
     what = f"{n} built-in shape scenes ({image_size}x{image_size} RGB, seed {seed})"
@@ -121,65 +149,71 @@ def builtin_scenes(
     return DiffusionData(images, "class", names, 3, image_size, source)
 
 
-def is_manifest(path: Path) -> bool:
-    """A .jsonl or COCO .json, or a .csv whose header has a caption or text column (a
-    path,label CSV is a classification list)."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return True
-    if suffix != ".csv":
-        return False
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return False
-    return bool({"caption", "text"} & {column.strip().lower() for column in header})
+READERS: Readers = Readers("image data for diffusion")
 
 
-def _captioned_files(
-    data: str, image_size: int | None, seed: int, skip_bad: bool, hflip: bool
-) -> DiffusionData:
-    """Image-caption pairs read by `lbdl clip`'s readers (manifests, COCO captions, .txt
-    sidecars); an image with several captions gives one item per caption."""
-    from lbdl_apps.clip.data import load_clip_data
-
-    size = image_size or BUILTIN_SIZE
-    pairs = load_clip_data(data, size, val_fraction=0.0, seed=seed, skip_bad=skip_bad)
-    found = pairs.train
-    transform = image_transform(size, 3, hflip)
+@READERS.register(
+    "captions", "image-caption pairs (the formats of lbdl clip: manifests, COCO, sidecars)",
+    has_captions,
+)  # fmt: skip
+def read_captions(path: Path, request: Request) -> DiffusionData:
+    """Image-caption pairs read by `lbdl clip`'s API; an image with several captions gives
+    one item per caption."""
+    size = request.image_size or BUILTIN_SIZE
+    found, source = caption_pairs(str(path), request.seed, request.skip_bad)
+    transform = image_transform(size, 3, request.hflip)
     items = [(i, caption) for i, options in enumerate(found.captions) for caption in options]
     if isinstance(found.images, Tensor):
-        images: Dataset = TensorImageDataset(
-            found.images.permute(0, 2, 3, 1)[[i for i, _ in items]].numpy(),
-            np.zeros(len(items), np.int64),
-            transform,
-        )
+        pixels = found.images.permute(0, 2, 3, 1)[[i for i, _ in items]]  # NCHW -> NHWC
+        zeros = np.zeros(len(items), np.int64)
+        images: Dataset = TensorImageDataset(pixels.numpy(), zeros, transform)
     else:
         images = ImageRecords([(found.images[i], 0) for i, _ in items], transform, "RGB")
     captions = [caption for _, caption in items]
-    return DiffusionData(
-        Captioned(images, captions),
-        "text",
-        [],
-        3,
-        size,
-        f"{pairs.source} ({len(captions)} captions)",
-    )
+    text = f"{source} ({len(captions)} captions)"
+    return DiffusionData(Captioned(images, captions), "text", [], 3, size, text)
 
 
-def _plain_folder(
-    folder: Path, image_size: int | None, channels: int | None, skip_bad: bool, hflip: bool
-) -> DiffusionData:
-    records = check_records([(p, 0) for p in find_images(folder)], skip_bad)
+def _loose_images(folder: Path) -> bool:
+    """A folder of images alone: no class folders, no idx files."""
+    if not folder.is_dir():
+        return False
+    entries = list(folder.iterdir())
+    loose = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entries)
+    has_classes = any(p.is_dir() and not p.name.startswith(".") for p in entries)
+    return loose and not has_classes and not any(folder.glob("train-images*"))
+
+
+@READERS.register("images", "a folder of images without classes", _loose_images)
+def read_images(folder: Path, request: Request) -> DiffusionData:
+    """Unlabelled images (unconditional), under the bad-record rule."""
+    records = check_records([(p, 0) for p in find_images(folder)], request.skip_bad)
     if not records:
         raise LbdlError(f"{folder}: holds no images")
-    channels = channels or 3
-    size = image_size or BUILTIN_SIZE
+    channels = request.channels or 3
+    size = request.image_size or BUILTIN_SIZE
     mode = "L" if channels == 1 else "RGB"
-    train = ImageRecords(records, image_transform(size, channels, hflip), mode)
+    train = ImageRecords(records, image_transform(size, channels, request.hflip), mode)
     source = f"{len(records)} images in {folder} (no classes)"
     return DiffusionData(train, "none", [], channels, size, source)
+
+
+@READERS.register("labelled", "labelled images (the formats of lbdl classify)", Path.exists)
+def read_labelled(path: Path, request: Request) -> DiffusionData:
+    """Labelled images read by `lbdl classify`'s API, with their own val and test splits."""
+    found = labelled_images(str(path), request.seed, request.skip_bad)
+    channels = request.channels or found.channels
+    size = request.image_size or min(found.image_size, MAX_FILE_SIZE)
+
+    def transform(split: str) -> v2.Compose:
+        return image_transform(size, channels, request.hflip and split == "train")
+
+    found.prepare(transform, channels)
+    splits = found.splits
+    return DiffusionData(
+        splits["train"], "class", found.labels, channels, size, found.source,  # type: ignore[arg-type]
+        splits.get("val"), splits.get("test"),
+    )  # fmt: skip
 
 
 def load_diffusion_data(
@@ -194,9 +228,9 @@ def load_diffusion_data(
     hflip: bool = False,
 ) -> DiffusionData:
     """Read `--data` for diffusion training, detecting its format (see the module doc).
-        `captions`: read the captions of the built-in scenes (text conditioning) rather than
-        their classes; `channels` forces gray (1) or color (3) images; `hflip` flips the images of
-    files at random (not the scenes, whose captions say left and right)."""
+    `captions`: read the captions of the built-in scenes (text conditioning) rather than
+    their classes; `channels` forces gray (1) or color (3) images; `hflip` flips the images
+    of files at random (not the scenes, whose captions say left and right)."""
     if channels not in (None, 1, 3):
         raise LbdlError(f"--channels {channels}: choose 1 (gray) or 3 (color)")
     if image_size is not None and image_size < 8:
@@ -208,33 +242,11 @@ def load_diffusion_data(
     path = Path(data).expanduser()
     if not path.exists():
         raise LbdlError(f"{data}: no such file or folder")
-    if path.is_file() and is_manifest(path):
-        return _captioned_files(data, image_size, seed, skip_bad, hflip)
-    if path.is_dir():
-        if any(p.with_suffix(".txt").is_file() for p in find_images(path)):
-            return _captioned_files(data, image_size, seed, skip_bad, hflip)
-        loose = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
-        has_classes = any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
-        idx = any(path.glob("train-images*"))
-        if loose and not has_classes and not idx:
-            return _plain_folder(path, image_size, channels, skip_bad, hflip)
-    found = load_classify_data(
-        data, image_size, val_fraction=0.0, seed=seed, skip_bad=skip_bad, augment="none"
-    )
-    channels = channels or found.in_channels
-    size = image_size or min(found.image_size, MAX_FILE_SIZE)
-    mode = "L" if channels == 1 else "RGB"
-    for part, flip in ((found.train, hflip), (found.test, False)):
-        if part is not None:
-            part.transform = image_transform(size, channels, flip)
-            if isinstance(part, ImageRecords):
-                part.mode = mode
-    return DiffusionData(
-        found.train, "class", found.labels, channels, size, found.source, found.test
-    )
+    request = Request(image_size, channels, seed, skip_bad, hflip)
+    return READERS.find(path).read(path, request)
 
 
-def collate_images(batch: list[tuple[Any, Any]]) -> tuple[Tensor, Any]:
+def collate_images(batch: Sequence[tuple[Any, Any]]) -> tuple[Tensor, Any]:
     """Stack images; conditions become a tensor (labels, embeddings) or stay a list (text)."""
     images = torch.stack([item[0] for item in batch])
     conds = [item[1] for item in batch]

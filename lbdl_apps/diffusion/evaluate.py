@@ -4,27 +4,32 @@ also that classifier's accuracy on the samples of each requested class."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch import Tensor
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
-from lbdl_apps.core.checkpoint import atomic_path
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.classify.api import Classifier
+from lbdl_apps.classify.api import load as load_classifier
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.evaluation import output_folder, split_label, split_names, write_json
+from lbdl_apps.core.options import Common
 from lbdl_apps.diffusion.api import Diffuser, Samples, load, save_samples
-from lbdl_apps.diffusion.data import load_diffusion_data, to_unit
+from lbdl_apps.diffusion.cli import EvaluateArgs
+from lbdl_apps.diffusion.data import builtin_scenes, load_diffusion_data, to_unit
 from lbdl_apps.diffusion.metrics import ClassifierFeatures, class_accuracy, distribution_scores
 
 
 @dataclass
-class EvalResult:
+class Evaluation:
+    """What `evaluate` measured and where it wrote it."""
+
     scores: dict[str, float]  # fd, kid, kid_std, and mean_class_acc for class models
     per_class: dict[str, float]  # classifier accuracy on the samples of each class
     samples: int
@@ -33,135 +38,102 @@ class EvalResult:
     seconds: float
 
 
-def real_images(diffuser: Diffuser, data: str | None, count: int, seed: int) -> tuple[Any, str]:
-    """Up to `count` real images in [0, 1], batched: the test split of --data (or all of it),
-    or, without --data, the checkpoint's own data (fresh scenes for the built-in data)."""
+@dataclass
+class RealImages:
+    """The real images compared with the samples: batches in [0, 1], and what they are."""
+
+    batches: Iterator[Tensor]
+    count: int
+    split: str  # split_label of the splits they come from
+    described: str
+
+
+def real_images(diffuser: Diffuser, args: EvaluateArgs, seed: int) -> RealImages:
+    """Up to --n-real real images of the splits --split names (core.evaluation.split_names).
+
+    The model trained on all of its data (nothing was held out), so its own data, like any
+    --data, is read whole: no --split is the test split if the data has one, else its val
+    split, else all of it. The built-in scenes have two splits: `train`, the scenes the
+    model was trained on (made again from its seed and --builtin-count), and `test`, fresh
+    scenes of another seed (the default)."""
     meta, (channels, size, _) = diffuser.meta, diffuser.shape
-    source = data if data is not None else meta.get("data")
-    builtin_seed = meta.get("seed", 0) + 1 if source is None else seed  # unseen scenes
-    loaded = load_diffusion_data(
-        source,
-        size,
-        channels,
-        builtin_seed,
-        builtin_count=count,
-        scene_label=meta.get("scene_label", "color-shape"),
-    )
-    dataset = loaded.real if loaded.real is not None else loaded.train
-    if len(dataset) == 0:
-        raise LbdlError(f"{source}: no real images to compare with")
-    picks = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:count])
+    source = args.data if args.data is not None else meta.get("data")
+    if source is None:
+        count = meta.get("builtin_count", 6000)
+        sizes = {"train": range(count), "test": range(args.n_real)}
+        names = split_names(args.split, True, sizes, "the built-in scenes")  # type: ignore[arg-type]
+        label, base = meta.get("scene_label", "color-shape"), meta.get("seed", 0)
+        made = {"train": (count, base), "test": (args.n_real, base + 1)}  # (scenes, seed)
+        parts = [builtin_scenes(made[n][0], size, made[n][1], False, label).train for n in names]
+    else:
+        splits = load_diffusion_data(source, size, channels, seed).splits()
+        names = split_names(args.split, True, splits, source)
+        parts = [splits[name] for name in names]  # type: ignore[misc]
+    dataset: Dataset = ConcatDataset(parts)
+    picks = np.sort(np.random.default_rng(seed).permutation(len(dataset))[: args.n_real])
     loader = DataLoader(Subset(dataset, picks.tolist()), batch_size=256)
-    described = f"{source or 'built-in scenes'}" + (" (test split)" if loaded.real else "")
-    return (to_unit(batch[0]) for batch in loader), f"{described}, {len(picks)} images"
+    described = f"{source or 'built-in scenes'} ({'+'.join(names)}), {len(picks)} images"
+    batches = (to_unit(batch[0]) for batch in loader)
+    return RealImages(batches, len(picks), split_label(names), described)
 
 
-def run_evaluation(
-    checkpoint: Path,
-    classifier_checkpoint: Path,
-    data: str | None,
-    out: Path | None,
-    common: Common,
-    n: int = 500,
-    n_real: int = 2000,
-    classes: list[str] | None = None,
-    prompts: list[str] | None = None,
-    steps: int = 50,
-    sampler: str = "ddpm",
-    guidance: float | None = None,
-    batch_size: int = 100,
-) -> EvalResult:
-    """Sample `n` images (spread evenly over the requested classes), then score them."""
-    from lbdl_apps.classify.api import load as load_classifier
+def sampled_classes(diffuser: Diffuser, classifier: Classifier, args: EvaluateArgs) -> list[str]:
+    """The classes of a class model's samples (--class, else all), each a classifier's."""
+    classes = args.classes or list(diffuser.labels)
+    names = [c.lower() for c in classifier.labels]
+    missing = [c for c in classes if c.lower() not in names]
+    if missing:
+        known = ", ".join(classifier.labels[:10])
+        raise LbdlError(
+            f"--classifier {args.classifier}: has no class {missing[0]!r} of the "
+            f"diffusion model (its classes: {known})"
+        )
+    return classes
 
-    if n < 2 or n_real < 2:
-        raise LbdlError(f"--n {n} / --n-real {n_real}: the statistics need at least 2 images")
-    diffuser = load(checkpoint, common.torch_device())
-    classifier = load_classifier(classifier_checkpoint, common.torch_device())
+
+def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
+    """Sample --n images (spread evenly over the requested classes), then score them against
+    real images on the classifier's features; write metrics.json (with the split) and a grid
+    of the samples to --out.
+
+    --split picks the real images with core.evaluation.split_names, reading the model's own
+    data like any --data (it trained on all of it, nothing was held out): the test split if
+    the data has one, else its val split, else all of it. The built-in scenes' splits are
+    `test`, fresh scenes of another seed (the default), and `train`, the scenes trained on."""
+    if args.n < 2:
+        raise LbdlError(f"--n {args.n}: the statistics need at least 2 images")
+    device = common.torch_device()
+    diffuser = load(args.checkpoint, device)
+    classifier = load_classifier(args.classifier, device)
     features = ClassifierFeatures(classifier)
-    wanted: torch.Tensor | None = None
+    classes, n = args.classes, args.n
     if diffuser.condition == "class":
-        classes = classes or list(diffuser.labels)
-        names = [c.lower() for c in classifier.labels]
-        missing = [c for c in classes if c.lower() not in names]
-        if missing:
-            known = ", ".join(classifier.labels[:10])
-            raise LbdlError(
-                f"--classifier {classifier_checkpoint}: has no class {missing[0]!r} of the "
-                f"diffusion model (its classes: {known})"
-            )
+        classes = sampled_classes(diffuser, classifier, args)
         n = math.ceil(n / len(classes)) * len(classes)
+    real = real_images(diffuser, args, common.seed)
     t0 = time.perf_counter()
     samples = diffuser.sample(
-        n,
-        prompts=prompts,
-        classes=classes,
-        steps=steps,
-        sampler=sampler,
-        guidance=guidance,
-        seed=common.seed,
-        batch_size=batch_size,
-        quiet=common.quiet,
-    )
+        n, args.prompt, classes, args.steps, args.sampler, args.guidance, seed=common.seed,
+        batch_size=args.batch_size, quiet=common.quiet,
+    )  # fmt: skip
     seconds = time.perf_counter() - t0
-    real, described = real_images(diffuser, data, n_real, common.seed)
-    fake = samples.images.split(256)
-    scores = distribution_scores(features, real, fake)
+    scores = distribution_scores(features, real.batches, samples.images.split(256))
     per_class: dict[str, float] = {}
     if diffuser.condition == "class":
+        names = [c.lower() for c in classifier.labels]
         wanted = torch.tensor([names.index(c.lower()) for c in samples.conditions])
         hits = class_accuracy(features, samples.images, wanted)
         for name in classes:  # type: ignore[union-attr]
             chosen = torch.tensor([c == name for c in samples.conditions])
             per_class[name] = float(hits[chosen].mean())
         scores["mean_class_acc"] = float(np.mean(list(per_class.values())))
-    folder = out or Path(checkpoint).resolve().parent / "evaluate"
-    _write(
-        folder,
-        samples,
-        scores,
-        per_class,
-        checkpoint,
-        classifier_checkpoint,
-        described,
-        steps,
-        sampler,
-        guidance,
-        seconds,
-        common.seed,
-    )
-    return EvalResult(scores, per_class, n, n_real, folder, seconds)
-
-
-def _write(
-    folder: Path,
-    samples: Samples,
-    scores: dict,
-    per_class: dict,
-    checkpoint: Path,
-    classifier: Path,
-    real: str,
-    steps: int,
-    sampler: str,
-    guidance: float | None,
-    seconds: float,
-    seed: int,
-) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(args.checkpoint, args.out)
     shown = Samples(samples.images[:100], samples.conditions[:100])
     save_samples(shown, folder / "samples")
-    summary = {
-        "checkpoint": str(checkpoint),
-        "classifier": str(classifier),
-        "real": real,
-        "samples": len(samples.images),
-        "sampler": sampler,
-        "steps": steps,
-        "guidance": guidance,
-        "seed": seed,
-        "sampling_seconds": round(seconds, 2),
-        **scores,
-        "per_class_acc": per_class,
-    }
-    with atomic_path(folder / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+    summary = {"checkpoint": str(args.checkpoint), "classifier": str(args.classifier),
+               "real": real.described, "split": real.split, "samples": n,
+               "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
+               "seed": common.seed, "sampling_seconds": round(seconds, 2), **scores,
+               "per_class_acc": per_class}  # fmt: skip
+    write_json(folder / "metrics.json", summary)
+    return Evaluation(scores, per_class, n, real.count, folder, seconds)

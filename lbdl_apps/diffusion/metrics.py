@@ -39,11 +39,13 @@ class ClassifierFeatures(nn.Module):
         images = images.float().to(self.device)
         if images.shape[1] == 3 and channels == 1:
             weights = torch.tensor([0.299, 0.587, 0.114], device=images.device)
+            # (3,) weights as (1, 3, 1, 1): (N, 3, H, W) -> (N, 1, H, W)
             images = (images * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
         elif images.shape[1] == 1 and channels == 3:
-            images = images.expand(-1, 3, -1, -1)
+            images = images.expand(-1, 3, -1, -1)  # (N, 1, H, W) -> (N, 3, H, W)
         if tuple(images.shape[-2:]) != (size, size):
             images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+        # the (C,) statistics viewed as (1, C, 1, 1), to broadcast over (N, C, S, S)
         mean = torch.tensor(self.pre["mean"], device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.pre["std"], device=images.device).view(1, -1, 1, 1)
         return (images - mean) / std
@@ -52,7 +54,8 @@ class ClassifierFeatures(nn.Module):
     def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
         self._seen.clear()
         logits = self.model(self.prepare(images))
-        return self._seen[-1].flatten(1).double().cpu(), logits.float().cpu()
+        features = self._seen[-1].flatten(1)  # (N, F, ...) -> (N, F x ...)
+        return features.double().cpu(), logits.float().cpu()
 
     def forward(self, images: Tensor) -> Tensor:
         return self.features_and_logits(images)[0]

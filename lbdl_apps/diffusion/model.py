@@ -6,16 +6,42 @@ gives both the conditional and the unconditional estimate (classifier-free guida
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from lbdl_apps.clip.api import TextEncoder, TextEncoderSpec
 from lbdl_apps.core.backbones.unet import UNet
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.diffusion.schedule import PREDICTIONS, SCHEDULES
 
 CONDITIONS = ("none", "class", "text")
+
+
+@dataclass
+class DiffusionConfig:
+    """Everything `build_model` needs, stored in the checkpoint (the field names are the
+    keys of the checkpoints written before the config was typed), with the noise schedule
+    the network was trained under. `clip` describes the frozen CLIP text encoder of a
+    text-conditional model (a dict, as read from JSON, becomes the typed one)."""
+
+    image_size: int
+    channels: int
+    condition: str = "none"
+    num_classes: int = 0
+    cond_dim: int = 128
+    base: int = 32
+    multipliers: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
+    blocks: int = 2
+    attention_levels: list[int] = field(default_factory=lambda: [3])
+    dropout: float = 0.0
+    norm_groups: int = 8
+    heads: int = 4
+    schedule: str = "cosine"
+    timesteps: int = 1000
+    prediction: str = "eps"
+    clip: TextEncoderSpec | None = None
 
 
 class DiffusionUNet(nn.Module):
@@ -25,36 +51,38 @@ class DiffusionUNet(nn.Module):
     a class-conditional model, or float embeddings (B, text_dim) for a text-conditional one;
     `drop` (B,) bool replaces the condition of the rows where it is True by the null one."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: DiffusionConfig) -> None:
         super().__init__()
-        self.condition = config["condition"]
-        cond_dim = config["cond_dim"] if self.condition != "none" else None
+        c = config
+        self.condition = c.condition
+        cond_dim = c.cond_dim if self.condition != "none" else None
         self.unet = UNet(
-            in_channels=config["channels"],
-            out_channels=config["channels"],
-            base=config["base"],
-            multipliers=config["multipliers"],
-            blocks_per_level=config["blocks"],
-            attention_levels=config["attention_levels"],
-            time_dim=config["base"],
+            in_channels=c.channels,
+            out_channels=c.channels,
+            base=c.base,
+            multipliers=c.multipliers,
+            blocks_per_level=c.blocks,
+            attention_levels=c.attention_levels,
+            time_dim=c.base,
             cond_dim=cond_dim,
-            dropout=config["dropout"],
-            norm_groups=config["norm_groups"],
-            heads=config["heads"],
+            dropout=c.dropout,
+            norm_groups=c.norm_groups,
+            heads=c.heads,
         )
         self.factor = self.unet.factor
         if self.condition == "class":
-            self.num_classes = config["num_classes"]
+            self.num_classes = c.num_classes
             self.label_embedding = nn.Embedding(self.num_classes + 1, cond_dim)  # last: null
         elif self.condition == "text":
-            from lbdl_apps.diffusion.text import build_clip
-
+            if c.clip is None:
+                raise LbdlError("model config: a text-conditional model without its CLIP")
             self.null_text = nn.Parameter(torch.zeros(cond_dim))
-            self.clip = build_clip(config["clip"])  # frozen: encodes the prompts
+            self.clip = TextEncoder(c.clip).eval()  # frozen: encodes the prompts
             self.clip.requires_grad_(False)
 
     def condition_vector(self, x: Tensor, cond: Tensor | None, drop: Tensor | None) -> Tensor:
-        """The per-row condition vector, with the null condition where `drop` is True."""
+        """The per-row condition vector (B, cond_dim), with the null condition where `drop`
+        is True."""
         batch = x.shape[0]
         if drop is None:
             drop = torch.zeros(batch, dtype=torch.bool, device=x.device)
@@ -64,7 +92,7 @@ class DiffusionUNet(nn.Module):
             labels = cond if cond is not None else torch.zeros(batch, dtype=torch.long)
             labels = torch.where(drop, self.num_classes, labels.to(x.device).long())
             return self.label_embedding(labels)
-        null = self.null_text.expand(batch, -1)
+        null = self.null_text.expand(batch, -1)  # (cond_dim,) -> (B, cond_dim)
         if cond is None:
             return null
         return torch.where(drop[:, None], null, cond.to(x.device, null.dtype))
@@ -75,6 +103,16 @@ class DiffusionUNet(nn.Module):
         if self.condition == "none":
             return self.unet(x, t.float())
         return self.unet(x, t.float(), self.condition_vector(x, cond, drop))
+
+
+def check_settings(schedule: str, timesteps: int, prediction: str) -> None:
+    """The noise schedule, its step count and the prediction target are known ones."""
+    if schedule not in SCHEDULES:
+        raise LbdlError(f"--schedule {schedule}: choose one of {', '.join(SCHEDULES)}")
+    if prediction not in PREDICTIONS:
+        raise LbdlError(f"--prediction {prediction}: choose one of {', '.join(PREDICTIONS)}")
+    if timesteps < 2:
+        raise LbdlError(f"--timesteps {timesteps}: must be at least 2")
 
 
 def default_config(
@@ -89,48 +127,44 @@ def default_config(
     schedule: str = "cosine",
     timesteps: int = 1000,
     prediction: str = "eps",
-) -> dict[str, Any]:
+    clip: TextEncoderSpec | None = None,
+) -> DiffusionConfig:
     """A full model config; the levels are chosen so the smallest map is 4 to 8 pixels."""
     if condition not in CONDITIONS:
         raise LbdlError(f"condition {condition!r}: choose one of {', '.join(CONDITIONS)}")
-    if schedule not in SCHEDULES:
-        raise LbdlError(f"--schedule {schedule}: choose one of {', '.join(SCHEDULES)}")
-    if prediction not in PREDICTIONS:
-        raise LbdlError(f"--prediction {prediction}: choose one of {', '.join(PREDICTIONS)}")
-    if timesteps < 2:
-        raise LbdlError(f"--timesteps {timesteps}: must be at least 2")
+    check_settings(schedule, timesteps, prediction)
     if multipliers is None:
         levels = 1
         while image_size % 2**levels == 0 and image_size // 2**levels >= 4 and levels < 4:
             levels += 1
         multipliers = (1, 2, 2, 2)[:levels]
-    heads = 4 if base % 4 == 0 else 1
-    return {
-        "image_size": image_size,
-        "channels": channels,
-        "condition": condition,
-        "num_classes": num_classes,
-        "cond_dim": text_dim if condition == "text" else 4 * base,
-        "base": base,
-        "multipliers": list(multipliers),
-        "blocks": blocks,
-        "attention_levels": [len(multipliers) - 1],
-        "dropout": 0.0,
-        "norm_groups": 8 if base % 8 == 0 else 1,
-        "heads": heads,
-        "schedule": schedule,
-        "timesteps": timesteps,
-        "prediction": prediction,
-    }
+    return DiffusionConfig(
+        image_size=image_size,
+        channels=channels,
+        condition=condition,
+        num_classes=num_classes,
+        cond_dim=text_dim if condition == "text" else 4 * base,
+        base=base,
+        multipliers=list(multipliers),
+        blocks=blocks,
+        attention_levels=[len(multipliers) - 1],
+        dropout=0.0,
+        norm_groups=8 if base % 8 == 0 else 1,
+        heads=4 if base % 4 == 0 else 1,
+        schedule=schedule,
+        timesteps=timesteps,
+        prediction=prediction,
+        clip=clip,
+    )
 
 
-def build_model(config: dict[str, Any]) -> DiffusionUNet:
+def build_model(config: DiffusionConfig) -> DiffusionUNet:
     """Instantiate the network from its config (as stored in a checkpoint)."""
-    size, factor = config["image_size"], 2 ** (len(config["multipliers"]) - 1)
+    size, factor = config.image_size, 2 ** (len(config.multipliers) - 1)
     if size % factor:
         raise LbdlError(
             f"image size {size}: must be a multiple of {factor} for a U-Net of "
-            f"{len(config['multipliers'])} levels"
+            f"{len(config.multipliers)} levels"
         )
     try:
         return DiffusionUNet(config)

@@ -9,13 +9,12 @@ Guidance: classifier-free (Ho & Salimans 2022), eps_u + S (eps_c - eps_u); CLIP 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch import Tensor
 
+from lbdl_apps.core.progress import add_task
 from lbdl_apps.diffusion.schedule import NoiseSchedule
 
 SAMPLERS = ("ddpm", "ddim")
@@ -31,7 +30,6 @@ def ddpm_step(
     x: Tensor,
     t: int,
     prev: int,
-    eps: Tensor,
     x0: Tensor,
     noise: Tensor,
     guide_grad: Tensor | None = None,
@@ -84,7 +82,8 @@ def sample_loop(
     clip_x0: bool = True,
     progress: Progress | None = None,
 ) -> Tensor:
-    """Denoise x_T ~ N(0, I) of `shape` over `steps` evenly spaced time indices.
+    """Denoise x_T ~ N(0, I) of `shape` over `steps` evenly spaced time indices, counted on
+    `progress` (a `core.progress.progress_bar`) when given.
 
     `clip_x0` clamps the x0 estimate to [-1, 1] (image data) and derives eps from it again;
     `guide` adds the gradient of log p(c | x_t): sigma_t^2 * grad to the DDPM mean, and
@@ -93,7 +92,7 @@ def sample_loop(
         raise ValueError(f"sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
     times = schedule.timesteps(steps)
     x = torch.randn(shape, generator=generator, device="cpu").to(device)
-    task = progress.add_task("sampling", total=len(times)) if progress is not None else None
+    task = add_task(progress, "sampling", len(times)) if progress is not None else None
     for i, t in enumerate(times):
         prev = times[i + 1] if i + 1 < len(times) else -1
         t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
@@ -110,7 +109,7 @@ def sample_loop(
             eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5
         noise = torch.randn(shape, generator=generator, device="cpu").to(device)
         if sampler == "ddpm":
-            x = ddpm_step(schedule, x, t, prev, eps, x0, noise, grad)
+            x = ddpm_step(schedule, x, t, prev, x0, noise, grad)
         else:
             x = ddim_step(schedule, x, t, prev, eps, x0, noise, eta)
         if task is not None:
@@ -118,18 +117,3 @@ def sample_loop(
     if task is not None:
         progress.remove_task(task)  # type: ignore[union-attr]
     return x
-
-
-def progress_bar(quiet: bool) -> Progress | nullcontext:
-    """The sampling progress bar on stderr (a no-op context when quiet)."""
-    if quiet:
-        return nullcontext()
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        auto_refresh=False,
-        transient=True,
-    )

@@ -46,7 +46,7 @@ class NoiseSchedule:
     def _at(self, values: Tensor, t: Tensor, like: Tensor) -> Tensor:
         """values[t] shaped (B, 1, 1, ...) to broadcast against `like`."""
         out = values.to(like.device)[t.long()].to(like.dtype)
-        return out.reshape(-1, *([1] * (like.ndim - 1)))
+        return out.reshape(-1, *([1] * (like.ndim - 1)))  # (B,) -> (B, 1, ..., 1)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """A draw of x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)."""

@@ -18,14 +18,17 @@ from torch import nn
 from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.device import resolve_device
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.dqn.agent import TASK, evaluate_policy
-from lbdl_apps.dqn.env import EnvSettings, make_env
-from lbdl_apps.dqn.model import build_q_network
+from lbdl_apps.dqn.data import EnvSettings, make_env
+from lbdl_apps.dqn.model import QNetworkConfig, build_q_network
+from lbdl_apps.dqn.policy import evaluate_policy
+
+TASK = "dqn"
 
 
 @dataclass
 class Agent:
-    """A trained Q-network and the environment settings it was trained with."""
+    """A trained Q-network and the environment settings it was trained with; meta["config"]
+    is the network's QNetworkConfig."""
 
     q_network: nn.Module
     settings: EnvSettings
@@ -34,12 +37,13 @@ class Agent:
 
     @property
     def n_actions(self) -> int:
-        return int(self.meta["config"]["n_actions"])
+        return int(self.meta["config"].n_actions)
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q(s, a) for every action of one observation."""
         with torch.inference_mode():
-            q = self.q_network(torch.as_tensor(np.asarray(obs)[None], device=self.device))
+            batch = torch.as_tensor(np.asarray(obs)[None], device=self.device)  # (1, *obs)
+            q = self.q_network(batch)  # (1, A)
         return q[0].float().cpu().numpy()
 
     def act(
@@ -61,7 +65,7 @@ def load(
 ) -> Agent:
     """An agent from a dqn checkpoint (file or run folder). `env` plays another environment
     id with the same preprocessing; its actions and observations must match the network's."""
-    model, meta = load_model(checkpoint, TASK, build_q_network)
+    model, meta = load_model(checkpoint, TASK, build_q_network, QNetworkConfig)
     device = resolve_device(device)
     model.to(device).eval()
     try:
@@ -74,7 +78,7 @@ def load(
 
 
 def _other_env(
-    settings: EnvSettings, env_id: str, config: dict, checkpoint: str | Path
+    settings: EnvSettings, env_id: str, config: QNetworkConfig, checkpoint: str | Path
 ) -> EnvSettings:
     """The checkpoint's preprocessing applied to `env_id`, checked against the network."""
     other = EnvSettings.for_env(env_id)
@@ -88,14 +92,14 @@ def _other_env(
         shape = tuple(probe.observation_space.shape)
     finally:
         probe.close()
-    if actions != config["n_actions"]:
+    if actions != config.n_actions:
         raise LbdlError(
             f"--env {env_id}: has {actions} actions but the checkpoint's Q-network has "
-            f"{config['n_actions']} (trained on {settings.env_id})"
+            f"{config.n_actions} (trained on {settings.env_id})"
         )
-    if config["kind"] == "mlp" and shape != (config["obs_dim"],):
+    if config.kind == "mlp" and shape != (config.obs_dim,):
         raise LbdlError(
             f"--env {env_id}: observations of shape {shape}, the checkpoint's Q-network takes "
-            f"({config['obs_dim']},) (trained on {settings.env_id})"
+            f"({config.obs_dim},) (trained on {settings.env_id})"
         )
     return other

@@ -3,7 +3,7 @@ classic control, each with a plain or a dueling head."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -25,9 +25,10 @@ class QHead(nn.Module):
             )
 
     def forward(self, features: Tensor) -> Tensor:
-        advantage = self.advantage(features)
+        advantage = self.advantage(features)  # (B, F) -> (B, A)
         if not self.dueling:
             return advantage
+        # V (B, 1) and the mean advantage (B, 1) broadcast over the A actions: (B, A)
         return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
 
 
@@ -46,7 +47,7 @@ class NatureQNetwork(nn.Module):
             nn.ReLU(),
             nn.Conv2d(64, 64, kernel_size=3, stride=1),
             nn.ReLU(),
-            nn.Flatten(),
+            nn.Flatten(),  # (B, 64, 7, 7) -> (B, 3136) on 84x84 frames
         )
         with torch.no_grad():
             size = self.features(torch.zeros(1, in_channels, frame_size, frame_size)).shape[1]
@@ -75,38 +76,41 @@ class MLPQNetwork(nn.Module):
         return self.head(self.features(obs.float()))
 
 
+@dataclass
+class QNetworkConfig:
+    """Everything `build_q_network` needs, stored in the checkpoint: `kind` "nature" (conv
+    net on `in_channels` stacked `frame_size`-square frames) or "mlp" (on a state vector of
+    `obs_dim` numbers, layers of `hidden` widths). The field names are the keys of the
+    config dicts that checkpoints stored before the config was typed."""
+
+    kind: str
+    n_actions: int
+    dueling: bool = False
+    in_channels: int | None = None  # nature
+    frame_size: int | None = None  # nature
+    obs_dim: int | None = None  # mlp
+    hidden: list[int] | None = None  # mlp
+
+
 def q_network_config(
     obs_shape: tuple[int, ...], n_actions: int, hidden: list[int], dueling: bool
-) -> dict[str, Any]:
+) -> QNetworkConfig:
     """The config of the Q-network for an observation shape: conv for stacked frames,
     MLP for a state vector."""
     if len(obs_shape) == 3:
-        return {
-            "kind": "nature",
-            "in_channels": obs_shape[0],
-            "frame_size": obs_shape[1],
-            "n_actions": n_actions,
-            "dueling": dueling,
-        }
+        return QNetworkConfig(
+            "nature", n_actions, dueling, in_channels=obs_shape[0], frame_size=obs_shape[1]
+        )
     if len(obs_shape) == 1:
-        return {
-            "kind": "mlp",
-            "obs_dim": obs_shape[0],
-            "hidden": list(hidden),
-            "n_actions": n_actions,
-            "dueling": dueling,
-        }
+        return QNetworkConfig("mlp", n_actions, dueling, obs_dim=obs_shape[0], hidden=list(hidden))
     raise ValueError(f"no Q-network for observations of shape {obs_shape}")
 
 
-def build_q_network(config: dict[str, Any]) -> nn.Module:
+def build_q_network(config: QNetworkConfig) -> nn.Module:
     """A Q-network from its config (as stored in a checkpoint)."""
-    if config["kind"] == "nature":
-        return NatureQNetwork(
-            config["in_channels"], config["n_actions"], config["frame_size"], config["dueling"]
-        )
-    if config["kind"] == "mlp":
-        return MLPQNetwork(
-            config["obs_dim"], config["n_actions"], config["hidden"], config["dueling"]
-        )
-    raise KeyError(f"unknown Q-network kind {config['kind']!r}")
+    c = config
+    if c.kind == "nature":
+        return NatureQNetwork(c.in_channels, c.n_actions, c.frame_size, c.dueling)
+    if c.kind == "mlp":
+        return MLPQNetwork(c.obs_dim, c.n_actions, c.hidden, c.dueling)
+    raise KeyError(f"unknown Q-network kind {c.kind!r}")

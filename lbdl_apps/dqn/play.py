@@ -13,7 +13,7 @@ from PIL import Image
 from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.dqn.api import Agent
-from lbdl_apps.dqn.env import make_env
+from lbdl_apps.dqn.data import make_env
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 PANEL_WIDTH = 190

@@ -3,37 +3,32 @@ policy, show the learning curve (book 6.7)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.core.tour import TourResult, register_tour_step
-from lbdl_apps.dqn.agent import TrainArgs, run_training
-from lbdl_apps.dqn.api import load
+from lbdl_apps.core.options import Common
+from lbdl_apps.core.tour import TourResult, register_tour_step, train_in
+from lbdl_apps.dqn.cli import EvaluateArgs, TrainArgs
+from lbdl_apps.dqn.task import evaluate, train
 
 
 @register_tour_step("dqn", "Deep Q-learning (book 6.7)")
 def dqn_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
-    run_dir = workdir / "train"
-    steps = 2500 if quick else 20_000
-    args = TrainArgs(
-        env="CartPole-v1",
-        total_steps=steps,
-        learning_starts=500 if quick else 1000,
-        eval_every=steps // 2 if quick else 2000,
-        eval_episodes=3 if quick else 10,
-        hidden=[64, 64] if quick else None,
-        run_dir=run_dir,
-        exist_ok=True,
-    )
-    run_training(args, common)
-    agent = load(run_dir / "model.safetensors")
-    trained = agent.evaluate(episodes=3 if quick else 20, epsilon=0.0, seed=common.seed + 1)
-    random = agent.evaluate(episodes=3 if quick else 20, epsilon=1.0, seed=common.seed + 1)
+    names = ("total_steps", "learning_starts", "eval_every", "eval_episodes", "hidden")
+    sizes = (2500, 500, 1250, 3, "64,64") if quick else (20_000, 1000, 2000, 10, None)
+    args = TrainArgs(env="CartPole-v1", **dict(zip(names, sizes, strict=True)))
+    trained, _ = train_in(workdir, train, args, common)
+    episodes = 3 if quick else 20
+    checkpoint = str(trained)
+    seeded = replace(common, seed=common.seed + 1)
+    scores = {}
+    for name, epsilon in (("greedy", 0.0), ("random", 1.0)):
+        out = workdir / f"evaluate_{name}"
+        chosen = EvaluateArgs(checkpoint=checkpoint, episodes=episodes, epsilon=epsilon, out=out)
+        scores[f"{name}_return"] = evaluate(chosen, seeded).mean
     return TourResult(
-        metrics={"greedy_return": float(np.mean(trained)), "random_return": float(np.mean(random))},
-        images=[run_dir / "learning_curve.png"],
-        notes=f"DQN (MLP Q-network) trained {steps} steps on CartPole-v1 (max return 500)"
+        metrics=scores,
+        images=[trained.parent / "learning_curve.png"],
+        notes=f"DQN (MLP Q-network) trained {sizes[0]} steps on CartPole-v1 (max return 500)"
         + (" (--quick: a short run, far from solved)" if quick else ""),
     )

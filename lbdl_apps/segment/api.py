@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from lbdl_apps.core.batch import BatchReport, read_each
 from lbdl_apps.core.checkpoint import load_model
-from lbdl_apps.core.data import convert_image, load_image
+from lbdl_apps.core.data import convert_image, load_image, save_image
 from lbdl_apps.core.device import resolve_device
-from lbdl_apps.core.errors import BatchReport, LbdlError
-from lbdl_apps.segment.data import preprocess_image
 from lbdl_apps.segment.metrics import sliding_logits
-from lbdl_apps.segment.model import build_model, size_multiple
+from lbdl_apps.segment.model import SegmenterConfig, build_model, size_multiple
+from lbdl_apps.segment.transforms import preprocess_image
 
 TASK = "segment"
 
@@ -68,7 +68,8 @@ class Segmenter:
         self.labels: list[str] = meta["labels"]
         self.preprocessing: dict = meta["preprocessing"]
         self.palette: list[list[int]] = self.preprocessing["palette"]
-        self.multiple = size_multiple(meta["config"])
+        self.config: SegmenterConfig = meta["config"]
+        self.multiple = size_multiple(self.config)
         self.device = device
 
     @property
@@ -112,14 +113,7 @@ class Segmenter:
         overlap: int | None = None,
     ) -> Iterator[Segmentation]:
         """Masks of image files one at a time; unreadable files go to `report` (or raise)."""
-        for path in map(Path, paths):
-            try:
-                image = load_image(path, self.mode)
-            except LbdlError as error:
-                if report is None:
-                    raise
-                report.failed(path, str(error).removeprefix(f"{path}: "))
-                continue
+        for path, image in read_each(paths, self._image, report):
             yield Segmentation(str(path), self._segment(image, tile, overlap), image)
 
     def predict(
@@ -129,7 +123,23 @@ class Segmenter:
         tile: int | None = None,
         overlap: int | None = None,
     ) -> list[Segmentation]:
+        """The masks of image files (`iter_predict`, all at once)."""
         return list(self.iter_predict(paths, report, tile, overlap))
+
+    def save(self, result: Segmentation, folder: Path, stem: str, raw: bool = False) -> None:
+        """Write <stem>_mask.png (the classes' colors), <stem>_overlay.png (over the image)
+        and, with `raw`, <stem>_raw.png (a palette PNG of the class indices)."""
+        save_image(colorize(result.mask, self.palette), folder / f"{stem}_mask.png")
+        painted = overlay(result.image, result.mask, self.palette)
+        save_image(painted, folder / f"{stem}_overlay.png")
+        if raw:
+            save_image(index_png(result.mask, self.palette), folder / f"{stem}_raw.png")
+
+    def shares(self, mask: np.ndarray) -> list[tuple[str, float]]:
+        """The classes of a mask with the share of its pixels each covers, largest first."""
+        values = mask.ravel()
+        found = [(self.labels[c], float((values == c).mean())) for c in set(values.tolist())]
+        return sorted(found, key=lambda item: -item[1])
 
 
 def load(
@@ -137,5 +147,5 @@ def load(
 ) -> Segmenter:
     """Load a `lbdl segment` checkpoint (a .safetensors file or a run folder); `tta` makes
     every prediction the average over the image's four flips (4x the compute)."""
-    model, meta = load_model(checkpoint, TASK, build_model)
+    model, meta = load_model(checkpoint, TASK, build_model, SegmenterConfig)
     return Segmenter(model, meta, resolve_device(device), tta)

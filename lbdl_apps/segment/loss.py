@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lbdl_apps.core.errors import LbdlError
-
-IGNORE = 255
+from lbdl_apps.segment.masks import IGNORE
 
 
 def soft_dice_loss(
@@ -23,7 +22,7 @@ def soft_dice_loss(
     probs = logits.float().softmax(dim=1)
     valid = (target != ignore_index).unsqueeze(1).to(probs.dtype)
     onehot = F.one_hot(target.clamp(0, num_classes - 1) * (target != ignore_index), num_classes)
-    onehot = onehot.permute(0, 3, 1, 2).to(probs.dtype) * valid
+    onehot = onehot.permute(0, 3, 1, 2).to(probs.dtype) * valid  # (B, H, W, K) -> (B, K, H, W)
     probs = probs * valid
     dims = (0, 2, 3)
     intersection = (probs * onehot).sum(dims)

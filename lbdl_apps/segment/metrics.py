@@ -11,8 +11,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lbdl_apps.core.tiles import tiled_apply
-
-IGNORE = 255
+from lbdl_apps.segment.masks import IGNORE
 
 
 @torch.no_grad()
@@ -85,7 +84,7 @@ def evaluate_segmenter(
         pairs = item if isinstance(item, list) else [item]
         for image, mask in pairs:
             logits = sliding_logits(model, image, device, tile, multiple, flips=flips)
-            confusion.update(logits.argmax(0)[None], mask[None])
+            confusion.update(logits.argmax(0)[None], mask[None])  # (H, W) -> (1, H, W)
     matrix = confusion.compute()
     scores, iou = scores_from_confusion(matrix)
     model.train(was_training)

@@ -4,6 +4,7 @@ stages are dilated instead of strided (output stride 8), upsampled to the input 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +19,22 @@ from lbdl_apps.core.layers import BasicBlock, ConvNormAct
 MODELS = ("unet", "unet-res", "pspnet")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet-small")
 DILATED = (False, True, True)  # stages 3 and 4 dilated: output stride 8
+
+
+@dataclass
+class SegmenterConfig:
+    """Everything `build_model` needs, stored in the checkpoint. U-Nets: base `width`,
+    `depth` levels of `blocks` convolutions (or residual blocks); PSPNet: its `backbone`,
+    head `width` and the pyramid's `bins`."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    width: int
+    depth: int | None = None  # unet, unet-res
+    blocks: int | None = None  # unet, unet-res
+    backbone: str | None = None  # pspnet
+    bins: list[int] | None = None  # pspnet
 
 
 def build_backbone(name: str, in_channels: int) -> ResNet:
@@ -58,7 +75,7 @@ class PyramidPooling(nn.Module):
             F.interpolate(b(x), size=size, mode="bilinear", align_corners=False)
             for b in self.branches
         ]
-        return torch.cat([x, *pooled], dim=1)
+        return torch.cat([x, *pooled], dim=1)  # (B, C, h, w) -> (B, C + bins * branch, h, w)
 
 
 class PSPNet(nn.Module):
@@ -87,7 +104,7 @@ class PSPNet(nn.Module):
         return self.backbone.forward_features(x)[-1]
 
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.head(self.ppm(self.features(x)))
+        logits = self.head(self.ppm(self.features(x)))  # (B, K, H / 8, W / 8)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -98,16 +115,10 @@ class UNet2015(nn.Module):
     operation is local at inference (BatchNorm uses its running statistics), so a sliding
     window gives the whole-image result away from tile borders."""
 
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int = 3,
-        width: int = 32,
-        levels: int = 4,
-        blocks: int = 2,
-    ) -> None:
+    def __init__(self, config: SegmenterConfig) -> None:
         super().__init__()
-        widths = [width * 2**i for i in range(levels)]
+        levels, blocks, in_channels = config.depth or 4, config.blocks or 2, config.in_channels
+        widths = [(config.width or 32) * 2**i for i in range(levels)]
 
         def stage(in_ch: int, out_ch: int) -> nn.Sequential:
             return nn.Sequential(
@@ -122,7 +133,7 @@ class UNet2015(nn.Module):
             nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(levels - 1)
         )
         self.up = nn.ModuleList(stage(2 * widths[i], widths[i]) for i in range(levels - 1))
-        self.head = nn.Conv2d(widths[0], num_classes, 1)
+        self.head = nn.Conv2d(widths[0], config.num_classes, 1)
         self.factor = 2 ** (levels - 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -145,21 +156,14 @@ class SegUNet(nn.Module):
     time conditioning, mapping an image to class logits. GroupNorm statistics are taken
     over the whole input, so tiled inference differs slightly from whole-image inference."""
 
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int = 3,
-        width: int = 32,
-        levels: int = 4,
-        blocks: int = 2,
-    ) -> None:
+    def __init__(self, config: SegmenterConfig) -> None:
         super().__init__()
         self.net = UNet(
-            in_channels,
-            num_classes,
-            base=width,
-            multipliers=tuple(2**i for i in range(levels)),
-            blocks_per_level=blocks,
+            config.in_channels,
+            config.num_classes,
+            base=config.width or 32,
+            multipliers=tuple(2**i for i in range(config.depth or 4)),
+            blocks_per_level=config.blocks or 2,
             attention_levels=(),
         )
 
@@ -167,61 +171,34 @@ class SegUNet(nn.Module):
         return self.net(x)
 
 
-def default_config(name: str, num_classes: int, in_channels: int) -> dict[str, Any]:
+def default_config(name: str, num_classes: int, in_channels: int) -> SegmenterConfig:
+    """The full config of a model name."""
     if name in ("unet", "unet-res"):
-        return {
-            "name": name,
-            "num_classes": num_classes,
-            "in_channels": in_channels,
-            "width": 32,
-            "depth": 4,
-            "blocks": 2,
-        }
+        return SegmenterConfig(name, num_classes, in_channels, width=32, depth=4, blocks=2)
     if name == "pspnet":
-        return {
-            "name": name,
-            "num_classes": num_classes,
-            "in_channels": in_channels,
-            "backbone": "resnet18",
-            "width": 128,
-            "bins": [1, 2, 3, 6],
-        }
-    raise LbdlError(f"--model {name}: choose one of {', '.join(MODELS)}")
-
-
-def build_model(config: dict[str, Any]) -> nn.Module:
-    name = config["name"]
-    if name in ("unet", "unet-res"):
-        if not 1 <= config["depth"] <= 6:
-            raise LbdlError(f"--depth {config['depth']}: the U-Net takes 1 to 6 levels")
-        if name == "unet":
-            return UNet2015(
-                config["num_classes"],
-                config["in_channels"],
-                config["width"],
-                config["depth"],
-                config["blocks"],
-            )
-        if config["width"] % 8:
-            raise LbdlError(f"--width {config['width']}: unet-res needs a multiple of 8")
-        return SegUNet(
-            config["num_classes"],
-            config["in_channels"],
-            config["width"],
-            config["depth"],
-            config["blocks"],
-        )
-    if name == "pspnet":
-        return PSPNet(
-            config["num_classes"],
-            config["in_channels"],
-            config["backbone"],
-            config["width"],
-            tuple(config["bins"]),
+        return SegmenterConfig(
+            name, num_classes, in_channels, width=128, backbone="resnet18", bins=[1, 2, 3, 6]
         )
     raise LbdlError(f"--model {name}: choose one of {', '.join(MODELS)}")
 
 
-def size_multiple(config: dict[str, Any]) -> int:
+def build_model(config: SegmenterConfig) -> nn.Module:
+    """Instantiate a segmentation model from its config (as stored in a checkpoint)."""
+    c = config
+    if c.name in ("unet", "unet-res"):
+        if c.depth is None or not 1 <= c.depth <= 6:
+            raise LbdlError(f"--depth {c.depth}: the U-Net takes 1 to 6 levels")
+        if c.name == "unet":
+            return UNet2015(c)
+        if c.width % 8:
+            raise LbdlError(f"--width {c.width}: unet-res needs a multiple of 8")
+        return SegUNet(c)
+    if c.name == "pspnet":
+        bins = tuple(c.bins or (1, 2, 3, 6))
+        return PSPNet(c.num_classes, c.in_channels, c.backbone or "resnet18", c.width, bins)
+    raise LbdlError(f"--model {c.name}: choose one of {', '.join(MODELS)}")
+
+
+def size_multiple(config: SegmenterConfig) -> int:
     """Input sides must be multiples of this (the U-Net halves its maps depth - 1 times)."""
-    return 2 ** (config["depth"] - 1) if config["name"].startswith("unet") else 8
+    return 2 ** ((config.depth or 1) - 1) if config.name.startswith("unet") else 8

@@ -9,32 +9,22 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.core.tour import TourResult, register_tour_step
+from lbdl_apps.core.options import Common
+from lbdl_apps.core.tour import TourResult, register_tour_step, train_in
 from lbdl_apps.segment.api import colorize, load, overlay
-from lbdl_apps.segment.data import make_scenes
-from lbdl_apps.segment.train import TrainArgs, run_evaluation, run_training
+from lbdl_apps.segment.builtin import make_scenes
+from lbdl_apps.segment.cli import EvaluateArgs, TrainArgs
+from lbdl_apps.segment.task import evaluate, train
 
 
 @register_tour_step("segment", "Semantic segmentation (book 6.4)")
 def segment_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
-    run_dir = workdir / "train"
-    args = TrainArgs(
-        model="unet",
-        width=16,
-        depth=3,
-        blocks=1,
-        epochs=1 if quick else 10,
-        scenes=48 if quick else 400,
-        batch_size=8,
-        lr=1e-2,
-        warmup=0.3,
-        run_dir=run_dir,
-        exist_ok=True,
-    )
-    run_training(args, common)
-    checkpoint = run_dir / "model.safetensors"
-    scores, _, _, _ = run_evaluation(checkpoint, None, workdir / "evaluate", "val", common)
+    size = {"epochs": 1, "scenes": 48} if quick else {"epochs": 10, "scenes": 400}
+    args = TrainArgs(model="unet", width=16, depth=3, blocks=1, batch_size=8, lr=1e-2,
+                     warmup=0.3, **size)  # fmt: skip
+    checkpoint, _ = train_in(workdir, train, args, common)
+    evaluation = EvaluateArgs(checkpoint=str(checkpoint), out=workdir / "evaluate", split="val")
+    scores = evaluate(evaluation, common).scores
     pictures = workdir / "images"
     pictures.mkdir(parents=True, exist_ok=True)
     images, masks = make_scenes(4, 96, seed=4321)  # larger than training: sliding window
@@ -63,7 +53,11 @@ def segment_tour(workdir: Path, quick: bool, common: Common) -> TourResult:
             "val_pixel_acc": scores["pixel_acc"],
             "constant_miou": scores["constant_miou"],
         },
-        images=[grid, run_dir / "loss.png", workdir / "evaluate" / "confusion_matrix.png"],
+        images=[
+            grid,
+            checkpoint.parent / "loss.png",
+            workdir / "evaluate" / "confusion_matrix.png",
+        ],
         notes=f"U-Net trained {args.epochs} epochs on {args.scenes} built-in scenes "
         "(background, disk, square, triangle); PNG files segmented with a sliding window; "
         "constant_miou: always predicting the most frequent class"

@@ -5,6 +5,7 @@ subprocess, output formats, the no-speech threshold, and the rules for bad input
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,9 @@ def untrained(path: Path, frontend: str = "conv1d") -> Path:
     """An (untrained) recognizer saved as `train` saves it: weights, config, tokenizer."""
     tokenizer = TextTokenizer.train(["one two three", "good morning"], vocab_size=280)
     config = default_config("nano", tokenizer.vocab_size, max_tokens=12, frontend=frontend)
-    config |= {"dim": 32, "heads": 2, "encoder_depth": 1, "decoder_depth": 1}
+    config = replace(config, dim=32, heads=2, encoder_depth=1, decoder_depth=1)
     torch.manual_seed(0)
-    meta = {"task": TASK, "config": config, "tokenizer": tokenizer.to_json(), "data": None}
+    meta = {"task": TASK, "config": asdict(config), "tokenizer": tokenizer.to_json(), "data": None}
     save_checkpoint(path, build_model(config).state_dict(), meta)
     return path
 
@@ -206,5 +207,55 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, checkpoint: Path) -
     assert_user_error(lbdl("asr", "train", "--frontend", "lstm"), "--frontend lstm")
     assert_user_error(lbdl("asr", "evaluate", checkpoint, "--split", "dev"), "--split dev")
     (tmp_path / "m.csv").write_text("audio,text\na.wav,hi\n")
-    assert_user_error(lbdl("asr", "evaluate", checkpoint, "--data", tmp_path / "m.csv"),
-                      "cannot split 1 item")  # fmt: skip
+    assert_user_error(lbdl("asr", "train", "--data", tmp_path / "m.csv"), "cannot split 1 item")
+    assert_user_error(lbdl("asr", "evaluate", checkpoint, "--data", tmp_path / "m.csv",
+                           "--split", "test"), "--split test", "no test split")  # fmt: skip
+
+
+def test_predict_and_transcribe_help() -> None:
+    for name in ("predict", "transcribe"):
+        result = lbdl("asr", name, "--help")
+        assert result.exit_code == 0, result.output
+        assert "--beam-size" in result.output and "--adapt-passes" in result.output
+
+
+def speakers_folder(root: Path, speakers: dict[str, int]) -> Path:
+    """A folder of wav + txt pairs, one subfolder (speaker) per name with so many clips."""
+    for speaker, count in speakers.items():
+        (root / speaker).mkdir(parents=True)
+        for i in range(count):
+            speech_like(root / speaker / f"{i}.wav", 0.3 + 0.05 * i)
+            (root / speaker / f"{i}.txt").write_text("one two" if i % 2 else "good morning")
+    return root
+
+
+def test_evaluate_splits_mean_what_split_names_says(tmp_path: Path, checkpoint: Path) -> None:
+    """Without --data: the checkpoint's held-out test split, or the one asked for (all: every
+    utterance); with --data (a new speaker's folder): all of it, whatever its size."""
+    from lbdl_apps.asr.data import load_speech_data
+
+    own = speakers_folder(tmp_path / "own", {"ann": 8, "bob": 8})
+    state, meta = read_checkpoint(checkpoint)
+    settings = {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0}
+    save_checkpoint(checkpoint, state, meta | settings | {"data": str(own)})
+    data = load_speech_data(str(own), seed=0, val_fraction=0.25, test_fraction=0.25)
+    sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test), "all": 16}
+    assert sizes["test"] and sizes["val"] and sizes["train"] < 16
+
+    def evaluated(*extra: str | Path) -> dict:
+        result = lbdl("asr", "evaluate", checkpoint, "--out", "ev", "--show", "0", *extra)
+        assert result.exit_code == 0, result.output
+        return json.loads(Path("ev/metrics.json").read_text())
+
+    found = evaluated()
+    assert (found["split"], found["utterances"]) == ("test", sizes["test"])
+    assert {"wer", "cer", "beam_size", "adapt", "adapt_passes"} <= set(found)
+    for split in ("all", "train", "val", "test"):
+        found = evaluated("--split", split)
+        assert (found["split"], found["utterances"]) == (split, sizes[split])
+    new = speakers_folder(tmp_path / "new", {"cid": 7})
+    found = evaluated("--data", new)
+    assert (found["split"], found["utterances"], found["data"]) == ("train", 7, str(new))
+    assert len(Path("ev/results.csv").read_text().splitlines()) == 1 + 7
+    found = evaluated("--data", new, "--split", "all")
+    assert (found["split"], found["utterances"]) == ("train", 7)

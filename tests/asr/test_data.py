@@ -12,9 +12,9 @@ import soundfile
 import torch
 
 from lbdl_apps.asr.audio import SAMPLE_RATE, log_mel, warp_bands
+from lbdl_apps.asr.augment import Augment
 from lbdl_apps.asr.builtin import make_speech
 from lbdl_apps.asr.data import (
-    Augment,
     SpeechDataset,
     load_speech_data,
     make_collate,
@@ -53,7 +53,7 @@ def test_folders_of_pairs_librispeech_and_fsdd(tmp_path: Path) -> None:
     (tmp_path / "pairs" / "bob" / "x.txt").write_text("turn left\n")
     tone(tmp_path / "pairs" / "bob" / "no_transcript.wav")
     found, kind = read_dataset(str(tmp_path / "pairs"))
-    assert kind == "audio + transcript folder"
+    assert kind == "pairs"
     assert [(u.text, u.speaker) for u in found] == [("turn left", "bob")]
 
     chapter = tmp_path / "libri" / "19" / "198"
@@ -61,18 +61,33 @@ def test_folders_of_pairs_librispeech_and_fsdd(tmp_path: Path) -> None:
     tone(chapter / "19-198-0001.flac")
     (chapter / "19-198.trans.txt").write_text("19-198-0000 NORTHANGER ABBEY\n19-198-0001 BY JANE\n")
     found, kind = read_dataset(str(tmp_path / "libri"))
-    assert kind == "LibriSpeech" and [u.text for u in found] == ["NORTHANGER ABBEY", "BY JANE"]
+    assert kind == "librispeech" and [u.text for u in found] == ["NORTHANGER ABBEY", "BY JANE"]
     assert found[1].path == chapter / "19-198-0001.flac" and found[1].speaker == "19"
 
     for digit, speaker in [(3, "ann"), (7, "bob"), (0, "cid"), (1, "cid")]:
         tone(tmp_path / "fsdd" / f"{digit}_{speaker}_0.wav")
     found, kind = read_dataset(str(tmp_path / "fsdd"))
-    assert "FSDD" in kind and [u.text for u in found] == ["zero", "one", "three", "seven"]
+    assert kind == "fsdd" and [u.text for u in found] == ["zero", "one", "three", "seven"]
     data = load_speech_data(str(tmp_path / "fsdd"), split_by="speaker", test_speakers=["cid"])
     assert {u.speaker for u in data.test} == {"cid"} and len(data.test) == 2
     assert all(u.speaker != "cid" for u in data.train + data.val)
     with pytest.raises(LbdlError, match=r"--test-speakers: zed not in the data"):
         load_speech_data(str(tmp_path / "fsdd"), test_speakers=["zed"])
+
+
+def test_the_readers_are_tried_in_order_and_listed_when_none_reads(tmp_path: Path) -> None:
+    from lbdl_apps.asr.data import READERS
+
+    assert READERS.names == ["manifest", "librispeech", "fsdd", "pairs"]
+    tone(tmp_path / "mixed" / "3_ann_0.wav")  # FSDD names beside a transcript: a pair
+    (tmp_path / "mixed" / "3_ann_0.txt").write_text("three")
+    tone(tmp_path / "mixed" / "other.wav")
+    (tmp_path / "mixed" / "other.txt").write_text("hello")
+    found, kind = read_dataset(str(tmp_path / "mixed"))
+    assert kind == "pairs" and [u.text for u in found] == ["three", "hello"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LbdlError, match=r"no utterances found \(expected manifest: .*; pairs: "):
+        read_dataset(str(tmp_path / "empty"))
 
 
 def test_fsdd_split_by_speaker_on_the_real_data(shared_data: Path) -> None:
@@ -88,7 +103,7 @@ def test_bad_records_stop_training_unless_skipped(tmp_path: Path) -> None:
     (tmp_path / "d" / "good.txt").write_text("fine")
     (tmp_path / "d" / "broken.wav").write_bytes(b"RIFF....")
     (tmp_path / "d" / "broken.txt").write_text("bad")
-    with pytest.raises(LbdlError, match=r"1 bad record\(s\), first: .*broken\.wav"):
+    with pytest.raises(LbdlError, match=r"1 bad record, first: .*broken\.wav"):
         load_speech_data(str(tmp_path / "d"), val_fraction=0.0, test_fraction=0.0)
     data = load_speech_data(str(tmp_path / "d"), val_fraction=0, test_fraction=0, skip_bad=True)
     assert [u.text for u in data.train] == ["fine"]

@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lbdl_apps.asr.decode import beam_search, greedy_decode
+from lbdl_apps.asr.decode import Specials, beam_search, greedy_decode
 from lbdl_apps.asr.model import FRONTENDS, MaskedBatchNorm2d, build_model, default_config
 
-SOT, EOT, NO_SPEECH = 1, 2, 3
+SPECIALS = Specials(sot=1, eot=2, no_speech=3)
 
 
 @pytest.fixture(scope="module", params=FRONTENDS)
 def model(request) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = default_config("nano", vocab_size=300, max_tokens=24) | {"frontend": request.param}
+    config = default_config("nano", vocab_size=300, max_tokens=24, frontend=request.param)
     net = build_model(config).eval()
     with torch.no_grad():  # larger weights: outputs that depend more on the audio
         for p in net.parameters():
@@ -32,7 +32,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 def test_encoder_downsamples_the_frames_and_masks_padding(model) -> None:
     mel, lengths = batch()
     audio, mask = model.encode(mel, lengths)
-    if model.config["frontend"] == "conv1d":  # ceil(50 / 2); ceil(37 / 2), ceil(20 / 2) kept
+    if model.config.frontend == "conv1d":  # ceil(50 / 2); ceil(37 / 2), ceil(20 / 2) kept
         assert audio.shape == (3, 25, 128) and mask.sum(1).tolist() == [0, 25 - 19, 25 - 10]
     else:  # ceil(50 / 4); ceil(37 / 4), ceil(20 / 4) kept
         assert audio.shape == (3, 13, 128) and mask.sum(1).tolist() == [0, 13 - 10, 13 - 5]
@@ -43,8 +43,8 @@ def test_encoder_downsamples_the_frames_and_masks_padding(model) -> None:
 
 def test_cached_decoding_gives_the_tokens_of_uncached_decoding(model) -> None:
     mel, lengths = batch()
-    cached = greedy_decode(model, mel, lengths, SOT, EOT, NO_SPEECH)
-    uncached = greedy_decode(model, mel, lengths, SOT, EOT, NO_SPEECH, use_cache=False)
+    cached = greedy_decode(model, mel, lengths, SPECIALS)
+    uncached = greedy_decode(model, mel, lengths, SPECIALS, use_cache=False)
     assert [h.tokens for h in cached] == [h.tokens for h in uncached]
     assert len({tuple(h.tokens) for h in cached}) > 1  # the utterances decode differently
     for a, b in zip(cached, uncached, strict=True):
@@ -53,18 +53,18 @@ def test_cached_decoding_gives_the_tokens_of_uncached_decoding(model) -> None:
 
 def test_beam_width_one_equals_greedy_and_wider_beams_score_higher(model) -> None:
     mel, lengths = batch()
-    greedy = greedy_decode(model, mel, lengths, SOT, EOT, NO_SPEECH, max_tokens=12)
-    beam1 = beam_search(model, mel, lengths, SOT, EOT, NO_SPEECH, beam_size=1, max_tokens=12)
+    greedy = greedy_decode(model, mel, lengths, SPECIALS, max_tokens=12)
+    beam1 = beam_search(model, mel, lengths, SPECIALS, beam_size=1, max_tokens=12)
     assert [h.tokens for h in beam1] == [h.tokens for h in greedy]
-    beam4 = beam_search(model, mel, lengths, SOT, EOT, NO_SPEECH, beam_size=4, max_tokens=12)
+    beam4 = beam_search(model, mel, lengths, SPECIALS, beam_size=4, max_tokens=12)
     assert len(beam4) == 3 and all(len(h.tokens) <= 11 for h in beam4)
 
 
 def test_a_padded_batch_decodes_like_each_utterance_alone(model) -> None:
     mel, lengths = batch()
-    together = greedy_decode(model, mel, lengths, SOT, EOT, NO_SPEECH)
+    together = greedy_decode(model, mel, lengths, SPECIALS)
     for i, n in enumerate(lengths.tolist()):
-        alone = greedy_decode(model, mel[i : i + 1, :, :n], None, SOT, EOT, NO_SPEECH)
+        alone = greedy_decode(model, mel[i : i + 1, :, :n], None, SPECIALS)
         assert alone[0].tokens == together[i].tokens
 
 

@@ -4,15 +4,18 @@ loss and transcribes held-out synthesized digits far better than chance."""
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from lbdl_apps.asr.train import TrainArgs, run_evaluation, run_training
+from lbdl_apps.asr.cli import EvaluateArgs, TrainArgs
+from lbdl_apps.asr.task import evaluate
+from lbdl_apps.asr.task import train as run_training
 from lbdl_apps.core.checkpoint import read_checkpoint
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.core.options import Common
 
 
 def test_short_training_on_builtin_digits_beats_chance(tmp_path: Path) -> None:
@@ -39,9 +42,10 @@ def test_short_training_on_builtin_digits_beats_chance(tmp_path: Path) -> None:
     assert float(rows[-1]["train_loss"]) < 0.75 * float(rows[0]["train_loss"])
     # chance: guessing the most frequent digit gives a WER of about 0.9
     assert scores["test_wer"] < 0.5, scores
-    evaluated, rows_scored, folder = run_evaluation(
-        run / "model.safetensors", None, tmp_path / "eval", "test", 2, Common(threads=1)
-    )
+    checkpoint = str(run / "model.safetensors")
+    options = EvaluateArgs(checkpoint=checkpoint, out=tmp_path / "eval", split="test", beam_size=2)
+    result = evaluate(options, Common(threads=1))
+    evaluated, rows_scored, folder = result.scores, result.rows, result.folder
     assert evaluated["wer"] == pytest.approx(scores["test_wer"], abs=0.15)
     assert len(rows_scored) == 60 and (folder / "results.csv").is_file()
     prior = read_checkpoint(run / "model.safetensors")[1]["token_prior"]  # for --adapt-passes
@@ -58,9 +62,10 @@ def test_overfits_a_handful_of_real_spoken_digits(shared_data: Path, frontend: s
 
     from lbdl_apps.asr.data import SpeechDataset, make_collate, read_fsdd
     from lbdl_apps.asr.decode import greedy_decode
+    from lbdl_apps.asr.loss import speech_loss
+    from lbdl_apps.asr.metrics import word_and_char_error
     from lbdl_apps.asr.model import build_model, default_config
     from lbdl_apps.asr.tokenizer import TextTokenizer
-    from lbdl_apps.asr.train import speech_loss, word_and_char_error
 
     files = sorted((shared_data / "fsdd").rglob("*_jackson_*.wav"))
     utterances = read_fsdd([f for f in files if int(f.stem.split("_")[2]) < 2])
@@ -71,8 +76,8 @@ def test_overfits_a_handful_of_real_spoken_digits(shared_data: Path, frontend: s
     collate = make_collate(tokenizer.sot, tokenizer.pad)
     torch.manual_seed(0)
     random.seed(0)
-    config = default_config("nano", tokenizer.vocab_size, 8) | {"frontend": frontend}
-    model = build_model(config | {"dim": 64, "encoder_depth": 1, "decoder_depth": 1, "heads": 2})
+    config = default_config("nano", tokenizer.vocab_size, 8, frontend=frontend)
+    model = build_model(replace(config, dim=64, encoder_depth=1, decoder_depth=1, heads=2))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
     for _ in range(200):
@@ -83,9 +88,7 @@ def test_overfits_a_handful_of_real_spoken_digits(shared_data: Path, frontend: s
         optimizer.step()
     model.eval()
     batch = collate(items)
-    found = greedy_decode(
-        model, batch.mel, batch.frames, tokenizer.sot, tokenizer.eot, tokenizer.no_speech, 8
-    )
+    found = greedy_decode(model, batch.mel, batch.frames, tokenizer.specials, 8)
     hyps = [tokenizer.decode(h.tokens) for h in found]
     assert loss.item() < 0.05 * first
     assert word_and_char_error([u.text for u in utterances], hyps)["wer"] == 0.0, hyps
@@ -97,7 +100,7 @@ def check_adaptation(model, tokenizer, utterances: list, frontend: str) -> None:
     the stored statistics spoilt, transcription fails, and adapting to the clips (without
     their texts) brings it back. A model without batch norm says so."""
     from lbdl_apps.asr.api import Recognizer
-    from lbdl_apps.asr.train import word_and_char_error
+    from lbdl_apps.asr.metrics import word_and_char_error
     from lbdl_apps.core.errors import LbdlError
 
     recognizer = Recognizer(model, {"tokenizer": tokenizer.to_json()}, torch.device("cpu"))
@@ -131,7 +134,7 @@ def check_information_maximisation(recognizer, clean: list, references: list[str
     import numpy as np
 
     from lbdl_apps.asr.adapt import maximize_information, token_prior
-    from lbdl_apps.asr.train import word_and_char_error
+    from lbdl_apps.asr.metrics import word_and_char_error
     from lbdl_apps.core.errors import LbdlError
 
     rng = np.random.default_rng(0)

@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from lbdl_apps.classify.model import build_model, default_config
+from lbdl_apps.classify.model import ClassifierConfig, build_model, default_config
 from lbdl_apps.core.checkpoint import save_checkpoint
 
 LABELS = ["circle", "square", "triangle"]
 
 
-def classify_meta(config: dict, labels: list[str]) -> dict:
+def classify_meta(config: ClassifierConfig, labels: list[str]) -> dict:
     """The metadata `lbdl classify train` puts in a checkpoint (task, config, preprocessing)."""
-    channels = config["in_channels"]
+    channels = config.in_channels
     return {
         "task": "classify",
-        "config": config,
+        "config": asdict(config),
         "labels": labels,
         "preprocessing": {
-            "image_size": config["image_size"],
+            "image_size": config.image_size,
             "in_channels": channels,
             "mean": [0.5] * channels,
             "std": [0.25] * channels,
-            "resize": config["image_size"],
+            "resize": config.image_size,
         },
         "data": None,
         "seed": 0,
@@ -48,8 +49,8 @@ def make_checkpoint(tmp_path: Path) -> Callable[..., tuple[Path, torch.nn.Module
     ) -> tuple[Path, torch.nn.Module]:
         config = default_config(name, len(labels), in_channels, image_size)
         if name == "cnn":
-            config.update(width=4, depth=1)
-        config.update(overrides)
+            config = replace(config, width=4, depth=1)
+        config = replace(config, **overrides)
         torch.manual_seed(0)
         model = build_model(config).eval()
         path = tmp_path / file

@@ -20,10 +20,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from lbdl_apps.classify.data import make_shapes
-from lbdl_apps.classify.train import TrainArgs, run_training
+from lbdl_apps.classify.builtin import make_shapes
+from lbdl_apps.classify.cli import TrainArgs
+from lbdl_apps.classify.task import train as run_training
 from lbdl_apps.core.checkpoint import save_checkpoint
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.core.options import Common
 from tests.cli_helpers import assert_user_error, lbdl, lbdl_subprocess
 
 EXIF_ORIENTATION = 0x0112
@@ -327,6 +328,19 @@ def test_corrupt_training_image_stops_unless_skip_bad(tmp_path: Path, tiny_folde
     assert result.exit_code == 0, result.output
     assert "bad1.png" in result.stderr and "bad2.jpg" in result.stderr  # each one warned
     assert (tmp_path / "run2" / "model.safetensors").is_file()
+
+
+def test_accumulate_and_grad_clip_reach_the_trainer(tmp_path: Path, tiny_folder: Path) -> None:
+    """--accumulate N sums N batches per optimizer step; --grad-clip sets the norm clip."""
+    args = ["classify", "train", "--data", "tiny", *TINY_MODEL, "--epochs", "2", "--quiet"]
+    sizes = ["--batch-size", "2", "--accumulate", "2", "--grad-clip", "0.5"]
+    result = lbdl(*args, *sizes, "--run-dir", "run")
+    assert result.exit_code == 0, result.output
+    # 6 training images (2 held out): 3 batches of 2 an epoch, 2 optimizer steps
+    assert [int(row["step"]) for row in metrics_rows(tmp_path / "run")] == [2, 4]
+    settings = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert (settings["accumulate"], settings["grad_clip"]) == (2, 0.5)
+    assert_user_error(lbdl(*args, "--accumulate", "0"), "--accumulate")
 
 
 @pytest.mark.parametrize("verb", ["evaluate", "predict"])

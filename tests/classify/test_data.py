@@ -13,15 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lbdl_apps.classify.data import (
-    FASHION_MNIST_LABELS,
-    SHAPE_NAMES,
-    build_transforms,
-    load_classify_data,
-    make_shapes,
-    mix_collate,
-    preprocess_for_inference,
-)
+from lbdl_apps.classify.builtin import SHAPE_NAMES, make_shapes
+from lbdl_apps.classify.data import FASHION_MNIST_LABELS, load_classify_data
+from lbdl_apps.classify.transforms import build_transforms, mix_collate, preprocess_for_inference
 from lbdl_apps.core.errors import LbdlError
 
 SMALL = (60, 20, 20)  # built-in sizes kept small for speed
@@ -209,7 +203,7 @@ def test_bad_datasets_are_errors(tmp_path: Path) -> None:
     with pytest.raises(LbdlError, match=r"nowhere: no such file or folder"):
         load_classify_data(str(tmp_path / "nowhere"), None)
     (tmp_path / "x.txt").write_text("hi")
-    with pytest.raises(LbdlError, match=r"not a folder or a \.csv file"):
+    with pytest.raises(LbdlError, match=r"x\.txt: not classification data .*csv: a \.csv"):
         load_classify_data(str(tmp_path / "x.txt"), None)
 
 

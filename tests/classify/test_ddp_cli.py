@@ -17,10 +17,34 @@ def test_classify_train_under_torchrun(tmp_path: Path) -> None:
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "lbdl_apps.cli", "classify", "train", "--model", "cnn", "--epochs", "1",
-         "--fraction", "0.05", "--run-dir", str(run), "--threads", "1", "--quiet"],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "lbdl_apps.cli",
+            "classify",
+            "train",
+            "--model",
+            "cnn",
+            "--epochs",
+            "1",
+            "--fraction",
+            "0.05",
+            "--run-dir",
+            str(run),
+            "--threads",
+            "1",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("run folder:") == 1  # rank 0 alone reports and writes

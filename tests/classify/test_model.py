@@ -4,15 +4,19 @@ checked, a checkpoint rebuilds the same model, and the loss is the book's cross-
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import Tensor, nn
 
 from lbdl_apps.classify import load
-from lbdl_apps.classify.metrics import classification_loss
-from lbdl_apps.classify.model import MODELS, build_model, default_config
+from lbdl_apps.classify.cli import TrainArgs
+from lbdl_apps.classify.loss import classification_loss
+from lbdl_apps.classify.model import MODELS, ClassifierConfig, build_model, default_config
+from lbdl_apps.classify.task import ClassifyTask
 from lbdl_apps.core.errors import LbdlError
 
 
@@ -20,7 +24,7 @@ from lbdl_apps.core.errors import LbdlError
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32)])
 def test_every_model_gives_logits(name: str, channels: int, size: int) -> None:
     config = default_config(name, 7, channels, size)
-    assert config["name"] == name and config["num_classes"] == 7
+    assert config.name == name and config.num_classes == 7
     torch.manual_seed(0)
     model = build_model(config).eval()
     with torch.no_grad():
@@ -35,27 +39,28 @@ def test_unknown_model_is_a_user_error() -> None:
         default_config("banana", 10, 3, 32)
     assert "cnn" in str(error.value)  # the message lists the choices
     with pytest.raises(LbdlError, match="banana"):
-        build_model({"name": "banana", "num_classes": 10, "in_channels": 3})
+        build_model(ClassifierConfig("banana", num_classes=10, in_channels=3, image_size=32))
 
 
 def test_vit_patch_size_must_divide_the_image() -> None:
     config = default_config("vit", 10, 3, 32)
-    config["patch_size"] = 5
     with pytest.raises(LbdlError, match=r"--patch-size 5.*32"):
-        build_model(config)
-    config["patch_size"] = 8
-    assert build_model(config)(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+        build_model(replace(config, patch_size=5))
+    assert build_model(replace(config, patch_size=8))(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
 def test_model_options_apply_to_their_models_only() -> None:
-    from lbdl_apps.classify.train import TrainArgs, _model_config
+    data = SimpleNamespace(labels=list("abcdefghij"), in_channels=1, image_size=28)
 
-    config = _model_config(TrainArgs(model="vit", conv_stem=16, patch_size=7), 10, 1, 28)
+    def model_config(args: TrainArgs) -> ClassifierConfig:
+        return ClassifyTask().model_config(args, data)
+
+    config = model_config(TrainArgs(model="vit", conv_stem=16, patch_size=7))
     vit = build_model(config)
     assert vit.stem is not None and vit.patch_embed.in_channels == 16
     assert vit(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(LbdlError, match="--conv-stem: not an option of --model cnn"):
-        _model_config(TrainArgs(model="cnn", conv_stem=16), 10, 1, 28)
+        model_config(TrainArgs(model="cnn", conv_stem=16))
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet-small", "vit"])
@@ -67,7 +72,7 @@ def test_checkpoint_round_trip(make_checkpoint, name: str, tmp_path: Path) -> No
         expected = model(images)
     classifier = load(path)
     assert classifier.labels == ["circle", "square", "triangle"]
-    assert classifier.meta["config"]["name"] == name
+    assert classifier.meta["config"].name == name
     assert not classifier.model.training
     assert torch.allclose(classifier.model(images), expected, atol=1e-6)
     # A run folder is accepted for its model.safetensors.

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from lbdl_apps.clip.cli import TrainArgs
 from lbdl_apps.clip.data import make_scenes
-from lbdl_apps.clip.train import TrainArgs, run_training
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.clip.task import train
+from lbdl_apps.core.options import Common
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +18,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("clip") / "run"
     args = TrainArgs(model="tiny", epochs=1, scenes=200, batch_size=50, run_dir=run_dir,
                      val_fraction=0.1)  # fmt: skip
-    run_training(args, Common(quiet=True))
+    train(args, Common(quiet=True))
     return run_dir
 
 

@@ -94,3 +94,32 @@ def test_bad_manifest_and_bad_image(tmp_path: Path) -> None:
     (tmp_path / "y.csv").write_text("image,caption\n" + "\n".join(rows))
     with pytest.raises(LbdlError, match=r"broken\.png"):
         load_clip_data(str(tmp_path / "y.csv"), val_fraction=0.2)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    codes = {np.dtype("uint8"): 0x08}
+    header = bytes([0, 0, codes[array.dtype], array.ndim])
+    dims = np.array(array.shape, ">u4").tobytes()
+    path.write_bytes(header + dims + array.tobytes())
+
+
+def test_idx_files_are_templated_class_pairs(tmp_path: Path) -> None:
+    folder = tmp_path / "fashion-tiny"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 20), ("t10k", 6)):
+        _write_idx(
+            folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 8, 8), np.uint8)
+        )
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    data = load_clip_data(str(folder), val_fraction=0.5)
+    assert data.class_names[0] == "T-shirt/top" and len(data.test) == 6
+    assert len(data.train) + len(data.val) == 20 and data.train.images.shape[1:] == (1, 8, 8)
+    assert data.train.captions[0] == [t.format(data.class_names[data.train.labels[0]])
+                                      for t in CLASS_TEMPLATES]  # fmt: skip
+
+
+def test_every_format_is_a_registry_entry() -> None:
+    from lbdl_apps.clip.formats import READERS
+
+    assert READERS.names == ["csv", "jsonl", "coco", "idx", "sidecars", "folders"]

@@ -39,7 +39,7 @@ def test_mapped_weights_give_open_clips_embeddings(reference) -> None:
         theirs_txt = reference.encode_text(open_clip.tokenize(TEXTS), normalize=True)
     assert torch.allclose(ours_img, theirs_img, atol=1e-5)
     assert torch.allclose(ours_txt, theirs_txt, atol=1e-5)
-    assert meta["config"]["vision_heads"] == 2 and meta["config"]["image_size"] == 32
+    assert meta["config"].vision_heads == 2 and meta["config"].image_size == 32
     assert torch.isclose(model.scale(), reference.logit_scale.exp())
 
 

@@ -31,7 +31,7 @@ def test_pooling_reads_the_end_of_text_token_whatever_the_padding() -> None:
     end = eos_positions(tokens, tokenizer.eot_id)
     assert end[0] < end[1] < 11
     with torch.no_grad():
-        states = model.text.transformer.forward_features(tokens)
+        states = model.text.transformer(tokens, logits=False)
         expected = model.text.proj(states[torch.arange(2), end])
         assert torch.allclose(model.text(tokens), expected)
         repadded = tokens.clone()

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
+from lbdl_apps.clip.cli import TrainArgs
 from lbdl_apps.clip.metrics import retrieval_recalls
-from lbdl_apps.clip.train import TrainArgs, run_training
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.clip.task import train
+from lbdl_apps.core.options import Common
 
 
 def test_recall_counts_relevant_items() -> None:
@@ -27,12 +28,12 @@ def test_short_training_zero_shot_beats_chance_on_unseen_pairs(tmp_path: Path) -
     args = TrainArgs(model="tiny", patch_size=8, epochs=3, scenes=1500, batch_size=32, lr=2e-3,
                      warmup=0.3,
                      run_dir=tmp_path / "run")  # fmt: skip
-    test = run_training(args, Common(quiet=True))
+    scores = train(args, Common(quiet=True))
     rows = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert rows[-1]["val_loss"] < 0.8 * math.log(32)  # chance: log(batch size)
-    assert test["zero_shot_color_acc"] > 0.5  # chance 1/8, on color-shape pairs never seen
-    assert test["zero_shot_acc"] > 3 / 48  # chance 1/48 over every color-shape pair
-    assert test["i2t_r10"] > 0.3 and test["t2i_r10"] > 0.3  # ~10 / 120 by chance
+    assert scores["test_zero_shot_color_acc"] > 0.5  # chance 1/8, on pairs never seen
+    assert scores["test_zero_shot_acc"] > 3 / 48  # chance 1/48 over every color-shape pair
+    assert scores["test_i2t_r10"] > 0.3 and scores["test_t2i_r10"] > 0.3  # ~10/120 by chance

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from lbdl_apps.core.train import Trainer
-from tests.core.test_train import CONFIG, CPU, META, Blobs, evaluate, loss_fn, mlp
+from tests.core.test_train import CONFIG, CPU, META, SEED, Blobs, evaluate, loss_fn, mlp
 
 torch.set_num_threads(1)
 model = mlp()
-config = replace(CONFIG, epochs=2, ema_decay=0.9)
+config = replace(CONFIG, epochs=2, ema=0.9)
 Trainer(
     model,
     Blobs(192, 1),
@@ -31,6 +31,7 @@ Trainer(
     CPU,
     META,
     quiet=True,
+    seed=SEED,
 ).fit()
 digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in model.state_dict().values()))
 sums = Path(sys.argv[2])

@@ -21,7 +21,7 @@ from lbdl_apps.core.backbones import (
     resnet_small,
 )
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.layers import Bottleneck
+from lbdl_apps.core.layers import Bottleneck, KVCache
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -204,14 +204,28 @@ def test_decoder_cache_equals_full_forward(cross: bool) -> None:
     with torch.no_grad():
         full = decoder(tokens, context, padding)
         assert full.shape == (2, 10, 50)
-        cache: dict = {}
+        cache = KVCache()
         steps = [decoder(tokens[:, :4], context, padding, cache=cache)]  # the prompt
         for i in range(4, 10):
-            steps.append(decoder(tokens[:, i : i + 1], context, padding, cache=cache, offset=i))
+            steps.append(decoder(tokens[:, i : i + 1], context, padding, cache=cache))
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
-    assert cache[0]["self"]["k"].shape == (2, 4, 10, 8)
-    assert ("cross" in cache[0]) == cross
-    assert decoder.forward_features(tokens, context).shape == (2, 10, 32)
+    assert cache.length == 10
+    assert decoder(tokens, context, logits=False).shape == (2, 10, 32)
+
+
+def test_reordered_cache_decodes_the_reordered_rows() -> None:
+    """KVCache.reorder keeps rows (beam search): decoding on goes on for those rows."""
+    torch.manual_seed(0)
+    decoder = TransformerDecoder(50, 32, depth=2, heads=4, max_len=16).eval()
+    tokens, context = torch.randint(0, 50, (2, 6)), torch.randn(2, 7, 32)
+    rows = torch.tensor([1, 1, 0])  # the second row twice, then the first
+    with torch.no_grad():
+        full = decoder(tokens[rows], context[rows])[:, -1]
+        cache = KVCache()
+        decoder(tokens[:, :5], context, cache=cache)
+        cache.reorder(rows)
+        last = decoder(tokens[rows, 5:], context[rows], cache=cache)[:, -1]
+    torch.testing.assert_close(last, full, atol=1e-5, rtol=1e-5)
 
 
 def test_unet_shapes() -> None:
@@ -263,5 +277,5 @@ def test_openai_clip_text_tower_maps_onto_the_decoder() -> None:
     tokens = torch.randint(1, 98, (2, 12))
     tokens[:, 7], tokens[:, 8:] = 99, 0  # end of text (the highest id), then padding
     with torch.no_grad():
-        pooled = ours.forward_features(tokens)[:, 7] @ ref.text_projection
+        pooled = ours(tokens, logits=False)[:, 7] @ ref.text_projection
         torch.testing.assert_close(pooled, ref.encode_text(tokens), atol=1e-5, rtol=1e-5)

@@ -9,15 +9,11 @@ from pathlib import Path
 import pytest
 
 from lbdl_apps.core.checkpoint import save_state
-from lbdl_apps.core.cli_common import Common, from_options
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.runs import (
-    MetricsLog,
-    make_run_dir,
-    plot_metrics,
-    resume_arguments,
-    save_run_config,
-)
+from lbdl_apps.core.options import Common, TrainArgs
+from lbdl_apps.core.plots import plot_metrics
+from lbdl_apps.core.run import start_run
+from lbdl_apps.core.runs import MetricsLog, make_run_dir, save_run_config
 
 
 def test_numbered_run_folders(tmp_path: Path) -> None:
@@ -60,42 +56,27 @@ def test_metrics_log_grows_its_header(tmp_path: Path) -> None:
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@dataclass
-class _Args:
+@dataclass(kw_only=True)
+class _Args(TrainArgs):
     epochs: int = 3
     lr: float = 0.1
-    patience: int | None = None
-    run_dir: Path | None = None
-    exist_ok: bool = False
-    resume: Path | None = None
 
 
-def test_resume_arguments_restore_the_saved_run(tmp_path: Path, capsys) -> None:
+def test_resume_restores_the_saved_run(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     run.mkdir()
     save_run_config(run, "classify", _Args(epochs=5, lr=0.5), Common(seed=7), {"name": "cnn"})
     save_state(run / "state.pt", {"epoch": 2})
     asked = _Args(resume=run, lr=0.9)  # a flag given with --resume is ignored, with a warning
-    args, common = resume_arguments(asked, Common(device="cpu", quiet=True), "classify")
+    args, common, state = start_run(asked, Common(device="cpu", quiet=True), "classify")
+    assert state == {"epoch": 2}
     assert (args.epochs, args.lr, args.run_dir, args.exist_ok) == (5, 0.5, run, True)
     assert (common.seed, common.device, common.quiet) == (7, "cpu", True)
     assert "--lr ignored" in capsys.readouterr().err
     with pytest.raises(LbdlError, match="not a detect one"):
-        resume_arguments(_Args(resume=run), Common(), "detect")
+        start_run(_Args(resume=run), Common(), "detect")
     save_state(run / "state.pt", {"epoch": 5})
     with pytest.raises(LbdlError, match="finished its 5 epochs"):
-        resume_arguments(_Args(resume=run), Common(), "classify")
+        start_run(_Args(resume=run), Common(), "classify")
     with pytest.raises(LbdlError, match=r"no state\.pt"):
-        resume_arguments(_Args(resume=tmp_path), Common(), "classify")
-
-
-def test_from_options_keeps_the_fields_and_drops_the_rest() -> None:
-    @dataclass
-    class Args:
-        epochs: int = 1
-        lr: float = 0.1
-
-    def verb(epochs: int, lr: float, common: Common) -> Args:
-        return from_options(Args, locals())
-
-    assert verb(7, 0.5, Common()) == Args(epochs=7, lr=0.5)
+        start_run(_Args(resume=tmp_path), Common(), "classify")

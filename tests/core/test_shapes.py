@@ -24,5 +24,11 @@ def test_each_shape_is_drawn_inside_its_radius(name: str) -> None:
 
 def test_unknown_shape() -> None:
     with pytest.raises(ValueError, match="hexagon"):
-        draw_shape("hexagon", np.zeros((8, 8), np.uint8), np.array([4.0, 4.0]), 3.0, 0.0,
-                   np.random.default_rng(0))
+        draw_shape(
+            "hexagon",
+            np.zeros((8, 8), np.uint8),
+            np.array([4.0, 4.0]),
+            3.0,
+            0.0,
+            np.random.default_rng(0),
+        )

@@ -19,8 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from lbdl_apps.core.checkpoint import read_checkpoint
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.optim import ema_with_warmup
+from lbdl_apps.core.options import TrainArgs
 from lbdl_apps.core.runs import MetricsLog
-from lbdl_apps.core.train import TrainConfig, Trainer, batch_size, ema_with_warmup, to_device
+from lbdl_apps.core.train import Trainer
+from lbdl_apps.core.train_state import Monitor, batch_size, to_device
 
 CPU = torch.device("cpu")
 META = {"task": "toy", "config": {"hidden": 32}}
@@ -64,7 +67,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict
     return {"loss": losses / n, "accuracy": correct / n}
 
 
-def trainer(run_dir: Path, config: TrainConfig, *, model=None, loss=loss_fn, val=True, **kw):
+def trainer(run_dir: Path, config: TrainArgs, *, model=None, loss=loss_fn, val=True, **kw):
     return Trainer(
         model if model is not None else mlp(),
         Blobs(192, seed=1),
@@ -76,6 +79,7 @@ def trainer(run_dir: Path, config: TrainConfig, *, model=None, loss=loss_fn, val
         CPU,
         META,
         quiet=True,
+        seed=SEED,
         **kw,
     )
 
@@ -97,11 +101,12 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path, task="toy")[0]
 
 
-CONFIG = TrainConfig(epochs=4, batch_size=16, lr=5e-3, warmup_epochs=0.5, seed=7)
+CONFIG = TrainArgs(epochs=4, batch_size=16, lr=5e-3, warmup=0.5)
+SEED = 7
 
 
 def test_trainer_learns_and_writes_the_run_folder(tmp_path: Path) -> None:
-    best = trainer(tmp_path, replace(CONFIG, epochs=5, monitor="accuracy", mode="max")).fit()
+    best = trainer(tmp_path, replace(CONFIG, epochs=5), monitor=Monitor("accuracy", "max")).fit()
     rows = MetricsLog(tmp_path).rows()
     assert len(rows) == 5
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] * 0.5
@@ -121,7 +126,7 @@ def test_trainer_learns_and_writes_the_run_folder(tmp_path: Path) -> None:
 )
 def test_resume_is_bit_identical(tmp_path: Path, stop_call: int, workers: int) -> None:
     # 192 samples / 16 = 12 batches an epoch; the interruption comes in epoch 3.
-    config = replace(CONFIG, accumulate=2, ema_decay=0.9, save_period=5, workers=workers)
+    config = replace(CONFIG, accumulate=2, ema=0.9, save_period=5, workers=workers)
     whole = trainer(tmp_path / "a", config)
     whole.fit()
 
@@ -189,13 +194,13 @@ def test_a_tie_of_the_monitor_goes_to_the_lower_validation_loss(tmp_path: Path) 
     def coarse(model, loader, device):  # a saturated metric over a decreasing, noisy loss
         return {"loss": next(losses), "wer": 0.0}
 
-    best = trainer(tmp_path, replace(CONFIG, monitor="wer"), evaluate_fn=coarse).fit()
+    best = trainer(tmp_path, CONFIG, monitor=Monitor("wer"), evaluate_fn=coarse).fit()
     assert (best["epoch"], best["val_loss"]) == (2, 0.5)
     assert read_checkpoint(tmp_path / "model.safetensors", task="toy")[1]["epoch"] == 2
 
 
 def test_ema_weights_are_the_saved_ones(tmp_path: Path) -> None:
-    t = trainer(tmp_path, replace(CONFIG, epochs=2, ema_decay=0.9), val=False)
+    t = trainer(tmp_path, replace(CONFIG, epochs=2, ema=0.9), val=False)
     t.fit()
     saved = weights(tmp_path / "model.safetensors")
     ema = t.ema.module.state_dict()
@@ -205,11 +210,21 @@ def test_ema_weights_are_the_saved_ones(tmp_path: Path) -> None:
 
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path: Path) -> None:
     def one_step(batch: int, accumulate: int, name: str) -> nn.Module:
-        config = replace(CONFIG, epochs=1, batch_size=batch, accumulate=accumulate, grad_clip=None)
+        config = replace(CONFIG, epochs=1, batch_size=batch, accumulate=accumulate, grad_clip=0)
         model = mlp(dropout=0.0)
         data = Blobs(16, seed=1, jitter=0.0)
         Trainer(
-            model, data, None, loss_fn, None, config, tmp_path / name, CPU, META, quiet=True
+            model,
+            data,
+            None,
+            loss_fn,
+            None,
+            config,
+            tmp_path / name,
+            CPU,
+            META,
+            quiet=True,
+            seed=SEED,
         ).fit()
         return model
 

@@ -12,11 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lbdl_apps.core.checkpoint import save_checkpoint
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.core.checkpoint import read_checkpoint, save_checkpoint
+from lbdl_apps.core.options import Common
 from lbdl_apps.denoise import load
+from lbdl_apps.denoise.cli import EvaluateArgs, TrainArgs
 from lbdl_apps.denoise.data import dead_leaves
-from lbdl_apps.denoise.train import TrainArgs, run_evaluation, run_training
+from lbdl_apps.denoise.task import evaluate
+from lbdl_apps.denoise.task import train as run_training
 from tests.cli_helpers import assert_user_error, lbdl, lbdl_subprocess
 from tests.denoise.test_model import small_model, write_checkpoint
 
@@ -111,8 +113,9 @@ def test_unet_learns_to_denoise_the_builtin_dead_leaves(tmp_path: Path) -> None:
     )  # fmt: skip
     best = run_training(args, common)
     assert best["val_psnr"] > best["val_input_psnr"] + 2.5, best
-    result = run_evaluation(tmp_path / "run" / "model.safetensors", None, tmp_path / "eval",
-                            None, common, baseline=False)  # fmt: skip
+    checkpoint = str(tmp_path / "run" / "model.safetensors")
+    result = evaluate(EvaluateArgs(checkpoint=checkpoint, out=tmp_path / "eval", baseline=False),
+                      common)  # fmt: skip
     gain = result.scores["model"]["psnr"] - result.scores["input"]["psnr"]
     assert gain > 3.0, result.scores
     assert result.scores["model"]["ssim"] > result.scores["input"]["ssim"] + 0.1
@@ -150,7 +153,9 @@ def test_set12_protocol_matches_the_published_figures(shared_data: Path) -> None
     model = small_model("dncnn", 1, perturb=False)
     path = write_checkpoint(Path("id.safetensors"), model)
     common = Common(device="cpu", threads=1, quiet=True, seed=0)
-    result = run_evaluation(path, str(set12), Path("ev"), ["gaussian:25"], common)
+    args = EvaluateArgs(checkpoint=str(path), data=str(set12), out=Path("ev"),
+                        degrade=["gaussian:25"])  # fmt: skip
+    result = evaluate(args, common)
     assert result.images == 12
     assert abs(result.scores["input"]["psnr"] - 20.18) < 0.05, result.scores
     assert abs(result.scores["opencv-nlm"]["psnr"] - 27.91) < 0.15, result.scores
@@ -258,3 +263,82 @@ def test_config_file_and_repeated_degrade_options(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     restorer = load(tmp_path / "run2")
     assert [d.spec for d in restorer.degradations] == ["downscale:2", "gaussian:5"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The verbs every app has, and evaluate --split (core.evaluation.split_names)
+
+
+def test_predict_help() -> None:
+    result = lbdl("denoise", "predict", "--help")
+    assert result.exit_code == 0, result.output
+    assert "--compare" in result.stdout and "--tile" in result.stdout
+
+
+def _checkpoint_of_a_folder(tmp_path: Path, images: int = 10) -> Path:
+    """A gray model whose checkpoint says it was trained on folder/ with 20% held out."""
+    write_leaves(tmp_path / "folder", images, size=32)
+    model = small_model("dncnn", 1)
+    path = write_checkpoint(tmp_path / "m.safetensors", model)
+    state, meta = read_checkpoint(path)
+    meta.update(data=str(tmp_path / "folder"), val_fraction=0.2, seed=0)
+    save_checkpoint(path, state, meta)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("split", "images", "label"),
+    [(None, 2, "val"), ("val", 2, "val"), ("train", 8, "train"), ("all", 10, "all")],
+)
+def test_evaluate_split_of_the_checkpoints_own_data(
+    tmp_path: Path, split: str | None, images: int, label: str
+) -> None:
+    """Without --data: the checkpoint's held-out images by default (its data has no test
+    split), its training images with --split train, both with --split all."""
+    path = _checkpoint_of_a_folder(tmp_path)
+    flags = ["--split", split] if split else []
+    result = lbdl("denoise", "evaluate", path, *flags, "--no-baseline", "--out", "ev")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["images"] == images and metrics["split"] == label
+
+
+@pytest.mark.parametrize("split", [None, "all"])
+def test_evaluate_with_data_scores_the_whole_folder(tmp_path: Path, split: str | None) -> None:
+    """--data on a folder without splits: all of it, whatever the checkpoint held out."""
+    path = _checkpoint_of_a_folder(tmp_path)
+    flags = ["--split", split] if split else []
+    result = lbdl("denoise", "evaluate", path, "--data", "folder", *flags, "--out", "ev")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["images"] == 10 and metrics["data"] == "folder"
+    with (tmp_path / "ev" / "per_image.csv").open(newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 10
+
+
+def test_evaluate_splits_the_data_lacks(tmp_path: Path) -> None:
+    path = _checkpoint_of_a_folder(tmp_path)
+    line = assert_user_error(
+        lbdl("denoise", "evaluate", path, "--data", "folder", "--split", "val"), "--split val"
+    )
+    assert "no val split" in line
+    assert_user_error(lbdl("denoise", "evaluate", path, "--split", "test"), "--split test")
+    assert_user_error(lbdl("denoise", "evaluate", path, "--split", "banana"), "--split banana")
+
+
+def test_evaluate_one_image_file(tmp_path: Path) -> None:
+    """The "file" reader: --data may name a single image."""
+    path = write_checkpoint(tmp_path / "m.safetensors", small_model("dncnn", 1))
+    write_leaves(tmp_path / "photos", 2, size=40)
+    result = lbdl("denoise", "evaluate", path, "--data", "photos/leaves1.png", "--out", "ev")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["images"] == 1
+
+
+@pytest.mark.parametrize("verb", ["evaluate", "predict"])
+def test_overlap_must_stay_below_half_the_tile(tmp_path: Path, verb: str) -> None:
+    path = write_checkpoint(tmp_path / "m.safetensors", small_model("dncnn", 1))
+    write_leaves(tmp_path / "in", 1)
+    extra = ["in"] if verb == "predict" else []
+    flags = ["--tile", "64", "--overlap", "32"]
+    assert_user_error(lbdl("denoise", verb, path, *extra, *flags), "--overlap 32", "64")

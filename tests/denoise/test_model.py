@@ -3,6 +3,7 @@ gray and color, checkpoint round trip, and tiled inference equal to whole-image 
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ SMALL = {"unet": {"width": 8, "depth": 3}, "dncnn": {"width": 8, "depth": 5}}
 
 
 def small_model(name: str, channels: int, perturb: bool = True) -> torch.nn.Module:
-    config = {**default_config(name, channels), **SMALL[name]}
+    config = replace(default_config(name, channels), **SMALL[name])
     torch.manual_seed(0)
     model = build_model(config).eval()
     if perturb:  # give the zero-initialised last layer weights, as training would
@@ -30,7 +31,7 @@ def small_model(name: str, channels: int, perturb: bool = True) -> torch.nn.Modu
 
 
 def write_checkpoint(path: Path, model: torch.nn.Module, specs=("gaussian:25",)) -> Path:
-    meta = {"task": "denoise", "config": model.config, "degradations": list(specs),
+    meta = {"task": "denoise", "config": asdict(model.config), "degradations": list(specs),
             "data": None, "seed": 0, "val_fraction": 0.1}  # fmt: skip
     save_checkpoint(path, model.state_dict(), meta)
     return path
@@ -52,7 +53,7 @@ def test_models_keep_the_shape_and_start_as_the_identity(name: str, channels: in
 
 def test_default_unet_is_the_books_design() -> None:
     config = default_config("unet", 3)
-    assert (config["width"], config["depth"]) == (32, 3)
+    assert (config.width, config.depth) == (32, 3)
     model = build_model(config)
     assert model.factor == 4
     assert model.net.down[2].attn is not None  # self-attention at the lowest resolution
@@ -66,7 +67,7 @@ def test_unknown_model_and_bad_depth_are_user_errors() -> None:
     with pytest.raises(LbdlError, match=r"banana.*unet"):
         default_config("banana", 1)
     with pytest.raises(LbdlError, match="--depth 2"):
-        build_model({**default_config("dncnn", 1), "depth": 2})
+        build_model(replace(default_config("dncnn", 1), depth=2))
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -5,6 +5,7 @@ predict on images, a video and a corrupt file -> export), and the one rule for b
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import cv2
@@ -30,9 +31,10 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def checkpoint(tmp_path: Path) -> Path:
     """An untrained tiny detector checkpoint of the three scene classes."""
     torch.manual_seed(0)
-    config = {**default_config(3, "resnet-small", 32), "width": 4, "extra_width": 16}
+    config = replace(default_config(3, "resnet-small", 32), width=4, extra_width=16)
     path = tmp_path / "tiny.safetensors"
-    meta = {"task": "detect", "config": config, "labels": ["circle", "square", "triangle"]}
+    labels = ["circle", "square", "triangle"]
+    meta = {"task": "detect", "config": asdict(config), "labels": labels}
     save_checkpoint(path, build_model(config).state_dict(), meta)
     return path
 
@@ -141,8 +143,75 @@ def test_user_errors_are_one_line(checkpoint: Path, tmp_path: Path) -> None:
     assert_user_error(lbdl("detect", "evaluate", other), "other.safetensors", "segment")
     assert_user_error(lbdl("detect", "predict", checkpoint, "missing.png"), "missing.png")
     assert_user_error(
-        lbdl("detect", "evaluate", checkpoint, "--split", "all"), "--split all", "--data"
+        lbdl("detect", "evaluate", checkpoint, "--split", "test"),
+        "--split test",
+        "the built-in scenes has no test split",
     )
+    assert_user_error(lbdl("detect", "export", checkpoint, "--format", "tflite"), "--format tflite")
+
+
+@pytest.mark.parametrize("verb", ["train", "evaluate", "predict", "export"])
+def test_every_verb_has_its_help(verb: str) -> None:
+    result = lbdl("detect", verb, "--help")
+    assert result.exit_code == 0, result.output
+    assert "--threads" in result.output and "Usage" in result.output
+
+
+@pytest.fixture
+def voc_checkpoint(checkpoint: Path, tmp_path: Path) -> Path:
+    """The tiny detector as if trained on a VOC folder of 6 images, half of them held out."""
+    from lbdl_apps.core.checkpoint import read_checkpoint
+
+    write_voc(tmp_path / "voc", scenes(6, size=40))
+    state, meta = read_checkpoint(checkpoint)
+    meta = {**meta, "data": "voc", "format": "voc", "seed": 0, "val_fraction": 0.5}
+    path = tmp_path / "voc.safetensors"
+    save_checkpoint(path, state, meta)
+    return path
+
+
+def test_evaluate_splits_mean_the_same_as_in_every_app(voc_checkpoint: Path) -> None:
+    """core.evaluation.split_names: without --data the checkpoint's own held-out split (or
+    the split asked for, or all of them); with --data a folder without splits is scored
+    whole; a split the data lacks is an error."""
+
+    def scored(*extra: str) -> tuple[str, int]:
+        args = ["--out", "ev", "--threads", "1", "--quiet", *extra]
+        result = lbdl("detect", "evaluate", voc_checkpoint, *args)
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(Path("ev/metrics.json").read_text())
+        return metrics["split"], metrics["images"]
+
+    assert scored() == ("val", 3)
+    assert scored("--split", "val") == ("val", 3)
+    assert scored("--split", "train") == ("train", 3)
+    assert scored("--split", "all") == ("all", 6)
+    assert scored("--data", "voc") == ("train", 6)  # no splits of its own: all of it
+    assert scored("--data", "voc", "--split", "all") == ("train", 6)
+    assert scored("--data", "voc", "--format", "voc", "--split", "train") == ("train", 6)
+    assert_user_error(
+        lbdl("detect", "evaluate", voc_checkpoint, "--split", "test"), "--split test", "no test"
+    )
+    assert_user_error(
+        lbdl("detect", "evaluate", voc_checkpoint, "--data", "voc", "--split", "val"),
+        "--split val",
+        "voc has no val split",
+    )
+
+
+def test_evaluate_all_of_the_built_in_scenes() -> None:
+    """A checkpoint trained on 16 built-in scenes: --split all scores them and the 8 held-out
+    scenes of the other stream."""
+    legacy = Path(__file__).parents[1] / "data" / "legacy" / "detect.safetensors"
+    result = lbdl("detect", "evaluate", legacy, "--split", "all", "--out", "ev", "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(Path("ev/metrics.json").read_text())
+    assert metrics["split"] == "all" and metrics["images"] == 16 + 8
+    assert metrics["data"] is None and set(metrics["ap_per_class"]) == {
+        "circle",
+        "square",
+        "triangle",
+    }
 
 
 def test_folders_give_their_images_and_videos(tmp_path: Path) -> None:

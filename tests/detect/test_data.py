@@ -11,7 +11,7 @@ from torchvision import tv_tensors
 
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.detect.data import Augment, load_detect_data
-from lbdl_apps.detect.formats import detect_format, read_annotations
+from lbdl_apps.detect.formats import READERS, read_annotations
 from lbdl_apps.detect.scenes import SCENE_CLASSES, make_scene
 from tests.detect.conftest import scenes, write_coco, write_voc, write_yolo
 
@@ -48,15 +48,25 @@ def test_each_format_reads_the_same_boxes(tmp_path: Path, writer) -> None:
     items = scenes(3)
     path = writer(tmp_path / "data", items)
     expected_format = {write_voc: "voc", write_coco: "coco", write_yolo: "yolo"}[writer]
-    assert detect_format(path) == expected_format
+    assert READERS.find(path).name == expected_format
     if writer is write_coco:
-        assert detect_format(tmp_path / "data") == "coco"
-    found = read_annotations(path, None)
-    assert found.bad == [] and len(found.records) == 3
-    assert found.classes == SCENE_CLASSES
-    for record, (_, boxes, labels) in zip(found.records, items, strict=True):
-        assert np.allclose(record.boxes, boxes, atol=1e-3)
-        assert record.labels.tolist() == labels.tolist()
+        assert READERS.find(tmp_path / "data").name == "coco"
+    for fmt in (None, expected_format):  # recognised, or named with --format
+        found = read_annotations(path, fmt)
+        assert found.bad == [] and len(found.records) == 3 and found.format == expected_format
+        assert found.classes == SCENE_CLASSES
+        for record, (_, boxes, labels) in zip(found.records, items, strict=True):
+            assert np.allclose(record.boxes, boxes, atol=1e-3)
+            assert record.labels.tolist() == labels.tolist()
+
+
+def test_unknown_format_and_unrecognised_data_name_the_formats(tmp_path: Path) -> None:
+    path = write_voc(tmp_path / "voc", scenes(1))
+    with pytest.raises(LbdlError, match=r"--format kitti: choose one of voc, yolo, coco"):
+        read_annotations(path, "kitti")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LbdlError, match=r"empty: not detection data .*voc: .*yolo: .*coco: "):
+        load_detect_data(str(tmp_path / "empty"))
 
 
 def test_augmentation_keeps_boxes_on_their_objects() -> None:

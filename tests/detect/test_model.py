@@ -3,6 +3,7 @@ backbone path with a frozen first phase, learning on the built-in scenes, and ex
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,14 @@ import torchvision
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.core.options import Common
 from lbdl_apps.detect.api import load
+from lbdl_apps.detect.cli import TrainArgs
 from lbdl_apps.detect.data import eval_collate, load_detect_data
 from lbdl_apps.detect.export import export
 from lbdl_apps.detect.metrics import evaluate_detector
 from lbdl_apps.detect.model import build_model, default_config
-from lbdl_apps.detect.train import TrainArgs, run_training
+from lbdl_apps.detect.task import train as run_training
 
 QUIET = Common(quiet=True, threads=1)
 
@@ -29,7 +31,7 @@ def test_maps_go_down_to_one_and_heads_cover_every_default_box() -> None:
     assert offsets.shape == (2, len(model.priors), 4)
     assert logits.shape == (2, len(model.priors), 4)  # 3 classes + "no object"
     assert len(model.priors) == sum(f * f for f in model.feature_sizes) * 4
-    big = build_model({**default_config(2, "resnet18", 300), "aspect_ratios": [2.0, 3.0]})
+    big = build_model(replace(default_config(2, "resnet18", 300), aspect_ratios=[2.0, 3.0]))
     assert big.feature_sizes == [38, 19, 10, 5, 3, 1]  # as SSD300's maps
     assert len(big.priors) == sum(f * f for f in big.feature_sizes) * 6
 
@@ -106,7 +108,7 @@ def test_torchscript_export_gives_the_detector_s_boxes(tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = default_config(3, "resnet-small", 64)
     model = build_model(config).eval()
-    meta = {"task": "detect", "config": config, "labels": ["a", "b", "c"]}
+    meta = {"task": "detect", "config": asdict(config), "labels": ["a", "b", "c"]}
     save_checkpoint(tmp_path / "m.safetensors", model.state_dict(), meta)
     detector = load(tmp_path / "m.safetensors")
     (path,) = export(detector, tmp_path / "out", ["torchscript"])

@@ -63,8 +63,9 @@ def test_bad_training_inputs_are_one_line_errors(tmp_path: Path, clip_checkpoint
 def test_evaluate_rejects_a_classifier_without_the_model_classes(
     class_model: Path, tmp_path: Path
 ) -> None:
-    from lbdl_apps.classify.train import TrainArgs, run_training
-    from lbdl_apps.core.cli_common import Common
+    from lbdl_apps.classify.cli import TrainArgs
+    from lbdl_apps.classify.task import train as run_training
+    from lbdl_apps.core.options import Common
 
     for name in ("cat", "dog"):
         (tmp_path / "pets" / name).mkdir(parents=True)

@@ -67,7 +67,7 @@ def test_builtin_scenes_give_captions_or_classes() -> None:
 def test_idx_files_with_their_test_split(shared_data: Path) -> None:
     data = load_diffusion_data(str(shared_data / "fashion-mnist"))
     assert data.kind == "class" and data.channels == 1 and data.image_size == 28
-    assert len(data.train) == 60000 and len(data.real) == 10000
+    assert len(data.train) == 60000 and len(data.test) == 10000
     assert data.labels[0] == "T-shirt/top"
     image, _label = data.train[0]
     assert image.shape == (1, 28, 28) and image.min() >= -1 and image.max() <= 1
@@ -85,3 +85,14 @@ def test_bad_data_is_a_clear_error(tmp_path: Path) -> None:
             load_diffusion_data(data)
     with pytest.raises(LbdlError, match="--channels 2"):
         load_diffusion_data(None, channels=2)
+
+
+def test_every_format_is_a_registry_entry(tmp_path: Path) -> None:
+    from lbdl_apps.diffusion.data import READERS
+
+    assert READERS.names == ["captions", "images", "labelled"]
+    _image(tmp_path / "loose" / "a.png", (255, 0, 0))
+    _image(tmp_path / "classes" / "red" / "a.png", (255, 0, 0))
+    (tmp_path / "pairs.jsonl").write_text("{}\n")
+    found = [READERS.find(tmp_path / name).name for name in ("pairs.jsonl", "loose", "classes")]
+    assert found == READERS.names

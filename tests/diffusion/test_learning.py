@@ -6,11 +6,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from lbdl_apps.classify.train import TrainArgs as ClassifyArgs
-from lbdl_apps.classify.train import run_training as train_classifier
-from lbdl_apps.clip.scenes import make_scenes
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.diffusion.evaluate import run_evaluation
+from lbdl_apps.classify.cli import TrainArgs as ClassifyArgs
+from lbdl_apps.classify.task import train as train_classifier
+from lbdl_apps.clip.api import make_scenes
+from lbdl_apps.core.options import Common
+from lbdl_apps.diffusion.cli import EvaluateArgs
+from lbdl_apps.diffusion.evaluate import evaluate
 
 from .conftest import train_tiny
 
@@ -45,16 +46,15 @@ def test_samples_are_of_the_requested_class(tmp_path: Path) -> None:
         warmup=0.2,
         scene_label="color",
     )
-    result = run_evaluation(
-        model,
-        tmp_path / "judge" / "model.safetensors",
-        None,
-        tmp_path / "evaluate",
-        common,
+    args = EvaluateArgs(
+        checkpoint=str(model),
+        classifier=str(tmp_path / "judge" / "model.safetensors"),
+        out=tmp_path / "evaluate",
         n=64,
         n_real=200,
         steps=20,
     )
+    result = evaluate(args, common)
     chance = 1 / 8
     assert result.scores["mean_class_acc"] > 3 * chance, result.per_class
     assert len(result.per_class) == 8 and result.samples == 64

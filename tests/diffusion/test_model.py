@@ -6,14 +6,16 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lbdl_apps.clip.scenes import make_scenes
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.clip.api import make_scenes
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.options import Common
 from lbdl_apps.diffusion.api import load, save_samples
-from lbdl_apps.diffusion.guide import GuideArgs, load_guide, run_train_guide
+from lbdl_apps.diffusion.cli import GuideArgs
+from lbdl_apps.diffusion.guide import load_guide
+from lbdl_apps.diffusion.loss import diffusion_loss
 from lbdl_apps.diffusion.model import build_model, default_config
 from lbdl_apps.diffusion.schedule import NoiseSchedule
-from lbdl_apps.diffusion.train import diffusion_loss
+from lbdl_apps.diffusion.task import train_guide
 
 from .conftest import train_tiny
 
@@ -24,7 +26,7 @@ def test_a_tiny_model_lowers_its_loss(prediction: str) -> None:
     model = build_model(default_config(8, 3, base=8, blocks=1, prediction=prediction))
     schedule = NoiseSchedule("cosine", 100)
     scenes = torch.from_numpy(make_scenes(32, 8, seed=0).images)
-    x0 = scenes.permute(0, 3, 1, 2).float() / 127.5 - 1
+    x0 = scenes.permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, H, W, 3) -> (N, 3, H, W)
     batch = (x0, torch.zeros(32, dtype=torch.long))
 
     def loss() -> float:
@@ -129,7 +131,7 @@ def test_clip_guidance_steers_an_unconditional_model(
         batch_size=32,
         run_dir=tmp_path / "guide",
     )
-    run_train_guide(args, Common(quiet=True))
+    train_guide(args, Common(quiet=True))
     guide = load_guide(tmp_path / "guide" / "model.safetensors")
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([5, 45])
     grad = guide.gradient_fn(guide.encode_text(["a red circle."] * 2), 10.0)(x, t)

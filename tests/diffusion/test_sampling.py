@@ -30,7 +30,7 @@ def test_ddim_with_eta_1_is_the_ddpm_step() -> None:
     for t, prev in ((99, 98), (60, 40), (5, -1)):
         ab = s.alpha_bar[t].item()
         x0_consistent = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
-        a = ddpm_step(s, x, t, prev, eps, x0_consistent, noise)
+        a = ddpm_step(s, x, t, prev, x0_consistent, noise)
         b = ddim_step(s, x, t, prev, eps, x0_consistent, noise, eta=1.0)
         assert torch.allclose(a, b, atol=1e-5)
 

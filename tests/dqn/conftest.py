@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
 from lbdl_apps.core.checkpoint import save_checkpoint
-from lbdl_apps.dqn.env import EnvSettings
+from lbdl_apps.dqn.data import EnvSettings
 from lbdl_apps.dqn.model import build_q_network, q_network_config
 
 
@@ -16,7 +17,7 @@ def write_checkpoint(path: Path, env_id: str, obs_shape: tuple, n_actions: int) 
     """A dqn checkpoint of a freshly initialised Q-network for `env_id`."""
     torch.manual_seed(0)
     config = q_network_config(obs_shape, n_actions, [32, 32], dueling=False)
-    meta = {"task": "dqn", "config": config, "env": EnvSettings.for_env(env_id).to_dict()}
+    meta = {"task": "dqn", "config": asdict(config), "env": EnvSettings.for_env(env_id).to_dict()}
     save_checkpoint(path, build_q_network(config).state_dict(), meta)
     return path
 

@@ -11,17 +11,16 @@ import pytest
 import torch
 from rich.console import Console
 
-from lbdl_apps.core.cli_common import Common
-from lbdl_apps.dqn.agent import (
-    Learner,
-    Run,
-    TrainArgs,
-    epsilon_at,
-    evaluate_policy,
-    run_training,
-)
+from lbdl_apps.core.options import Common
+from lbdl_apps.dqn.agent import Run
 from lbdl_apps.dqn.api import load
+from lbdl_apps.dqn.cli import TrainArgs
+from lbdl_apps.dqn.defaults import resolve
+from lbdl_apps.dqn.learner import Learner
 from lbdl_apps.dqn.loss import td_loss, td_targets
+from lbdl_apps.dqn.model import QNetworkConfig
+from lbdl_apps.dqn.policy import epsilon_at, evaluate_policy
+from lbdl_apps.dqn.task import train as run_training
 
 
 def test_epsilon_decays_linearly_then_stays():
@@ -47,7 +46,7 @@ def short_run(tmp_path, total_steps: int, **options) -> tuple[Run, dict]:
         exist_ok=True,
         **options,
     )
-    args = args.resolved(args.env_settings())
+    args = resolve(args)
     run = Run(args, Common(quiet=True), tmp_path)
     initial = {k: v.clone() for k, v in run.learner.online.state_dict().items()}
     run.train(Console(quiet=True))
@@ -102,7 +101,7 @@ def test_double_dueling_n_step_learns(tmp_path):
         Common(quiet=True, seed=1),
     )
     agent = load(tmp_path)
-    assert agent.meta["config"]["dueling"] and agent.meta["hyper_parameters"]["n_step"] == 3
+    assert agent.meta["config"].dueling and agent.meta["hyper_parameters"]["n_step"] == 3
     assert np.mean(agent.evaluate(episodes=10, epsilon=0.0, seed=7)) > 150
 
 
@@ -140,7 +139,7 @@ def test_atari_loop_with_two_envs_ends_transitions_at_lost_lives(tmp_path):
         run_dir=tmp_path,
         exist_ok=True,
     )
-    args = args.resolved(args.env_settings())
+    args = resolve(args)
     run = Run(args, Common(quiet=True, seed=0), tmp_path)
     summary = run.train(Console(quiet=True))
     memory = run.memory
@@ -193,11 +192,44 @@ def test_a_batched_round_equals_one_gradient_step_after_another(tmp_path, double
 )
 def test_adam_epsilon_follows_the_environment_unless_asked(env, asked, expected):
     args = TrainArgs(env=env, adam_eps=asked)
-    args = args.resolved(args.env_settings())
+    args = resolve(args)
     config = (
-        {"kind": "nature", "in_channels": 4, "frame_size": 84, "n_actions": 6, "dueling": False}
+        QNetworkConfig("nature", 6, in_channels=4, frame_size=84)
         if env.startswith("ALE/")
-        else {"kind": "mlp", "obs_dim": 4, "n_actions": 2, "hidden": [8], "dueling": False}
+        else QNetworkConfig("mlp", 2, obs_dim=4, hidden=[8])
     )
     learner = Learner.create(config, args, torch.device("cpu"))
     assert learner.optimizer.param_groups[0]["eps"] == expected
+
+
+def test_sigterm_finishes_the_step_saves_the_state_and_resumes(tmp_path, monkeypatch):
+    """SIGTERM (like Ctrl-C) during training: the step under way is finished, the state
+    saved, exit code 130, the signal handlers restored; --resume goes on to the end."""
+    import os
+    import signal
+
+    from lbdl_apps.dqn import agent
+
+    calls = []
+
+    def update_target(*args):
+        calls.append(1)
+        if len(calls) == 30:  # the target is updated every 10 steps: at step 300
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_update(*args)
+
+    real_update = agent.update_target
+    monkeypatch.setattr(agent, "update_target", update_target)
+    args = TrainArgs(total_steps=1000, learning_starts=100, hidden=[16], run_dir=tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        run_training(args, Common(quiet=True))
+    assert stopped.value.code == 130
+    assert signal.getsignal(signal.SIGTERM) is before
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["progress"]["step"] == 300
+    assert (tmp_path / "last.safetensors").exists()
+    monkeypatch.setattr(agent, "update_target", real_update)
+    summary = run_training(TrainArgs(resume=tmp_path), Common(quiet=True))
+    assert summary["steps"] == 1000
+    assert json.loads((tmp_path / "config.json").read_text())["args"]["hidden"] == "16"

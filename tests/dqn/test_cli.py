@@ -54,6 +54,46 @@ def test_evaluate_writes_mean_and_std(cartpole_checkpoint, tmp_path):
     assert f"{metrics['mean_return']:.2f} ± {metrics['std_return']:.2f}" in result.output
 
 
+def test_predict_is_play(pong_checkpoint, tmp_path):
+    help_text = lbdl("dqn", "predict", "--help")
+    assert help_text.exit_code == 0, help_text.output
+    assert "--record" in help_text.output and "--max-steps" in help_text.output
+    gif = tmp_path / "pong.gif"
+    result = lbdl("dqn", "predict", pong_checkpoint, "--record", gif, "--max-steps", "3")
+    assert result.exit_code == 0, result.output
+    assert "ALE/Pong-v5: returns" in result.output and gif.stat().st_size > 0
+
+
+def test_play_without_a_window_or_video_is_a_user_error(pong_checkpoint):
+    assert_user_error(lbdl("dqn", "play", pong_checkpoint), "--render human", "--record")
+
+
+def test_evaluate_of_a_run_folder_writes_into_it(cartpole_checkpoint, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    cartpole_checkpoint.rename(run / "model.safetensors")
+    result = lbdl("dqn", "evaluate", run, "--episodes", "2")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    assert metrics["epsilon"] == 0.05 and metrics["env"] == "CartPole-v1"
+
+
+def test_bad_hidden_widths_are_a_user_error(tmp_path):
+    result = lbdl("dqn", "train", "--hidden", "64,x", "--run-dir", tmp_path / "run")
+    assert_user_error(result, "--hidden 64,x", "256,256")
+
+
+def test_config_file_sets_options_and_flags_win(tmp_path):
+    config = tmp_path / "dqn.toml"
+    config.write_text('total-steps = 200\nlearning_starts = 100\nhidden = "8"\nlr = 0.5\n')
+    run = tmp_path / "run"
+    flags = ["--config", config, "--lr", "0.01", "--eval-episodes", "1", "--run-dir", run]
+    result = lbdl("dqn", "train", *flags, "--quiet")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "config.json").read_text())["args"]
+    assert (saved["total_steps"], saved["hidden"], saved["lr"]) == (200, "8", 0.01)
+
+
 def test_unknown_env_id_is_a_user_error(tmp_path):
     result = lbdl("dqn", "train", "--env", "ALE/NoSuchGame-v5", "--run-dir", tmp_path / "run")
     assert_user_error(result, "ALE/NoSuchGame-v5", "unknown environment")

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lbdl_apps.core.checkpoint import save_checkpoint
-from lbdl_apps.segment.data import make_scenes, palette_for
+from lbdl_apps.core.checkpoint import read_checkpoint, save_checkpoint
+from lbdl_apps.segment.builtin import make_scenes
+from lbdl_apps.segment.masks import palette_for
 from lbdl_apps.segment.model import build_model, default_config
 from tests.cli_helpers import assert_user_error, lbdl
 
@@ -140,12 +142,11 @@ def test_train_on_a_mask_folder_and_evaluate_it(tmp_path: Path) -> None:
 
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
-    config = default_config("unet", 3, 3)
-    config.update(width=8, depth=2, blocks=1)
+    config = replace(default_config("unet", 3, 3), width=8, depth=2, blocks=1)
     path = tmp_path / "seg.safetensors"
     meta = {
         "task": "segment",
-        "config": config,
+        "config": asdict(config),
         "labels": ["a", "b", "c"],
         "data": None,
         "preprocessing": {
@@ -191,6 +192,10 @@ def test_bad_requests(tmp_path: Path, checkpoint: Path) -> None:
         lbdl("segment", "train", "--model", "pspnet", "--backbone", "vgg"), "--backbone vgg"
     )
     assert_user_error(lbdl("segment", "train", "--class-weights", "1,2"), "--class-weights")
+    assert_user_error(
+        lbdl("segment", "train", "--model", "pspnet", "--depth", "3", "--scenes", "8"),
+        "--depth: not an option of --model pspnet",
+    )
     # a checkpoint of another task
     other = tmp_path / "other.safetensors"
     save_checkpoint(other, {"w": torch.zeros(1)}, {"task": "classify", "config": {}})
@@ -217,3 +222,78 @@ def test_predict_strict_and_api(tmp_path: Path, checkpoint: Path) -> None:
     assert mask.shape == (40, 40) and mask.max() < 3
     np.testing.assert_array_equal(mask, segmenter.segment(Image.open(tmp_path / "a.png")))
     assert [r.path for r in segmenter.predict([tmp_path / "a.png"])] == [str(tmp_path / "a.png")]
+
+
+# ----------------------------------------------------------------------------------------------
+# The verbs every app has, and evaluate --split (core.evaluation.split_names)
+
+
+def test_predict_help() -> None:
+    result = lbdl("segment", "predict", "--help")
+    assert result.exit_code == 0, result.output
+    assert "--raw" in result.stdout and "--tta" in result.stdout
+
+
+def _evaluated(checkpoint: Path, *flags: str) -> dict:
+    result = lbdl("segment", "evaluate", checkpoint, *flags, "--out", "ev")
+    assert result.exit_code == 0, result.output
+    return json.loads(Path("ev/metrics.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("split", "images", "label"),
+    [(None, 2, "val"), ("val", 2, "val"), ("train", 3, "train"), ("all", 5, "all")],
+)
+def test_evaluate_split_of_the_checkpoints_own_data(
+    tmp_path: Path, checkpoint: Path, split: str | None, images: int, label: str
+) -> None:
+    """Without --data: the checkpoint's held-out pairs by default (its data has no test
+    split), its training pairs with --split train, both with --split all."""
+    mask_folder(tmp_path / "data", n=5)
+    state, meta = read_checkpoint(checkpoint)
+    save_checkpoint(checkpoint, state, {**meta, "data": "data", "val_fraction": 0.4, "seed": 0})
+    metrics = _evaluated(checkpoint, *(["--split", split] if split else []))
+    assert metrics["images"] == images and metrics["split"] == label
+    assert set(metrics["iou"]) == {"a", "b", "c"}
+
+
+@pytest.mark.parametrize("split", [None, "all"])
+def test_evaluate_with_data_scores_a_folder_without_splits_whole(
+    tmp_path: Path, checkpoint: Path, split: str | None
+) -> None:
+    mask_folder(tmp_path / "data", n=5)
+    metrics = _evaluated(checkpoint, "--data", "data", *(["--split", split] if split else []))
+    assert metrics["images"] == 5  # all of it: --data without splits lands in "train"
+    line = assert_user_error(
+        lbdl("segment", "evaluate", checkpoint, "--data", "data", "--split", "val"), "--split val"
+    )
+    assert "no val split" in line
+
+
+@pytest.mark.parametrize(
+    ("split", "images", "label"),
+    [(None, 2, "test"), ("test", 2, "test"), ("val", 1, "val"), ("all", 6, "all")],
+)
+def test_evaluate_with_data_that_has_splits(
+    tmp_path: Path, checkpoint: Path, split: str | None, images: int, label: str
+) -> None:
+    """train/ + val/ + test/: the test split by default, each split on request."""
+    for name, n in (("train", 3), ("val", 1), ("test", 2)):
+        mask_folder(tmp_path / "data" / name, n=n)
+    metrics = _evaluated(checkpoint, "--data", "data", *(["--split", split] if split else []))
+    assert metrics["images"] == images and metrics["split"] == label
+
+
+def test_evaluate_builtin_scenes_have_no_test_split(tmp_path: Path) -> None:
+    config = replace(default_config("unet", 4, 3), width=8, depth=2, blocks=1)
+    meta = {"task": "segment", "config": asdict(config), "data": None, "scenes": 10,
+            "labels": ["background", "disk", "square", "triangle"],
+            "preprocessing": {"image_size": 16, "in_channels": 3, "mean": [0.5] * 3,
+                              "std": [0.25] * 3, "mask_mode": "index",
+                              "palette": palette_for("index", 4)}}  # fmt: skip
+    save_checkpoint(tmp_path / "m.safetensors", build_model(config).state_dict(), meta)
+    assert _evaluated(tmp_path / "m.safetensors")["images"] == 2  # 20% of the 10 scenes
+    line = assert_user_error(
+        lbdl("segment", "evaluate", tmp_path / "m.safetensors", "--split", "test"), "--split test"
+    )
+    assert "no test split" in line

@@ -12,17 +12,10 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.segment.data import (
-    IGNORE,
-    VOC_CLASSES,
-    apply_pair,
-    build_transform,
-    elastic_deformation,
-    load_segment_data,
-    make_scenes,
-    read_mask_array,
-    voc_palette,
-)
+from lbdl_apps.segment.builtin import make_scenes
+from lbdl_apps.segment.data import READERS, load_segment_data
+from lbdl_apps.segment.masks import IGNORE, VOC_CLASSES, read_mask_array, voc_palette
+from lbdl_apps.segment.transforms import apply_pair, build_transform, elastic_deformation
 
 
 def write_pairs(
@@ -139,7 +132,41 @@ def test_train_and_val_folders(tmp_path: Path) -> None:
     write_pairs(tmp_path / "train", [index_mask(i) for i in range(3)])
     write_pairs(tmp_path / "val", [index_mask(i + 5) for i in range(2)])
     data = load_segment_data(str(tmp_path))
-    assert len(data.train) == 3 and len(data.val) == 2
+    assert len(data.train) == 3 and len(data.val) == 2 and data.test is None
+
+
+def test_train_val_and_test_folders(tmp_path: Path) -> None:
+    write_pairs(tmp_path / "train", [index_mask(i) for i in range(3)])
+    write_pairs(tmp_path / "valid", [index_mask(i + 5) for i in range(2)])
+    write_pairs(tmp_path / "test", [index_mask(i + 9) for i in range(4)])
+    data = load_segment_data(str(tmp_path))
+    assert (len(data.train), len(data.val), len(data.test)) == (3, 2, 4)
+    assert "train/ + valid/ + test/" in data.source
+
+
+def test_a_test_folder_alone_is_the_validation_set(tmp_path: Path) -> None:
+    write_pairs(tmp_path / "train", [index_mask(i) for i in range(3)])
+    write_pairs(tmp_path / "test", [index_mask(i + 9) for i in range(4)])
+    data = load_segment_data(str(tmp_path))
+    assert len(data.val) == 4 and data.test is None
+
+
+def test_no_validation_split_with_val_fraction_0(tmp_path: Path) -> None:
+    """What evaluate --data reads: a folder without splits is all training pairs."""
+    write_pairs(tmp_path, [index_mask(i) for i in range(3)])
+    data = load_segment_data(str(tmp_path), val_fraction=0.0)
+    assert len(data.train) == 3 and len(data.val) == 0
+
+
+def test_the_readers_are_tried_in_order() -> None:
+    assert READERS.names == ["voc", "splits", "pairs"]
+
+
+def test_empty_classes_txt(tmp_path: Path) -> None:
+    write_pairs(tmp_path, [index_mask(i) for i in range(3)])
+    (tmp_path / "classes.txt").write_text("\n")
+    with pytest.raises(LbdlError, match="lists no class names"):
+        load_segment_data(str(tmp_path))
 
 
 def test_mask_size_mismatch_is_a_bad_record(tmp_path: Path) -> None:

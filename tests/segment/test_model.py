@@ -4,15 +4,17 @@ sliding-window inference, and a short training that beats a constant predictor."
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lbdl_apps.core.cli_common import Common
+from lbdl_apps.core.options import Common
 from lbdl_apps.segment.api import load
-from lbdl_apps.segment.data import make_scenes
+from lbdl_apps.segment.builtin import make_scenes
+from lbdl_apps.segment.cli import TrainArgs
 from lbdl_apps.segment.loss import (
     inverse_frequency,
     parse_class_weights,
@@ -21,15 +23,16 @@ from lbdl_apps.segment.loss import (
 )
 from lbdl_apps.segment.metrics import evaluate_segmenter, scores_from_confusion, sliding_logits
 from lbdl_apps.segment.model import build_model, default_config
-from lbdl_apps.segment.train import TrainArgs, run_training
+from lbdl_apps.segment.task import train as run_training
 
 
 def tiny(name: str, classes: int = 3, channels: int = 3, **overrides: object) -> torch.nn.Module:
     config = default_config(name, classes, channels)
-    config.update({"width": 8, "depth": 3, "blocks": 1} if "unet" in name else {"width": 16})
+    small = {"width": 8, "depth": 3, "blocks": 1} if "unet" in name else {"width": 16}
+    config = replace(config, **small)
     if name == "pspnet":
-        config["backbone"] = "resnet-small"
-    config.update(overrides)
+        config = replace(config, backbone="resnet-small")
+    config = replace(config, **overrides)
     torch.manual_seed(0)
     return build_model(config).eval()
 
@@ -186,3 +189,19 @@ def test_short_training_beats_a_constant_predictor(tmp_path: Path) -> None:
     whole = segmenter.segment(big_image[0], tile=128)
     assert tiled.shape == (128, 128)
     assert (tiled == whole)[8:-8, 8:-8].mean() > 0.98
+
+
+def test_pretrained_backbone_weights_from_a_pth_file(tmp_path: Path) -> None:
+    """--pretrained FILE.pth loads a torchvision ResNet state dict into PSPNet's backbone."""
+    import torchvision
+
+    from lbdl_apps.segment.task import SegmentTask
+
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    model = tiny("pspnet", backbone="resnet18")
+    args = TrainArgs(model="pspnet", backbone="resnet18", pretrained=str(tmp_path / "r18.pth"))
+    SegmentTask().initialize(model, args, None)  # type: ignore[arg-type]  # no data needed
+    assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)

@@ -101,8 +101,9 @@ def resnet_small(
     """A ResNet for small images: 3x3 stem, `stages` stages of `blocks` basic blocks,
     widths width, 2 width, 4 width..."""
     widths = [width * 2**i for i in range(stages)]
-    return ResNet(BasicBlock, [blocks] * stages, widths, stem="small",
-                  num_classes=num_classes, **kw)
+    return ResNet(
+        BasicBlock, [blocks] * stages, widths, stem="small", num_classes=num_classes, **kw
+    )
 
 
 def load_torchvision_weights(model: ResNet, name_or_path: str | Path) -> ResNet:
@@ -135,7 +136,8 @@ def load_torchvision_weights(model: ResNet, name_or_path: str | Path) -> ResNet:
         # gray input: a gray image seen as three equal channels gives the same stem response
         state = {**state, "conv1.weight": stem.sum(dim=1, keepdim=True)}
     state = {
-        k: v for k, v in state.items()
+        k: v
+        for k, v in state.items()
         if not (k.startswith("fc.") and (k not in own or own[k].shape != v.shape))
     }
     expected = {k for k in own if not k.startswith("fc.") or k in state}
@@ -144,10 +146,20 @@ def load_torchvision_weights(model: ResNet, name_or_path: str | Path) -> ResNet:
     if missing or unexpected or wrong_shape:
         detail = "; ".join(
             f"{what}: {', '.join(keys[:3])}{'...' if len(keys) > 3 else ''}"
-            for what, keys in [("missing", missing), ("unexpected", unexpected),
-                               ("wrong shape", sorted(wrong_shape))]
+            for what, keys in [
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape", sorted(wrong_shape)),
+            ]
             if keys
         )
         raise LbdlError(f"{name_or_path}: weights do not fit this ResNet ({detail})")
     model.load_state_dict(state, strict=False)
     return model
+
+
+def load_pretrained(model: ResNet, pretrained: str, default: str) -> ResNet:
+    """The --pretrained rule of every app: "DEFAULT" is torchvision's ImageNet weights of
+    `default` (the model's own architecture, downloaded once); anything else is a
+    torchvision model name or a local .pth file."""
+    return load_torchvision_weights(model, default if pretrained == "DEFAULT" else pretrained)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lbdl_apps.core.layers import LearnedPositionalEncoding, TransformerBlock
+from lbdl_apps.core.layers import KVCache, LearnedPositionalEncoding, TransformerBlock
 
 
 class TransformerEncoder(nn.Module):
@@ -44,8 +44,8 @@ class TransformerDecoder(nn.Module):
     blocks (with cross-attention to `context` when `cross_attention`), final LayerNorm, and
     logits through the transposed token embedding (tied weights, as GPT and Whisper).
 
-    Decoding with a cache: `cache = {}`, then call with the prompt (offset 0) and with each
-    new token at its position `offset`; every call appends to the cache.
+    Decoding with a cache: `cache = KVCache()`, then call with the prompt and with each new
+    token; every call appends to the cache, whose length is the position of the next token.
     """
 
     def __init__(
@@ -67,8 +67,9 @@ class TransformerDecoder(nn.Module):
         self.pos_embed = LearnedPositionalEncoding(dim, max_len)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, heads, mlp_ratio, dropout, cross_attention,
-                             act=act, context_dim=context_dim)
+            TransformerBlock(
+                dim, heads, mlp_ratio, dropout, cross_attention, act=act, context_dim=context_dim
+            )
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
@@ -78,30 +79,28 @@ class TransformerDecoder(nn.Module):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward_features(
-        self,
-        tokens: Tensor,
-        context: Tensor | None = None,
-        context_padding_mask: Tensor | None = None,
-        cache: dict[int, dict] | None = None,
-        offset: int = 0,
-    ) -> Tensor:
-        """(B, L) token ids -> (B, L, dim) normalized hidden states."""
-        x = self.drop(self.pos_embed(self.token_embed(tokens), offset))
-        for i, block in enumerate(self.blocks):
-            block_cache = None if cache is None else cache.setdefault(i, {})
-            x = block(x, context, causal=True, context_padding_mask=context_padding_mask,
-                      cache=block_cache)
-        return self.norm(x)
-
     def forward(
         self,
         tokens: Tensor,
         context: Tensor | None = None,
         context_padding_mask: Tensor | None = None,
-        cache: dict[int, dict] | None = None,
-        offset: int = 0,
+        cache: KVCache | None = None,
+        logits: bool = True,
     ) -> Tensor:
-        """(B, L) token ids -> (B, L, vocab_size) next-token logits."""
-        x = self.forward_features(tokens, context, context_padding_mask, cache, offset)
-        return x @ self.token_embed.weight.t()
+        """(B, L) token ids -> (B, L, vocab_size) next-token logits, or with `logits=False`
+        the (B, L, dim) normalized hidden states (what CLIP's text encoder reads)."""
+        offset = cache.length if cache is not None else 0
+        x = self.drop(self.pos_embed(self.token_embed(tokens), offset))
+        for i, block in enumerate(self.blocks):
+            x = block(
+                x,
+                context,
+                causal=True,
+                context_padding_mask=context_padding_mask,
+                cache=cache,
+                name=str(i),
+            )
+        if cache is not None:
+            cache.advance(tokens.shape[1])
+        x = self.norm(x)
+        return x @ self.token_embed.weight.t() if logits else x  # tied output embedding

@@ -107,11 +107,14 @@ class UNet(nn.Module):
         super().__init__()
         widths = [base * m for m in multipliers]
         if any(w % norm_groups or w % heads for w in widths):
-            raise ValueError(f"level widths {widths} must be multiples of norm_groups "
-                             f"{norm_groups} and heads {heads}")
+            raise ValueError(
+                f"level widths {widths} must be multiples of norm_groups "
+                f"{norm_groups} and heads {heads}"
+            )
         if cond_dim and not time_dim:
-            raise ValueError("cond_dim needs time_dim: the condition is added to the time "
-                             "embedding")
+            raise ValueError(
+                "cond_dim needs time_dim: the condition is added to the time embedding"
+            )
         self.factor = 2 ** (len(widths) - 1)
         self.time_dim = time_dim
         emb_dim = None
@@ -123,13 +126,19 @@ class UNet(nn.Module):
         self.cond_proj = nn.Linear(cond_dim, emb_dim) if cond_dim else None
 
         def level(i: int, in_ch: int) -> Level:
-            return Level(in_ch, widths[i], blocks_per_level, i in attention_levels, emb_dim,
-                         dropout, norm_groups, heads)
+            return Level(
+                in_ch,
+                widths[i],
+                blocks_per_level,
+                i in attention_levels,
+                emb_dim,
+                dropout,
+                norm_groups,
+                heads,
+            )
 
         self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1)
-        self.down = nn.ModuleList(
-            level(i, widths[max(i - 1, 0)]) for i in range(len(widths))
-        )
+        self.down = nn.ModuleList(level(i, widths[max(i - 1, 0)]) for i in range(len(widths)))
         self.downsample = nn.ModuleList(
             nn.Conv2d(w, w, 3, stride=2, padding=1) for w in widths[:-1]
         )
@@ -137,16 +146,17 @@ class UNet(nn.Module):
         self.mid_attn = AttentionBlock(widths[-1], heads, norm_groups)
         self.mid2 = ResBlock(widths[-1], widths[-1], emb_dim, dropout, norm_groups)
         self.upsample = nn.ModuleList(
-            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                          nn.Conv2d(w, w, 3, padding=1))
+            nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w, w, 3, padding=1)
+            )
             for w in widths[1:]
         )
         self.up = nn.ModuleList(
-            level(i, widths[min(i + 1, len(widths) - 1)] + widths[i])
-            for i in range(len(widths))
+            level(i, widths[min(i + 1, len(widths) - 1)] + widths[i]) for i in range(len(widths))
         )
         self.out = nn.Sequential(
-            nn.GroupNorm(norm_groups, widths[0]), nn.SiLU(),
+            nn.GroupNorm(norm_groups, widths[0]),
+            nn.SiLU(),
             nn.Conv2d(widths[0], out_channels, 3, padding=1),
         )
 
@@ -165,8 +175,10 @@ class UNet(nn.Module):
         self, x: Tensor, t: Tensor | float | None = None, cond: Tensor | None = None
     ) -> Tensor:
         if x.shape[-2] % self.factor or x.shape[-1] % self.factor:
-            raise ValueError(f"input size {tuple(x.shape[-2:])} must be divisible by "
-                             f"{self.factor} (2 ** (levels - 1))")
+            raise ValueError(
+                f"input size {tuple(x.shape[-2:])} must be divisible by "
+                f"{self.factor} (2 ** (levels - 1))"
+            )
         emb = self._embedding(x, t, cond) if self.time_dim else None
         x = self.stem(x)
         skips = []

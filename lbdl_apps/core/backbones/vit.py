@@ -114,7 +114,7 @@ def _map_blocks(
     for key, value in sd.items():
         if not key.startswith(layer_prefix):
             continue
-        index, rest = key[len(layer_prefix):].split(".", 1)
+        index, rest = key[len(layer_prefix) :].split(".", 1)
         prefix = f"blocks.{index}"
         if rest.endswith("in_proj_weight"):
             bias = sd[key.removesuffix("weight") + "bias"]
@@ -127,8 +127,13 @@ def _map_blocks(
 
 def from_torchvision_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """torchvision.models.VisionTransformer keys -> ours (same model, eps 1e-6, GELU)."""
-    names = {"ln_1": "ln1", "self_attention.out_proj": "attn.out_proj", "ln_2": "ln2",
-             "mlp.0": "mlp.fc1", "mlp.3": "mlp.fc2"}
+    names = {
+        "ln_1": "ln1",
+        "self_attention.out_proj": "attn.out_proj",
+        "ln_2": "ln2",
+        "mlp.0": "mlp.fc1",
+        "mlp.3": "mlp.fc2",
+    }
     out = _map_blocks(sd, "encoder.layers.encoder_layer_", names)
     out["patch_embed.weight"] = sd["conv_proj.weight"]
     out["patch_embed.bias"] = sd["conv_proj.bias"]
@@ -148,8 +153,13 @@ def from_openai_clip_visual_state_dict(sd: dict[str, Tensor]) -> dict[str, Tenso
     proj_dim=..., num_classes=None). A whole CLIP state dict, or its `visual.` part."""
     if any(k.startswith("visual.") for k in sd):
         sd = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
-    names = {"ln_1": "ln1", "attn.out_proj": "attn.out_proj", "ln_2": "ln2",
-             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    names = {
+        "ln_1": "ln1",
+        "attn.out_proj": "attn.out_proj",
+        "ln_2": "ln2",
+        "mlp.c_fc": "mlp.fc1",
+        "mlp.c_proj": "mlp.fc2",
+    }
     out = _map_blocks(sd, "transformer.resblocks.", names)
     out["patch_embed.weight"] = sd["conv1.weight"]
     out["cls_token"] = sd["class_embedding"].reshape(1, 1, -1)
@@ -166,8 +176,13 @@ def from_openai_clip_text_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]
     ln_final) -> the keys of TransformerDecoder(vocab, width, layers, width // 64, context,
     cross_attention=False, act="quick_gelu"). CLIP's `text_projection` is not part of the
     decoder: its transpose is the weight of a bias-free Linear(width, embed_dim)."""
-    names = {"ln_1": "ln1", "attn.out_proj": "attn.out_proj", "ln_2": "ln2",
-             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    names = {
+        "ln_1": "ln1",
+        "attn.out_proj": "attn.out_proj",
+        "ln_2": "ln2",
+        "mlp.c_fc": "mlp.fc1",
+        "mlp.c_proj": "mlp.fc2",
+    }
     text = {k: v for k, v in sd.items() if not k.startswith("visual.")}
     out = _map_blocks(text, "transformer.resblocks.", names)
     out["token_embed.weight"] = sd["token_embedding.weight"]

@@ -1,5 +1,6 @@
-"""Environments of `lbdl dqn` (book 6.7): Atari through gymnasium + ale-py with the standard
-DQN preprocessing, or a classic-control task (CartPole-v1, Acrobot-v1)."""
+"""Where the data of `lbdl dqn` comes from (book 6.7): the environments the agent plays,
+Atari through gymnasium + ale-py with the standard DQN preprocessing, or a classic-control
+task (CartPole-v1, Acrobot-v1); the replay memory that keeps their transitions is replay.py."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lbdl_apps.dqn.env import EnvSettings, make_env, make_vector_env, newest_frames
+from lbdl_apps.dqn.data import EnvSettings, make_env, make_vector_env, newest_frames
 from lbdl_apps.dqn.replay import ReplayMemory
 
 

@@ -1,0 +1,172 @@
+"""`lbdl classify` as a task of core's run (book 6.2): its data, model, loss and
+evaluation for `train`, and `evaluate` on a split of any data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Subset, default_collate
+
+from lbdl_apps.classify.api import TASK, load
+from lbdl_apps.classify.cli import EvaluateArgs, TrainArgs
+from lbdl_apps.classify.data import ClassifyData, load_classify_data
+from lbdl_apps.classify.loss import classification_loss
+from lbdl_apps.classify.metrics import evaluate_classifier
+from lbdl_apps.classify.model import ClassifierConfig, build_model, default_config
+from lbdl_apps.classify.transforms import mix_collate
+from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.evaluation import output_folder, split_label, split_names, write_json
+from lbdl_apps.core.options import Common
+from lbdl_apps.core.plots import plot_confusion
+from lbdl_apps.core.run import (
+    Finished,
+    SupervisedTask,
+    TrainingSets,
+    override_config,
+    run_training,
+)
+from lbdl_apps.core.train_state import Monitor
+
+PRETRAINABLE = ("resnet18", "resnet34", "resnet50")
+
+
+class ClassifyTask(SupervisedTask[TrainArgs, ClassifyData]):
+    """Cross-entropy on labelled images; the best epoch has the best validation accuracy."""
+
+    name = TASK
+    monitor = Monitor("val_acc", "max")
+
+    def check(self, args: TrainArgs) -> None:
+        if args.pretrained and args.model not in PRETRAINABLE:
+            raise LbdlError(
+                f"--pretrained: only resnet18/34/50 have ImageNet weights, not {args.model}"
+            )
+        default_config(args.model, 2, 3, 32)  # an unknown --model, before any data is read
+
+    def load_data(self, args: TrainArgs, seed: int) -> ClassifyData:
+        data = load_classify_data(
+            args.data,
+            args.image_size,
+            val_fraction=args.val_fraction,
+            seed=seed,
+            download=args.download,
+            skip_bad=args.skip_bad,
+            augment=args.augment,
+        )
+        self.say(
+            f"data: {data.source}; {len(data.train)} train, {len(data.val)} val images, "
+            f"{len(data.labels)} classes"
+        )
+        return data
+
+    def model_config(self, args: TrainArgs, data: ClassifyData) -> ClassifierConfig:
+        config = default_config(args.model, len(data.labels), data.in_channels, data.image_size)
+        overrides = {"width": args.width, "depth": args.depth, "patch_size": args.patch_size,
+                     "conv_stem": args.conv_stem}  # fmt: skip
+        return override_config(config, overrides, args.model)
+
+    build_model = staticmethod(build_model)
+
+    def initialize(self, model: nn.Module, args: TrainArgs, data: ClassifyData) -> None:
+        if args.pretrained:
+            from lbdl_apps.core.backbones.resnet import load_pretrained
+
+            load_pretrained(model, args.pretrained, args.model)  # type: ignore[arg-type]
+
+    def datasets(self, args: TrainArgs, data: ClassifyData, model: nn.Module) -> TrainingSets:
+        train_set = data.train
+        if args.fraction < 1.0:
+            train_set = Subset(train_set, range(max(1, int(len(train_set) * args.fraction))))
+        collate = None
+        if args.mixup > 0 or args.cutmix > 0:
+            collate = mix_collate(len(data.labels), args.mixup, args.cutmix)
+        return TrainingSets(train_set, data.val, collate, default_collate)
+
+    def loss(self, args: TrainArgs, data: ClassifyData):
+        return partial(classification_loss, label_smoothing=args.label_smoothing)
+
+    def evaluator(self, args: TrainArgs, data: ClassifyData, model: nn.Module):
+        def evaluate(model: nn.Module, loader: DataLoader, device: torch.device):
+            scores = evaluate_classifier(model, loader, device, len(data.labels))[0]
+            return {f"val_{k}": v for k, v in scores.items()}
+
+        return evaluate
+
+    def metadata(self, args: TrainArgs, data: ClassifyData) -> dict[str, Any]:
+        return {"labels": data.labels, "preprocessing": data.preprocessing()}
+
+    def finish(self, args: TrainArgs, data: ClassifyData, run: Finished) -> dict[str, float]:
+        """The best checkpoint on the test split, when the data has one."""
+        if data.test is None:
+            return {}
+        classifier = load(run.run_dir / "model.safetensors", run.device)
+        loader = DataLoader(data.test, batch_size=256, num_workers=args.workers)
+        test, per_class = evaluate_classifier(
+            classifier.model, loader, run.device, len(data.labels)
+        )
+        plot_confusion(per_class["confusion"], data.labels, run.run_dir / "confusion_matrix.png")
+        self.say("test: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+        return {f"test_{k}": v for k, v in test.items()}
+
+
+def train(args: TrainArgs, common: Common) -> dict[str, float]:
+    """Train, keep the best checkpoint, evaluate it on the test split; return the best
+    epoch's validation scores and the test scores."""
+    return run_training(ClassifyTask(), args, common)
+
+
+@dataclass
+class Evaluation:
+    """The scores of `evaluate`, per class too, and where they were written."""
+
+    scores: dict[str, float]
+    per_class: dict[str, dict[str, Any]]
+    folder: Path
+
+
+def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
+    """Evaluate a checkpoint on a split (core.evaluation.split_names) of its own data or of
+    --data; write metrics.json and confusion_matrix.png."""
+    classifier = load(args.checkpoint, common.torch_device())
+    meta, pre = classifier.meta, classifier.preprocessing
+    source = args.data if args.data is not None else meta.get("data")
+    dataset = load_classify_data(
+        source,
+        pre["image_size"],
+        val_fraction=0.0 if args.data is not None else meta.get("val_fraction", 0.1),
+        seed=meta.get("seed", 0),
+        preprocessing=pre,
+    )
+    if dataset.labels != classifier.labels:
+        raise LbdlError(
+            f"{source}: its classes {dataset.labels[:5]}... differ from the checkpoint's "
+            f"{classifier.labels[:5]}..."
+        )
+    described = source or "the built-in shapes"
+    names = split_names(args.split, args.data is not None, dataset.splits(), described)
+    chosen = ConcatDataset([dataset.splits()[name] for name in names])
+    loader = DataLoader(chosen, batch_size=args.batch_size)
+    labels = classifier.labels
+    scores, tables = evaluate_classifier(classifier.model, loader, classifier.device, len(labels))
+    folder = output_folder(args.checkpoint, args.out)
+    plot_confusion(tables["confusion"], labels, folder / "confusion_matrix.png")
+    per_class = {
+        label: {
+            **{name: float(tables[name][i]) for name in ("precision", "recall", "f1")},
+            "support": int(tables["confusion"][i].sum()),
+        }
+        for i, label in enumerate(labels)
+    }
+    table = {
+        label: {k: row[k] for k in ("precision", "recall", "f1")}
+        for label, row in per_class.items()
+    }
+    summary = {"checkpoint": str(args.checkpoint), "data": source, "split": split_label(names),
+               "images": len(chosen), **scores, "per_class": table}  # fmt: skip
+    write_json(folder / "metrics.json", summary)
+    return Evaluation(scores, per_class, folder)
