@@ -151,7 +151,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     folder = output_folder(args.checkpoint, args.out)
     write_results(rows, folder / "results.csv")
     summary = {"checkpoint": str(args.checkpoint), "data": settings.get("data"),
-               "split": split_label(names), "beam_size": args.beam_size,
+               "split": split_label(names, splits), "beam_size": args.beam_size,
                "adapt": args.adapt or args.adapt_passes > 0, "adapt_passes": args.adapt_passes,
                **scores}  # fmt: skip
     write_json(folder / "metrics.json", summary)

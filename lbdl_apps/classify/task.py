@@ -166,7 +166,8 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
         label: {k: row[k] for k in ("precision", "recall", "f1")}
         for label, row in per_class.items()
     }
-    summary = {"checkpoint": str(args.checkpoint), "data": source, "split": split_label(names),
+    split = split_label(names, dataset.splits())
+    summary = {"checkpoint": str(args.checkpoint), "data": source, "split": split,
                "images": len(chosen), **scores, "per_class": table}  # fmt: skip
     write_json(folder / "metrics.json", summary)
     return Evaluation(scores, per_class, folder)

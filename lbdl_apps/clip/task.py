@@ -187,5 +187,5 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     scores = evaluate_pairs(clip, chosen, dataset.class_names, templates, args.batch_size)
     folder = output_folder(args.checkpoint, args.out)
     write_json(folder / "metrics.json", {"checkpoint": str(args.checkpoint), "data": source,
-               "split": split_label(names), "pairs": len(chosen), **scores})  # fmt: skip
+               "split": split_label(names, splits), "pairs": len(chosen), **scores})  # fmt: skip
     return Evaluation(scores, folder)

@@ -42,9 +42,12 @@ def split_names(
     return [requested]
 
 
-def split_label(names: list[str]) -> str:
-    """What metrics.json records as the split: one name, or "all"."""
-    return names[0] if len(names) == 1 else "all"
+def split_label(names: list[str], splits: dict[str, Sized | None]) -> str:
+    """What metrics.json records as the split: "all" when `names` are every non-empty split
+    of `splits` (a folder without splits of its own, evaluated whole, is "all"), else the
+    one split's name."""
+    present = [name for name in SPLITS[1:] if splits.get(name) is not None and len(splits[name])]
+    return "all" if names == present else names[0]
 
 
 def output_folder(checkpoint: str | Path, out: Path | None, verb: str = "evaluate") -> Path:

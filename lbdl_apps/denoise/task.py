@@ -154,7 +154,7 @@ def evaluation_images(restorer: Restorer, args: EvaluateArgs) -> tuple[list[Imag
     )
     splits = loaded.splits()
     names = split_names(args.split, given, splits, source or "the built-in dead leaves")
-    label = split_label(names)
+    label = split_label(names, splits)
     described = str(source) if given else f"{source or 'built-in'} ({label} images)"
     return [splits[name] for name in names], described, label  # type: ignore[misc]
 

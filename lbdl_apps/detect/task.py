@@ -231,7 +231,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     per_class = per_class_ap(result, detector.labels)
     folder = output_folder(args.checkpoint, args.out)
     plot_pr_curves(result, detector.labels, folder / "pr_curve.png")
-    split = split_label(names)
+    split = split_label(names, data.splits())
     summary_json = {"checkpoint": str(args.checkpoint), "data": source, "split": split,
                     "images": len(chosen), **scores, "mar_100": float(result["mar_100"]),
                     "ap_per_class": per_class}  # fmt: skip

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,21 +60,22 @@ def real_images(diffuser: Diffuser, args: EvaluateArgs, seed: int) -> RealImages
     source = args.data if args.data is not None else meta.get("data")
     if source is None:
         count = meta.get("builtin_count", 6000)
-        sizes = {"train": range(count), "test": range(args.n_real)}
-        names = split_names(args.split, True, sizes, "the built-in scenes")  # type: ignore[arg-type]
+        splits: dict[str, Sized | None] = {"train": range(count), "test": range(args.n_real)}
+        names = split_names(args.split, True, splits, "the built-in scenes")
         label, base = meta.get("scene_label", "color-shape"), meta.get("seed", 0)
         made = {"train": (count, base), "test": (args.n_real, base + 1)}  # (scenes, seed)
         parts = [builtin_scenes(made[n][0], size, made[n][1], False, label).train for n in names]
     else:
-        splits = load_diffusion_data(source, size, channels, seed).splits()
+        found = load_diffusion_data(source, size, channels, seed).splits()
+        splits = dict(found)
         names = split_names(args.split, True, splits, source)
-        parts = [splits[name] for name in names]  # type: ignore[misc]
+        parts = [found[name] for name in names]  # type: ignore[misc]
     dataset: Dataset = ConcatDataset(parts)
     picks = np.sort(np.random.default_rng(seed).permutation(len(dataset))[: args.n_real])
     loader = DataLoader(Subset(dataset, picks.tolist()), batch_size=256)
     described = f"{source or 'built-in scenes'} ({'+'.join(names)}), {len(picks)} images"
     batches = (to_unit(batch[0]) for batch in loader)
-    return RealImages(batches, len(picks), split_label(names), described)
+    return RealImages(batches, len(picks), split_label(names, splits), described)
 
 
 def sampled_classes(diffuser: Diffuser, classifier: Classifier, args: EvaluateArgs) -> list[str]:

@@ -170,8 +170,9 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     plot_confusion(confusion, segmenter.labels, folder / "confusion_matrix.png", show="rate",
                    title="pixels, normalised per true class")  # fmt: skip
     per_class = dict(zip(segmenter.labels, iou, strict=True))
-    summary = {"checkpoint": str(args.checkpoint), "data": source, "split": split_label(names),
+    split = split_label(names, splits)
+    summary = {"checkpoint": str(args.checkpoint), "data": source, "split": split,
                "tta": args.tta, "images": len(chosen), **scores, "iou": per_class,
                "confusion": confusion.tolist()}  # fmt: skip
     write_json(folder / "metrics.json", summary)
-    return Evaluation(scores, iou, segmenter.labels, folder, split_label(names))
+    return Evaluation(scores, iou, segmenter.labels, folder, split)

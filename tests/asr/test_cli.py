@@ -255,7 +255,7 @@ def test_evaluate_splits_mean_what_split_names_says(tmp_path: Path, checkpoint: 
         assert (found["split"], found["utterances"]) == (split, sizes[split])
     new = speakers_folder(tmp_path / "new", {"cid": 7})
     found = evaluated("--data", new)
-    assert (found["split"], found["utterances"], found["data"]) == ("train", 7, str(new))
+    assert (found["split"], found["utterances"], found["data"]) == ("all", 7, str(new))
     assert len(Path("ev/results.csv").read_text().splitlines()) == 1 + 7
     found = evaluated("--data", new, "--split", "all")
-    assert (found["split"], found["utterances"]) == ("train", 7)
+    assert (found["split"], found["utterances"]) == ("all", 7)

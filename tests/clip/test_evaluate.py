@@ -40,8 +40,8 @@ def test_data_without_splits_is_scored_whole(tiny_run: Path, tmp_path: Path) -> 
     (tmp_path / "pairs.csv").write_text("image,caption\n" + rows + "\n")
     out = tmp_path / "ev"
     result = lbdl("clip", "evaluate", tiny_run, "--data", tmp_path / "pairs.csv", "--out", out)
-    metrics = _metrics(result, out)  # all of it: what the data has is its train split
-    assert (metrics["split"], metrics["pairs"]) == ("train", 10)
+    metrics = _metrics(result, out)  # all of it: the data has no splits of its own
+    assert (metrics["split"], metrics["pairs"]) == ("all", 10)
     result = lbdl("clip", "evaluate", tiny_run, "--data", tmp_path / "pairs.csv", "--split", "test")
     assert_user_error(result, "--split test", "no test split")
 

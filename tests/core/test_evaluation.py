@@ -30,7 +30,9 @@ def test_with_data_a_folder_without_splits_is_evaluated_whole() -> None:
 def test_explicit_splits() -> None:
     assert split_names("all", False, OWN, "own") == ["train", "val", "test"]
     assert split_names("train", True, OWN, "own") == ["train"]
-    assert split_label(["train", "val", "test"]) == "all" and split_label(["val"]) == "val"
+    assert split_label(["train", "val", "test"], OWN) == "all"
+    assert split_label(["val"], OWN) == "val"
+    assert split_label(["train"], {"train": [1], "val": [], "test": None}) == "all"  # whole
     with pytest.raises(LbdlError, match=r"--split test: new/ has no test split \(it has train\)"):
         split_names("test", True, {"train": [1], "val": [], "test": None}, "new/")
     with pytest.raises(LbdlError, match=r"empty/: has nothing to evaluate"):

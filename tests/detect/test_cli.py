@@ -186,9 +186,9 @@ def test_evaluate_splits_mean_the_same_as_in_every_app(voc_checkpoint: Path) -> 
     assert scored("--split", "val") == ("val", 3)
     assert scored("--split", "train") == ("train", 3)
     assert scored("--split", "all") == ("all", 6)
-    assert scored("--data", "voc") == ("train", 6)  # no splits of its own: all of it
-    assert scored("--data", "voc", "--split", "all") == ("train", 6)
-    assert scored("--data", "voc", "--format", "voc", "--split", "train") == ("train", 6)
+    assert scored("--data", "voc") == ("all", 6)  # no splits of its own: all of it
+    assert scored("--data", "voc", "--split", "all") == ("all", 6)
+    assert scored("--data", "voc", "--format", "voc", "--split", "train") == ("all", 6)
     assert_user_error(
         lbdl("detect", "evaluate", voc_checkpoint, "--split", "test"), "--split test", "no test"
     )

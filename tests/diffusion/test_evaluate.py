@@ -49,7 +49,7 @@ def test_data_with_and_without_splits(
     for i in range(6):
         Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(plain / f"{i}.png")
     metrics = _evaluate(unconditional_model, tiny_classifier, tmp_path / "a", "--data", plain)
-    assert metrics["split"] == "train" and metrics["real"].endswith("(train), 6 images")
+    assert metrics["split"] == "all" and metrics["real"].endswith("(train), 6 images")
     tree = tmp_path / "tree"
     for split, count in (("train", 5), ("test", 3)):
         for name in ("red", "blue"):
