@@ -136,6 +136,11 @@ def diffusion_fashion(r: dict) -> Figures:
              f"{r['frechet_distance']:.2f}")]  # fmt: skip
 
 
+def resume_signals(r: dict) -> Figures:
+    return [("Resume after SIGINT/SIGTERM at random moments: bit-identical",
+             f"{r['exact']} of {r['interrupted']} ({r['interrupted_mid_epoch']} mid-epoch)")]
+
+
 def diffusion_speed(r: dict) -> Figures:
     return [("Sampling speed / diffusers UNet2DModel", f"{r['ratio']:.2f}x")]
 
@@ -146,7 +151,7 @@ HEADLINES: dict[str, Callable[[dict], Figures]] = {
         classify_fashion, trainer_overhead, denoise_set12, denoise_quality, denoise_peers,
         segment_membrane, segment_quality, segment_speed, detect_raccoon,
         detect_scenes, detect_speed, asr_fsdd, asr_speed, clip_fashion, clip_throughput,
-        dqn_cartpole, dqn_speed, dqn_pong, diffusion_fashion, diffusion_speed,
+        dqn_cartpole, dqn_speed, dqn_pong, diffusion_fashion, diffusion_speed, resume_signals,
     )
 }  # fmt: skip
 

@@ -1,5 +1,5 @@
 """`python -m lbdl_apps` is `lbdl`."""
 
-from lbdl_apps.cli import app
+from lbdl_apps.cli import run
 
-app()
+run()

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import pkgutil
 import platform
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,11 @@ import lbdl_apps
 from lbdl_apps.core.options import Common, Options, option
 from lbdl_apps.core.tour import STEPS, TourResult, write_report
 from lbdl_apps.core.verbs import OneLineErrors, verb
+
+# OpenCV and the FFmpeg inside it print their own warnings on stderr (a video they cannot
+# read is reported by lbdl, in one line): keep them quiet unless the user chose otherwise.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 app = typer.Typer(
     name="lbdl",
@@ -131,5 +137,21 @@ def tour(args: TourArgs, common: Common) -> None:
     console.print(f"report: {report}")
 
 
+def run() -> None:
+    """The `lbdl` command: SIGTERM is Ctrl-C from the first moment (one line, exit 130; a
+    training run saves its state first), and once the command is over a late signal no
+    longer cuts its exit short."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        app()
+    finally:
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, signal.SIG_IGN)
+
+
 if __name__ == "__main__":
-    app()
+    run()

@@ -44,6 +44,8 @@ def read_audio(path: str | Path) -> np.ndarray:
         raise LbdlError(f"{path}: cannot read ({error.strerror})") from None
     if data.shape[0] == 0:
         raise LbdlError(f"{path}: audio file holds no samples")
+    if not np.isfinite(data).all():
+        raise LbdlError(f"{path}: audio file holds samples that are not numbers (NaN or inf)")
     return resample(data.mean(axis=1), rate)
 
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from lbdl_apps.asr.audio import SAMPLE_RATE, resample
 from lbdl_apps.asr.speech import VOICES, synthesize_many
-from lbdl_apps.core.checkpoint import atomic_path
-from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.data import datasets_root
+from lbdl_apps.core.errors import LbdlError, report
+from lbdl_apps.core.outputs import atomic_path
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PHRASES = (
@@ -46,9 +46,25 @@ PHRASES = (
 VERSION = 3  # bump when the recipe changes: cached files of older recipes are not reused
 
 
+def _read_cache(path: Path, count: int) -> tuple[list[np.ndarray], list[str]] | None:
+    """The cached clips and texts, or None (after saying so) when the cache file is corrupt
+    or half written: it is then made again."""
+    try:
+        with open(path, "rb") as handle, np.load(handle) as stored:
+            texts = json.loads(str(stored["texts"]))
+            waves = [stored[f"a{i}"].astype(np.float32) / 32767 for i in range(count)]
+        if len(texts) == count:
+            return waves, texts
+    except Exception:  # numpy and zipfile raise many kinds for a damaged file
+        pass
+    report(f"warning: {path}: the built-in data cache is damaged; making it again")
+    path.unlink(missing_ok=True)
+    return None
+
+
 def cache_dir() -> Path:
     """Where downloaded and generated datasets live ($LBDL_DATA or ~/.cache/lbdl/datasets)."""
-    return Path(os.environ.get("LBDL_DATA") or Path.home() / ".cache" / "lbdl" / "datasets")
+    return datasets_root()
 
 
 KINDS = ("mixed", "digits", "digit", "phrases")
@@ -111,9 +127,9 @@ def make_speech(
     key = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / "asr-builtin" / f"{kind}-{count}-{seed}-{key}.npz"
     if path.is_file():
-        with np.load(path) as stored:
-            texts = json.loads(str(stored["texts"]))
-            return [stored[f"a{i}"].astype(np.float32) / 32767 for i in range(count)], texts
+        cached = _read_cache(path, count)
+        if cached is not None:
+            return cached
     rng = np.random.default_rng(seed)
     texts, specs = [], []
     for _ in range(count):

@@ -123,13 +123,15 @@ def transcribe(args: TranscribeArgs, common: Common) -> int:
     from lbdl_apps.asr.api import load
     from lbdl_apps.asr.audio import AUDIO_EXTENSIONS
     from lbdl_apps.asr.outputs import FORMATS, write_transcripts
-    from lbdl_apps.core.batch import BatchReport, batch_folder
+    from lbdl_apps.core.batch import BatchReport
     from lbdl_apps.core.data import expand_inputs
     from lbdl_apps.core.errors import LbdlError
+    from lbdl_apps.core.outputs import batch_folder
 
     kinds = tuple(k.strip() for k in args.formats.split(",") if k.strip())
     if not kinds or any(k not in FORMATS for k in kinds):
         raise LbdlError(f"--format {args.formats}: choose among {', '.join(FORMATS)}")
+    folder = batch_folder("asr", "transcribe", args.out, args.exist_ok)
     recognizer = load(args.checkpoint, common.torch_device())
     paths = expand_inputs(args.inputs, AUDIO_EXTENSIONS, "audio files")
     report = BatchReport(strict=args.strict)
@@ -138,7 +140,6 @@ def transcribe(args: TranscribeArgs, common: Common) -> int:
         args.adapt_passes,
     )  # fmt: skip
     report.ok(len(transcripts))
-    folder = batch_folder("asr", "transcribe", args.out)
     write_transcripts(transcripts, folder, kinds)
     for t in transcripts:
         print(f"{t.path}\t{t.text}")

@@ -17,7 +17,7 @@ from lbdl_apps.asr.data import Batch, Utterance, normalize_text
 from lbdl_apps.asr.decode import greedy_decode
 from lbdl_apps.asr.loss import speech_loss
 from lbdl_apps.asr.tokenizer import TextTokenizer
-from lbdl_apps.core.checkpoint import atomic_path
+from lbdl_apps.core.outputs import atomic_path
 from lbdl_apps.core.train import EvaluateFn
 
 

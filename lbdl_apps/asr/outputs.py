@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 from lbdl_apps.asr.api import Transcript
-from lbdl_apps.core.checkpoint import atomic_path
+from lbdl_apps.core.outputs import OutputNames, atomic_path, json_text
 
 FORMATS = ("txt", "json", "srt", "vtt")
 
@@ -41,7 +40,7 @@ def render(transcript: Transcript, kind: str) -> str:
     if kind == "txt":
         return transcript.text + "\n"
     if kind == "json":
-        return json.dumps(asdict(transcript), indent=1) + "\n"
+        return json_text(asdict(transcript), indent=1) + "\n"
     return to_srt(transcript) if kind == "srt" else to_vtt(transcript)
 
 
@@ -49,13 +48,11 @@ def write_transcripts(
     transcripts: list[Transcript], folder: Path, formats: tuple[str, ...] = FORMATS
 ) -> list[Path]:
     """One file per transcript and format, named after the audio file (a.wav -> a.txt ...);
-    files of the same name in different folders get numbered. Written atomically."""
+    files of the same name in different folders get numbered (a_2.txt). Written atomically."""
     written = []
-    used: dict[str, int] = {}
+    names = OutputNames()
     for transcript in transcripts:
-        stem = Path(transcript.path).stem
-        used[stem] = used.get(stem, 0) + 1
-        name = stem if used[stem] == 1 else f"{stem}_{used[stem]}"
+        name = names(transcript.path)
         for kind in formats:
             path = folder / f"{name}.{kind}"
             with atomic_path(path) as tmp:

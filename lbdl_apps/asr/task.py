@@ -21,8 +21,9 @@ from lbdl_apps.asr.metrics import Scored, evaluate_utterances, validation_fn, wr
 from lbdl_apps.asr.model import RecognizerConfig, build_model, default_config
 from lbdl_apps.asr.tokenizer import TextTokenizer
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.evaluation import output_folder, split_label, split_names, write_json
+from lbdl_apps.core.evaluation import split_label, split_names
 from lbdl_apps.core.options import Common
+from lbdl_apps.core.outputs import output_folder, write_json
 from lbdl_apps.core.run import Finished, SupervisedTask, TrainingSets, run_training
 from lbdl_apps.core.train_state import Monitor
 
@@ -136,6 +137,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     of --data, with --adapt after test-time adaptation to that audio; writes metrics.json and
     results.csv (one row per file). --data is read whole: no test or validation share is
     split off it (its utterances are all in "train")."""
+    folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
     recognizer = load(args.checkpoint, common.torch_device())
     meta = recognizer.meta
     settings: dict[str, Any] = dict(meta)
@@ -148,7 +150,6 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     chosen = [u for name in names for u in splits[name]]
     scores, rows = evaluate_utterances(recognizer, chosen, args.beam_size, adapt=args.adapt,
                                        adapt_passes=args.adapt_passes)  # fmt: skip
-    folder = output_folder(args.checkpoint, args.out)
     write_results(rows, folder / "results.csv")
     summary = {"checkpoint": str(args.checkpoint), "data": settings.get("data"),
                "split": split_label(names, splits), "beam_size": args.beam_size,

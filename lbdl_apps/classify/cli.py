@@ -4,7 +4,6 @@ options are the fields of its dataclass below."""
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -106,15 +105,16 @@ def predict(args: PredictArgs, common: Common) -> int:
     from rich.table import Table
 
     from lbdl_apps.classify.api import load
-    from lbdl_apps.core.batch import BatchReport, batch_folder
+    from lbdl_apps.core.batch import BatchReport
     from lbdl_apps.core.data import expand_inputs
+    from lbdl_apps.core.outputs import batch_folder
 
+    folder = batch_folder("classify", "predict", args.out, args.exist_ok)
     classifier = load(args.checkpoint, common.torch_device())
     paths = expand_inputs(args.inputs)
     report = BatchReport(strict=args.strict)
     predictions = classifier.predict(paths, args.top_k, args.batch_size, report)
     report.ok(len(predictions))
-    folder = batch_folder("classify", "predict", args.out)
     write_predictions(predictions, folder)
     table = Table("file", "label", "probability", "runner-up")
     for p in predictions[:50]:
@@ -129,10 +129,10 @@ def predict(args: PredictArgs, common: Common) -> int:
 
 def write_predictions(predictions: list[Any], folder: Path) -> None:
     """predictions.csv (path, top-1, probability, top-k) and predictions.json, atomically."""
-    from lbdl_apps.core.checkpoint import atomic_path
+    from lbdl_apps.core.outputs import atomic_path, json_text
 
     with atomic_path(folder / "predictions.json") as tmp:
-        tmp.write_text(json.dumps([asdict(p) for p in predictions], indent=1))
+        tmp.write_text(json_text([asdict(p) for p in predictions], indent=1))
     with atomic_path(folder / "predictions.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "probability", "top_k_labels", "top_k_probabilities"])

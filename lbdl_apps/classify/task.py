@@ -20,8 +20,9 @@ from lbdl_apps.classify.metrics import evaluate_classifier
 from lbdl_apps.classify.model import ClassifierConfig, build_model, default_config
 from lbdl_apps.classify.transforms import mix_collate
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.evaluation import output_folder, split_label, split_names, write_json
+from lbdl_apps.core.evaluation import split_label, split_names
 from lbdl_apps.core.options import Common
+from lbdl_apps.core.outputs import output_folder, write_json
 from lbdl_apps.core.plots import plot_confusion
 from lbdl_apps.core.run import (
     Finished,
@@ -132,6 +133,7 @@ class Evaluation:
 def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     """Evaluate a checkpoint on a split (core.evaluation.split_names) of its own data or of
     --data; write metrics.json and confusion_matrix.png."""
+    folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
     classifier = load(args.checkpoint, common.torch_device())
     meta, pre = classifier.meta, classifier.preprocessing
     source = args.data if args.data is not None else meta.get("data")
@@ -153,7 +155,6 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     loader = DataLoader(chosen, batch_size=args.batch_size)
     labels = classifier.labels
     scores, tables = evaluate_classifier(classifier.model, loader, classifier.device, len(labels))
-    folder = output_folder(args.checkpoint, args.out)
     plot_confusion(tables["confusion"], labels, folder / "confusion_matrix.png")
     per_class = {
         label: {

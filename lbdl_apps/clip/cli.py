@@ -188,18 +188,19 @@ def zero_shot(args: ZeroShotArgs, common: Common) -> int:
 
     from lbdl_apps.clip.api import DEFAULT_TEMPLATES, check_labels, load
     from lbdl_apps.clip.outputs import write_zero_shot
-    from lbdl_apps.core.batch import BatchReport, batch_folder
+    from lbdl_apps.core.batch import BatchReport
     from lbdl_apps.core.data import expand_inputs
+    from lbdl_apps.core.outputs import batch_folder
 
     names = args.names()
     check_labels(names)
+    folder = batch_folder("clip", "zero-shot", args.out, args.exist_ok)
     clip = load(args.checkpoint, common.torch_device(), args.act)
     templates = args.template or clip.meta.get("templates") or list(DEFAULT_TEMPLATES)
     paths = expand_inputs(args.inputs)
     report = BatchReport(strict=args.strict)
     predictions = clip.zero_shot(paths, names, templates, args.batch_size, report)
     report.ok(len(predictions))
-    folder = batch_folder("clip", "zero-shot", args.out)
     csv_path = write_zero_shot(predictions, folder)
     k = min(args.top_k, len(names))
     table = Table("file", *[f"#{i + 1}" for i in range(k)])
@@ -217,10 +218,12 @@ def embed(args: EmbedArgs, common: Common) -> int:
     """Embed images or texts into embeddings.npy, with embeddings.json naming each row."""
     from lbdl_apps.clip.api import load
     from lbdl_apps.clip.outputs import write_embeddings
-    from lbdl_apps.core.batch import BatchReport, batch_folder
+    from lbdl_apps.core.batch import BatchReport
     from lbdl_apps.core.data import expand_inputs
+    from lbdl_apps.core.outputs import batch_folder
 
     texts = args.texts()
+    folder = batch_folder("clip", "embed", args.out, args.exist_ok)
     paths = expand_inputs(args.inputs) if args.inputs else []
     clip = load(args.checkpoint, common.torch_device(), args.act)
     report = BatchReport(strict=args.strict)
@@ -231,7 +234,6 @@ def embed(args: EmbedArgs, common: Common) -> int:
         done, embeddings = clip.embed_images(paths, args.batch_size, report)
         items = [{"index": i, "path": str(p)} for i, p in enumerate(done)]
     report.ok(len(items))
-    folder = batch_folder("clip", "embed", args.out)
     info = {"checkpoint": str(args.checkpoint), "kind": "text" if texts else "image",
             "embed_dim": clip.embed_dim, "normalized": True}  # fmt: skip
     npy, _ = write_embeddings(embeddings.numpy(), items, info, folder)
@@ -247,11 +249,13 @@ def search(args: SearchArgs, common: Common) -> int:
 
     from lbdl_apps.clip.api import load
     from lbdl_apps.clip.outputs import write_search
-    from lbdl_apps.core.batch import BatchReport, batch_folder
+    from lbdl_apps.core.batch import BatchReport
     from lbdl_apps.core.data import expand_inputs
+    from lbdl_apps.core.outputs import batch_folder
 
     if not args.text.strip():
         raise LbdlError("--text: the query is empty")
+    folder = batch_folder("clip", "search", args.out, args.exist_ok)
     paths = expand_inputs(args.inputs)
     clip = load(args.checkpoint, common.torch_device(), args.act)
     report = BatchReport(strict=args.strict)
@@ -262,7 +266,6 @@ def search(args: SearchArgs, common: Common) -> int:
     scores = (images @ clip.encode_text([args.text]).float().cpu().t()).squeeze(1)  # (N, 1) -> (N,)
     order = scores.argsort(descending=True)[: args.top_k].tolist()
     ranked = [(done[i], float(scores[i])) for i in order]
-    folder = batch_folder("clip", "search", args.out)
     _, sheet = write_search(ranked, args.text, folder)
     table = Table("rank", "file", "similarity", title=args.text)
     for rank, (path, score) in enumerate(ranked, start=1):

@@ -17,6 +17,7 @@ from lbdl_apps.core.backbones.vit import (
     from_openai_clip_text_state_dict,
     from_openai_clip_visual_state_dict,
 )
+from lbdl_apps.core.checkpoint import load_tensors
 from lbdl_apps.core.errors import LbdlError
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -30,13 +31,12 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         if path.suffix == ".safetensors":
             sd: Any = load_file(path)
+        elif _is_torchscript(path):
+            sd = torch.jit.load(path, map_location="cpu").state_dict()
         else:
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:
-                if not zipfile.is_zipfile(path):
-                    raise
-                sd = torch.jit.load(path, map_location="cpu").state_dict()
+            sd = load_tensors(path, "state dict")
+    except LbdlError:
+        raise
     except Exception as error:
         raise LbdlError(f"{path}: not a readable state dict ({type(error).__name__})") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
@@ -44,6 +44,15 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     if not isinstance(sd, dict):
         raise LbdlError(f"{path}: holds no state dict")
     return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, Tensor)}
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive (OpenAI's released .pt files): a zip with
+    code beside its data."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
 
 
 def is_openai_clip(sd: dict[str, Tensor]) -> bool:

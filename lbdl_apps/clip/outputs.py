@@ -4,7 +4,6 @@ JSON metadata, and a contact sheet of search results."""
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -14,8 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from lbdl_apps.clip.api import ZeroShotPrediction
-from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.data import load_image, save_image
+from lbdl_apps.core.outputs import atomic_path, json_text
 
 THUMB = 160  # contact sheet cell size in pixels
 
@@ -23,7 +22,7 @@ THUMB = 160  # contact sheet cell size in pixels
 def write_zero_shot(predictions: Sequence[ZeroShotPrediction], folder: Path) -> Path:
     """zero_shot.csv (path, best label, its probability, every label ranked) and .json."""
     with atomic_path(folder / "zero_shot.json") as tmp:
-        tmp.write_text(json.dumps([asdict(p) for p in predictions], indent=1))
+        tmp.write_text(json_text([asdict(p) for p in predictions], indent=1))
     path = folder / "zero_shot.csv"
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -42,7 +41,7 @@ def write_embeddings(
     with atomic_path(npy) as tmp, open(tmp, "wb") as handle:
         np.save(handle, embeddings.astype(np.float32))
     with atomic_path(meta) as tmp:
-        tmp.write_text(json.dumps({**info, "shape": list(embeddings.shape), "items": items},
+        tmp.write_text(json_text({**info, "shape": list(embeddings.shape), "items": items},
                                   indent=1))  # fmt: skip
     return npy, meta
 

@@ -28,8 +28,9 @@ from lbdl_apps.clip.metrics import evaluate_pairs, pair_metrics
 from lbdl_apps.clip.model import ClipConfig, build_model, default_config, resized
 from lbdl_apps.clip.tokenizer import TextTokenizer, train_bpe
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.evaluation import output_folder, split_label, split_names, write_json
+from lbdl_apps.core.evaluation import split_label, split_names
 from lbdl_apps.core.options import Common
+from lbdl_apps.core.outputs import output_folder, write_json
 from lbdl_apps.core.run import Finished, SupervisedTask, TrainingSets, run_training
 from lbdl_apps.core.train_state import Monitor
 
@@ -166,6 +167,7 @@ class Evaluation:
 def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     """Evaluate a checkpoint on a split (core.evaluation.split_names) of its own data or of
     --data (read whole: only the data's own splits are kept apart); write metrics.json."""
+    folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
     clip = load(args.checkpoint, common.torch_device())
     meta, given = clip.meta, args.data is not None
     if not given and "seed" not in meta:
@@ -185,7 +187,6 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     chosen = PairSet.concat({name: splits[name] for name in names})  # type: ignore[misc]
     templates = args.template or dataset.templates
     scores = evaluate_pairs(clip, chosen, dataset.class_names, templates, args.batch_size)
-    folder = output_folder(args.checkpoint, args.out)
     write_json(folder / "metrics.json", {"checkpoint": str(args.checkpoint), "data": source,
                "split": split_label(names, splits), "pairs": len(chosen), **scores})  # fmt: skip
     return Evaluation(scores, folder)

@@ -85,12 +85,3 @@ def read_batches(
             names, items = [], []
     if items:
         yield names, items
-
-
-def batch_folder(task: str, verb: str, out: Path | None) -> Path:
-    """Where a batch verb writes: --out, else runs/<task>/<verb>; created."""
-    folder = out if out is not None else Path("runs") / task / verb
-    if folder.exists() and not folder.is_dir():
-        raise LbdlError(f"--out {folder}: exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

@@ -6,12 +6,10 @@ preprocessing and whatever else the app needs to rebuild and use the model.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
+import pickle
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,24 +20,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.outputs import atomic_path, finite, write_error
 
 FORMAT_VERSION = 1
 META_KEY = "lbdl"
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _storable(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -60,7 +44,11 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta:
     """Write weights and `meta` (JSON-serialisable) to a safetensors file, atomically."""
     info = {"format_version": FORMAT_VERSION, **meta}
     with atomic_path(path) as tmp:
-        save_file(_storable(state_dict), str(tmp), metadata={META_KEY: json.dumps(info)})
+        metadata = {META_KEY: json.dumps(finite(info), allow_nan=False)}
+        try:
+            save_file(_storable(state_dict), str(tmp), metadata=metadata)
+        except (SafetensorError, RuntimeError, OSError) as error:
+            raise write_error(Path(path), error) from None
 
 
 def _check_file(path: Path) -> None:
@@ -140,17 +128,36 @@ def _parse_meta(path: Path, raw: str, task: str | None) -> dict[str, Any]:
 def save_state(path: str | Path, state: dict) -> None:
     """Write the trainer state (tensors, numbers, strings, containers) atomically."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except (RuntimeError, OSError) as error:
+            raise write_error(Path(path), error) from None
 
 
-def load_state(path: str | Path) -> dict:
-    """Read a trainer state with weights_only=True (nothing arbitrary is unpickled)."""
+def load_tensors(path: str | Path, what: str) -> Any:
+    """A torch file read with weights_only=True: tensors, numbers, strings and containers;
+    a file holding other Python objects is refused, never unpickled. Any failure is one
+    line naming the file (torch's own advice to turn weights_only off is never repeated)."""
     path = Path(path)
     _check_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise LbdlError(
+            f"{path}: not a {what}: it holds Python objects beyond tensors, which lbdl "
+            "never loads"
+        ) from None
     except Exception as e:  # torch raises many kinds for a bad file; all mean the same here
-        raise LbdlError(f"{path}: unreadable trainer state ({type(e).__name__})") from e
+        reason = f"truncated or corrupt: {type(e).__name__}"
+        raise LbdlError(f"{path}: unreadable {what} ({reason})") from None
+
+
+def load_state(path: str | Path) -> dict:
+    """Read a trainer state with weights_only=True (nothing arbitrary is unpickled)."""
+    state = load_tensors(path, "trainer state")
+    if not isinstance(state, dict):
+        raise LbdlError(f"{path}: unreadable trainer state (not a dict)")
+    return state
 
 
 C = TypeVar("C")  # an app's model config dataclass

@@ -19,8 +19,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from lbdl_apps.core.bad_records import bad_record_rule
-from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.outputs import atomic_path
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",

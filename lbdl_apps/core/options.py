@@ -226,7 +226,17 @@ SPLITS = ("all", "train", "val", "test")
 
 
 @dataclass(kw_only=True)
-class EvaluateArgs(Options):
+class OutputArgs(Options):
+    """The options of every verb that writes results into a folder."""
+
+    out: Path | None = None
+    """Output folder (default: a new numbered folder: predict, predict2, ...)."""
+    exist_ok: bool = False
+    """Allow writing into an --out folder that already holds results."""
+
+
+@dataclass(kw_only=True)
+class EvaluateArgs(OutputArgs):
     """The options of every `evaluate` verb."""
 
     checkpoint: str = option(argument=True)
@@ -238,7 +248,8 @@ class EvaluateArgs(Options):
     else its val split, else all of it; without --data, the checkpoint's own test split if
     its data had one, else its val split."""
     out: Path | None = None
-    """Output folder (default: evaluate/ beside the checkpoint)."""
+    """Output folder (default: a new evaluate, evaluate2, ... in the checkpoint's run
+    folder)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -247,11 +258,11 @@ class EvaluateArgs(Options):
 
 
 @dataclass(kw_only=True)
-class BatchArgs(Options):
+class BatchArgs(OutputArgs):
     """The options of every verb that works through a batch of the user's files."""
 
     out: Path | None = None
-    """Output folder (created if missing)."""
+    """Output folder (default: a new runs/<app>/<verb>, <verb>2, ... folder)."""
     strict: bool = False
     """Stop at the first unreadable input (exit 2)."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from lbdl_apps.core.checkpoint import atomic_path
+from lbdl_apps.core.outputs import atomic_path
 
 # Columns that describe the run's progress rather than how well the model does.
 BOOKKEEPING = ("epoch", "step", "lr", "time_s", "samples_per_s")

@@ -9,10 +9,11 @@ from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lbdl_apps.core.checkpoint import atomic_path, load_state
+from lbdl_apps.core.checkpoint import load_state
 from lbdl_apps.core.distributed import is_main_process
 from lbdl_apps.core.errors import LbdlError, report
 from lbdl_apps.core.options import Common, RunArgs
+from lbdl_apps.core.outputs import atomic_path, json_text, make_folder, numbered
 
 A = TypeVar("A", bound=RunArgs)  # an app's TrainArgs
 
@@ -35,18 +36,15 @@ def make_run_dir(
         path = Path(root) / task / name
     else:
         path = Path(root) / task / "train"
-        number = 2
-        while path.exists() and not exist_ok and is_main_process():
-            path = path.with_name(f"train{number}")
-            number += 1
+        if is_main_process():
+            path = numbered(path, exist_ok)
     if not is_main_process():
         return path
     if path.exists() and not path.is_dir():
         raise LbdlError(f"{path}: exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not exist_ok:
         raise LbdlError(f"{path}: run folder already exists; pass --exist-ok to reuse it")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return make_folder(path)
 
 
 def run_folder(task: str, args: RunArgs) -> Path:
@@ -88,7 +86,7 @@ def save_run_config(run_dir: Path, task: str, args: Any, common: Common, model_c
     model = asdict(model_config) if is_dataclass(model_config) else model_config
     saved = {"task": task, "args": plain, "common": asdict(common), "model": model}
     with atomic_path(run_dir / "config.json") as tmp:
-        tmp.write_text(json.dumps(saved, indent=2))
+        tmp.write_text(json_text(saved))
 
 
 class MetricsLog:
@@ -117,7 +115,7 @@ class MetricsLog:
         """Add one row to both files."""
         self._rows.append(dict(row))
         with self.jsonl_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json_text(row, indent=None) + "\n")
         if set(row) <= set(self._header) and self.csv_path.exists():
             with self.csv_path.open("a", newline="") as f:
                 csv.DictWriter(f, self._header).writerow(row)
@@ -134,7 +132,7 @@ class MetricsLog:
             self.jsonl_path.unlink(missing_ok=True)
             return
         with atomic_path(self.jsonl_path) as tmp:
-            tmp.write_text("".join(json.dumps(row) + "\n" for row in self._rows))
+            tmp.write_text("".join(json_text(row, indent=None) + "\n" for row in self._rows))
         self._rewrite_csv()
 
     def _rewrite_csv(self) -> None:

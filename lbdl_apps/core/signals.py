@@ -39,14 +39,36 @@ class StopSignals:
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
         """Finish this block before a Ctrl-C/SIGTERM takes effect."""
-        self._deferring = True
+        self.begin()
         try:
             yield
         finally:
             self._deferring = False
+        self.end()
+
+    def begin(self) -> None:
+        """From now until `end`, a signal waits (a training step under way)."""
+        self._deferring = True
+
+    def end(self) -> None:
+        """The held-back work is done: a signal that came meanwhile takes effect now."""
+        self._deferring = False
         if self._requested:
             raise KeyboardInterrupt
+
+    @property
+    def requested(self) -> bool:
+        """Whether a signal came while held back."""
+        return self._requested
 
     def hold(self) -> None:
         """From now on, hold every signal back (a second Ctrl-C must not cut a save short)."""
         self._deferring = True
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader worker's `worker_init_fn`: Ctrl-C reaches the whole process group, and
+    it is the main process that stops the run, after the step under way (a worker that died
+    of it would break that step)."""
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)

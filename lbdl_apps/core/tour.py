@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lbdl_apps.core.options import Common, RunArgs
+from lbdl_apps.core.outputs import write_json
 
 
 @dataclass
@@ -88,4 +88,4 @@ def write_report(results: dict[str, tuple[TourStep, TourResult, float]], path: P
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     summary = {name: r.metrics for name, (_, r, _) in results.items()}
-    (path.parent / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(path.parent / "summary.json", summary)

@@ -24,15 +24,16 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from lbdl_apps.core.checkpoint import atomic_path, load_state, save_state
+from lbdl_apps.core.checkpoint import load_state, save_state
 from lbdl_apps.core.device import amp_dtype, seed_everything
 from lbdl_apps.core.distributed import local_device, process_group, world_size
-from lbdl_apps.core.errors import EXIT_INTERRUPTED, LbdlError
+from lbdl_apps.core.errors import EXIT_INTERRUPTED, LbdlError, report
 from lbdl_apps.core.optim import adamw_with_schedule, ema_with_warmup
 from lbdl_apps.core.options import TrainArgs
+from lbdl_apps.core.outputs import atomic_path
 from lbdl_apps.core.progress import add_task, progress_bar
 from lbdl_apps.core.records import Recorder
-from lbdl_apps.core.signals import StopSignals
+from lbdl_apps.core.signals import StopSignals, ignore_stop_signals
 from lbdl_apps.core.train_state import (
     Monitor,
     Position,
@@ -124,7 +125,7 @@ class Trainer:
                 self._flush()
                 if self.main:
                     save_state(self.run_dir / "state.pt", self._state())
-                    self.records.say(
+                    report(
                         f"interrupted: training state saved in {self.run_dir / 'state.pt'} "
                         f"(continue with --resume {self.run_dir})"
                     )
@@ -188,6 +189,7 @@ class Trainer:
         loader_args = {
             "batch_size": args.batch_size,
             "num_workers": args.workers,
+            "worker_init_fn": ignore_stop_signals if args.workers else None,
             "collate_fn": self.collate_fn,
             # pinning pays off only when a worker thread does it beside the training step
             "pin_memory": self.device.type == "cuda" and args.workers > 0,
@@ -229,7 +231,9 @@ class Trainer:
             group_start = i - i % args.accumulate
             group_len = min(args.accumulate, self.n_batches - group_start)
             last = i + 1 == group_start + group_len
-            batch = to_device(batch, self.device)
+            if i == group_start:  # a signal now waits for the step: the forward passes
+                self.signals.begin()  # change batch-norm statistics, the state must not
+            batch = to_device(batch, self.device)  # hold those of an unfinished step
             with self._no_sync(not last):
                 with torch.autocast(self.device.type, self.amp, enabled=self.amp is not None):
                     loss, metrics = self.loss_fn(self.train_model, batch)
@@ -238,10 +242,10 @@ class Trainer:
             self._pending.append((step + 1, loss.detach()))
             if not last:
                 continue
-            with self.signals.deferred():
-                self._optimizer_step()
-                step += 1
-                self._at = Position(epoch, i + 1, step, tally, rng_state(self.device))
+            self._optimizer_step()
+            step += 1
+            self._at = Position(epoch, i + 1, step, tally, rng_state(self.device))
+            self.signals.end()
             if time.perf_counter() - self._last_refresh > REFRESH_S:
                 self._flush()
             if args.save_period and step % args.save_period == 0:
@@ -313,14 +317,27 @@ class Trainer:
             if self.main:
                 improved = records.update_best(row)
                 stop = patience is not None and bool(val) and records.bad_epochs >= patience
-                records.save_epoch(row, self._weights(), improved)
-                save_state(self.run_dir / "state.pt", self._state())
+                self._save(row, improved)
                 records.say_epoch(row, improved, stop)
         if self.world > 1:
             decision = [stop, records.bad_epochs]
             dist.broadcast_object_list(decision, src=0)
             stop, records.bad_epochs = decision
         return stop
+
+    def _save(self, row: dict[str, Any], improved: bool) -> None:
+        """The epoch's checkpoints, log and state.pt; when a write fails (a full disk), an
+        error saying what ran out and what is kept to resume from."""
+        try:
+            self.records.save_epoch(row, self._weights(), improved)
+            save_state(self.run_dir / "state.pt", self._state())
+        except LbdlError as error:
+            kept = (
+                f"; the state of an earlier epoch is kept (continue with --resume {self.run_dir})"
+                if (self.run_dir / "state.pt").exists()
+                else ""
+            )
+            raise LbdlError(f"{error}{kept}") from None
 
     def _weights(self) -> dict[str, Tensor]:
         """The weights that are evaluated and saved: the EMA ones when there is an EMA."""

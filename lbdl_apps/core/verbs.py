@@ -6,11 +6,13 @@ stderr and exit 2, Ctrl-C exit 130; the function's return value is the exit code
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import sys
 import traceback
 import typing
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +27,7 @@ from lbdl_apps.core.options import (
     default_of,
     help_texts,
 )
+from lbdl_apps.core.signals import StopSignals
 
 # The click that typer runs on (recent typer releases vendor their own copy).
 click_exceptions = sys.modules[typer.BadParameter.__module__]
@@ -111,18 +114,50 @@ def parameters(cls: type) -> list[inspect.Parameter]:
     return result
 
 
+def one_line_warnings(debug: bool) -> contextlib.AbstractContextManager:
+    """Python warnings of the libraries (PIL, torch, ...) shown as one line of ours each,
+    once per message (all of them, as Python shows them, with --debug)."""
+    if debug:
+        return contextlib.nullcontext()
+    shown: set[tuple[type, str]] = set()
+
+    def show(message: Any, category: type, *_: Any, **__: Any) -> None:
+        lines = str(message).strip().splitlines()
+        text = lines[0] if lines else category.__name__
+        if (category, text) not in shown:
+            shown.add((category, text))
+            report(f"warning: {text}")
+
+    patched = contextlib.ExitStack()
+    patched.enter_context(warnings.catch_warnings())
+    warnings.showwarning = show
+    return patched
+
+
 def run_guarded(fn: Callable[[], Any], debug: bool) -> Any:
     """Run a verb body under the error rule: LbdlError -> one line + exit 2, Ctrl-C -> exit 130."""
+    from lbdl_apps.core.outputs import forget_made_folders, remove_unused_folders
+
+    forget_made_folders()
     try:
         return fn()
     except LbdlError as error:
+        remove_unused_folders()
         if debug:
             traceback.print_exc()
         report(f"error: {error}")
         raise typer.Exit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
+        remove_unused_folders()
         report("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except OSError as error:  # the file system refused (read-only, full, not a folder)
+        remove_unused_folders()
+        if debug:
+            traceback.print_exc()
+        where = f"{error.filename}: " if error.filename else ""
+        report(f"error: {where}{error.strerror or error}")
+        raise typer.Exit(EXIT_USER_ERROR) from None
 
 
 def verb(
@@ -147,7 +182,9 @@ def verb(
                 common.apply()
                 return fn(args, common)
 
-            code = run_guarded(body, common.debug)
+            # SIGTERM, like Ctrl-C: exit 130 with one line
+            with StopSignals().installed(), one_line_warnings(common.debug):
+                code = run_guarded(body, common.debug)
             if code:
                 raise typer.Exit(code)
 
@@ -179,7 +216,7 @@ class OneLineErrors(TyperGroup):
             where = error.ctx.command_path if getattr(error, "ctx", None) else "lbdl"
             report(f"error: {where}: {error.format_message()} (see --help)")
             sys.exit(error.exit_code)
-        except typer.Abort:
-            report("aborted")
-            sys.exit(1)
+        except typer.Abort:  # Ctrl-C (or SIGTERM) outside a verb's body, e.g. while parsing
+            report("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
         sys.exit(code if isinstance(code, int) else 0)

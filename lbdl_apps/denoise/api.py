@@ -16,6 +16,7 @@ from lbdl_apps.core.batch import BatchReport, read_each
 from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.data import convert_image, load_image, save_image
 from lbdl_apps.core.device import resolve_device
+from lbdl_apps.core.outputs import OutputNames
 from lbdl_apps.core.tiles import tiled_apply
 from lbdl_apps.denoise.degrade import (
     Degradation,
@@ -122,20 +123,21 @@ class Restorer:
         report: BatchReport | None = None,
     ) -> list[Restored]:
         """Restore image files into `out` (name_restored.png, and name_compare.png with the
-        input beside the output); unreadable files go to `report` (or raise)."""
-        folder = Path(out)
+        input beside the output; a second name.png from another folder is name_2);
+        unreadable files go to `report` (or raise)."""
+        folder, names = Path(out), OutputNames()
         read = functools.partial(self.prepare, degrade=degrade, seed=seed)
         results = []
         for path, prepared in read_each(paths, read, report):
             restored = to_uint8(self.restore_array(prepared, tile, overlap))
-            output = save_image(restored, folder / f"{path.stem}_restored.png")
+            output = save_image(restored, folder / f"{names(path)}_restored.png")
             side = None
             if compare:
                 before = to_uint8(prepared)
                 gap = np.full((before.shape[0], 8, *before.shape[2:]), 255, np.uint8)
                 side = save_image(
                     np.concatenate([before, gap, restored], axis=1),
-                    folder / f"{path.stem}_compare.png",
+                    folder / f"{names(path)}_compare.png",
                 )
             if report is not None:
                 report.ok()

@@ -120,15 +120,16 @@ def predict(args: PredictArgs, common: Common) -> int:
     """Restore image files of any size (overlapping tiles); writes NAME_restored.png."""
     from rich.console import Console
 
-    from lbdl_apps.core.batch import BatchReport, batch_folder
+    from lbdl_apps.core.batch import BatchReport
     from lbdl_apps.core.data import expand_inputs
+    from lbdl_apps.core.outputs import batch_folder
     from lbdl_apps.denoise.api import TASK, load
     from lbdl_apps.denoise.degrade import parse_specs
 
+    folder = batch_folder(TASK, "predict", args.out, args.exist_ok)
     restorer = load(args.checkpoint, common.torch_device())
     specs = parse_specs(args.degrade) if args.degrade else None
     paths = expand_inputs(args.inputs)
-    folder = batch_folder(TASK, "predict", args.out)
     report = BatchReport(strict=args.strict)
     results = restorer.predict(
         paths, folder, specs, args.compare, args.tile, args.overlap, common.seed, report=report

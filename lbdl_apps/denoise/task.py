@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.errors import LbdlError, report
-from lbdl_apps.core.evaluation import output_folder, split_label, split_names, write_json
+from lbdl_apps.core.evaluation import split_label, split_names
 from lbdl_apps.core.options import Common
+from lbdl_apps.core.outputs import atomic_path, output_folder, write_json
 from lbdl_apps.core.run import SupervisedTask, TrainingSets, run_training
 from lbdl_apps.core.train_state import Monitor
 from lbdl_apps.denoise.api import TASK, Restorer, load
@@ -241,13 +241,13 @@ def evaluate(args: EvaluateArgs, common: Common) -> EvalResult:
     each degraded with a fixed seed per image (the benchmark protocol for Gaussian noise:
     a fresh RandomState(seed) per image, sigma on the 0-255 scale, PSNR not clipped);
     writes metrics.json and per_image.csv into the output folder."""
+    folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
     restorer = load(args.checkpoint, common.torch_device())
     specs = parse_specs(args.degrade) if args.degrade else restorer.degradations
     sources, described, split = evaluation_images(restorer, args)
     sums, rows, baseline = _score_images(restorer, sources, specs, args, common.seed)
     n = len(rows)
     scores = _means(sums, n, baseline, args.baseline)
-    folder = output_folder(args.checkpoint, args.out)
     summary = {
         "checkpoint": str(args.checkpoint),
         "data": described,

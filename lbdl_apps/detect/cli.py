@@ -89,13 +89,13 @@ class PredictArgs(options.PredictArgs):
 
 
 @dataclass(kw_only=True)
-class ExportArgs(options.Options):
+class ExportArgs(options.OutputArgs):
     """The options of `lbdl detect export`."""
 
     checkpoint: str = option(argument=True)
     """A detect checkpoint: a .safetensors file or a run folder."""
     out: Path | None = None
-    """Output folder (default: export/ beside the checkpoint)."""
+    """Output folder (default: a new export, export2, ... in the checkpoint's run folder)."""
     format: list[str] = option(factory=lambda: ["torchscript"])
     """torchscript and/or onnx (repeat the option)."""
     batch: int = option(1, min=1)
@@ -149,12 +149,12 @@ def predict(args: PredictArgs, common: Common) -> int:
 def export(args: ExportArgs, common: Common) -> None:
     """Export the network and box decoding (TorchScript, or ONNX with the onnx package);
     thresholding and NMS stay outside the graph, as the .json beside the file says."""
-    from lbdl_apps.core.evaluation import output_folder
+    from lbdl_apps.core.outputs import output_folder
     from lbdl_apps.detect.api import load
     from lbdl_apps.detect.export import export as write
 
+    folder = output_folder(args.checkpoint, args.out, "export", args.exist_ok)
     detector = load(args.checkpoint, "cpu")
-    folder = output_folder(args.checkpoint, args.out, "export")
     for path in write(detector, folder, args.format, args.batch):
         print(f"wrote {path} and {path.with_suffix('.json').name}")
     print(json.dumps(detector.labels))

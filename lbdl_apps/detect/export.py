@@ -11,15 +11,14 @@ stay outside the graph, as `boxes.select` does them:
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.outputs import atomic_path, json_text
 from lbdl_apps.detect.api import Detector
 from lbdl_apps.detect.boxes import decode
 from lbdl_apps.detect.cli import EXPORT_FORMATS
@@ -82,7 +81,7 @@ def export(detector: Detector, out: Path, formats: list[str], batch: int = 1) ->
         else:
             _export_onnx(wrapped, example, path)
         with atomic_path(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps(sidecar(detector), indent=2))
+            tmp.write_text(json_text(sidecar(detector)))
         written.append(path)
     return written
 

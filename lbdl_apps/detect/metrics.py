@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from lbdl_apps.core.checkpoint import atomic_path
+from lbdl_apps.core.outputs import atomic_path
 from lbdl_apps.detect.boxes import postprocess
 
 EVAL_CONF = 0.01  # low score threshold: mAP integrates over every operating point

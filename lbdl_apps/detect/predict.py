@@ -3,17 +3,16 @@ out (book 6.3)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 from rich.console import Console
 
-from lbdl_apps.core.batch import BatchReport, batch_folder
-from lbdl_apps.core.checkpoint import atomic_path
+from lbdl_apps.core.batch import BatchReport
 from lbdl_apps.core.data import expand_inputs, find_images, save_image
 from lbdl_apps.core.options import Common
+from lbdl_apps.core.outputs import OutputNames, atomic_path, batch_folder, json_text
 from lbdl_apps.detect.api import (
     TASK,
     VIDEO_EXTENSIONS,
@@ -66,13 +65,6 @@ def expand_media(inputs: list[str]) -> list[Path]:
     return (expand_inputs(rest) if rest else []) + videos
 
 
-def _unique_stem(path: str, used: set[str]) -> str:
-    stem = Path(path).stem
-    while stem in used:  # same name in two folders
-        stem += "_"
-    return stem
-
-
 class Outputs:
     """What predict writes for each detected image or frame: the drawn image (a video's
     frames into its drawn video), its YOLO txt with --save-txt, and its entries of
@@ -83,13 +75,14 @@ class Outputs:
         self.results: list[dict] = []
         self.images: list[dict] = []
         self.stems: dict[str, str] = {}
+        self.names = OutputNames()
         self.video: VideoOut | None = None
 
     def add(self, found: Detections, image: np.ndarray) -> bool:
         """Write the outputs of one image or frame; True for the first one of its file."""
         first = found.path not in self.stems
         if first:
-            self.stems[found.path] = _unique_stem(found.path, set(self.stems.values()))
+            self.stems[found.path] = self.names(found.path)
             self.close()
             if found.frame is not None:
                 path = self.folder / f"{self.stems[found.path]}.mp4"
@@ -124,21 +117,21 @@ class Outputs:
         """predictions.json (COCO results: a list of detections) and images.json (the image
         ids, files and class names they refer to)."""
         with atomic_path(self.folder / "predictions.json") as tmp:
-            tmp.write_text(json.dumps(self.results))
+            tmp.write_text(json_text(self.results, indent=None))
         categories = [{"id": i, "name": n} for i, n in enumerate(self.labels)]
         index = {"images": self.images, "categories": categories}
         with atomic_path(self.folder / "images.json") as tmp:
-            tmp.write_text(json.dumps(index, indent=1))
+            tmp.write_text(json_text(index, indent=1))
 
 
 def run_prediction(args: PredictArgs, common: Common) -> int:
     """Detect objects in every input; returns the batch exit code (3 if a file failed)."""
+    folder = batch_folder(TASK, "predict", args.out, args.exist_ok)
     detector = load(args.checkpoint, common.torch_device())
     listed = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
     chosen = detector.class_indices(None if listed is None else [c for c in listed if c])
     paths = expand_media(args.inputs)
     report = BatchReport(strict=args.strict)
-    folder = batch_folder(TASK, "predict", args.out)
     console = Console(quiet=common.quiet)
     outputs = Outputs(folder, detector.labels, args)
     found_all = detector.iter_predict(paths, report, args.conf, args.iou, args.max_det, chosen)

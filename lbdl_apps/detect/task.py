@@ -12,8 +12,9 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.evaluation import output_folder, split_label, split_names, write_json
+from lbdl_apps.core.evaluation import split_label, split_names
 from lbdl_apps.core.options import Common
+from lbdl_apps.core.outputs import output_folder, write_json
 from lbdl_apps.core.run import Phase, SupervisedTask, TrainingSets, run_training
 from lbdl_apps.core.train_state import Monitor
 from lbdl_apps.detect.api import TASK, load
@@ -219,6 +220,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     """mAP@[.5:.95], mAP@.5, mAP@.75 and per-class AP of a checkpoint on a split
     (core.evaluation.split_names) of its own data or of --data; writes metrics.json and
     pr_curve.png."""
+    folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
     detector = load(args.checkpoint, common.torch_device())
     data = _evaluation_data(args, detector.meta, detector.labels)
     source = args.data if args.data is not None else detector.meta.get("data")
@@ -229,7 +231,6 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     result = evaluate_detector(detector.model, loader, detector.device, per_class=True)
     scores = summary(result)
     per_class = per_class_ap(result, detector.labels)
-    folder = output_folder(args.checkpoint, args.out)
     plot_pr_curves(result, detector.labels, folder / "pr_curve.png")
     split = split_label(names, data.splits())
     summary_json = {"checkpoint": str(args.checkpoint), "data": source, "split": split,

@@ -109,7 +109,7 @@ class Sampling(Options):
 
 
 @dataclass(kw_only=True)
-class SampleArgs(Sampling):
+class SampleArgs(Sampling, options.OutputArgs):
     """The options of `lbdl diffusion sample` (and `predict`)."""
 
     checkpoint: str = option(argument=True)
@@ -121,7 +121,7 @@ class SampleArgs(Sampling):
     clip_scale: float = option(100.0, min=0.0)
     """Scale of the CLIP guidance gradient."""
     out: Path | None = None
-    """Output folder (default: runs/diffusion/sample)."""
+    """Output folder (default: a new runs/diffusion/sample, sample2, ... folder)."""
 
 
 @dataclass(kw_only=True)
@@ -162,11 +162,12 @@ def train_guide(args: GuideArgs, common: Common) -> None:
 @verb(app, aliases=("predict",))
 def sample(args: SampleArgs, common: Common) -> None:
     """Generate images: grid.png and one PNG per sample (the same seed gives the same images)."""
-    from lbdl_apps.core.batch import batch_folder
+    from lbdl_apps.core.outputs import batch_folder
     from lbdl_apps.diffusion.api import load, save_samples
     from lbdl_apps.diffusion.guide import load_guide
 
     device = common.torch_device()
+    folder = batch_folder("diffusion", "sample", args.out, args.exist_ok)
     diffuser = load(args.checkpoint, device)
     guide = load_guide(args.clip_guide, device) if args.clip_guide is not None else None
     samples = diffuser.sample(
@@ -183,7 +184,6 @@ def sample(args: SampleArgs, common: Common) -> None:
         args.clip_scale,
         quiet=common.quiet,
     )
-    folder = batch_folder("diffusion", "sample", args.out)
     save_samples(samples, folder)
     print(f"{args.n} samples: {folder / 'grid.png'}")
 

@@ -18,8 +18,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from lbdl_apps.classify.api import Classifier
 from lbdl_apps.classify.api import load as load_classifier
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.evaluation import output_folder, split_label, split_names, write_json
+from lbdl_apps.core.evaluation import split_label, split_names
 from lbdl_apps.core.options import Common
+from lbdl_apps.core.outputs import output_folder, write_json
 from lbdl_apps.diffusion.api import Diffuser, Samples, load, save_samples
 from lbdl_apps.diffusion.cli import EvaluateArgs
 from lbdl_apps.diffusion.data import builtin_scenes, load_diffusion_data, to_unit
@@ -104,6 +105,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     if args.n < 2:
         raise LbdlError(f"--n {args.n}: the statistics need at least 2 images")
     device = common.torch_device()
+    folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
     diffuser = load(args.checkpoint, device)
     classifier = load_classifier(args.classifier, device)
     features = ClassifierFeatures(classifier)
@@ -128,7 +130,6 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
             chosen = torch.tensor([c == name for c in samples.conditions])
             per_class[name] = float(hits[chosen].mean())
         scores["mean_class_acc"] = float(np.mean(list(per_class.values())))
-    folder = output_folder(args.checkpoint, args.out)
     shown = Samples(samples.images[:100], samples.conditions[:100])
     save_samples(shown, folder / "samples")
     summary = {"checkpoint": str(args.checkpoint), "classifier": str(args.classifier),

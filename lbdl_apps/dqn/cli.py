@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.options import Common, Options, RunArgs, option
+from lbdl_apps.core.options import Common, Options, OutputArgs, RunArgs, option
 from lbdl_apps.core.verbs import verb
 
 app = typer.Typer(help="Deep Q-learning (book 6.7) on Atari games and classic control.")
@@ -130,7 +130,7 @@ class TrainArgs(RunArgs):
 
 
 @dataclass(kw_only=True)
-class EvaluateArgs(Options):
+class EvaluateArgs(OutputArgs):
     """The options of `lbdl dqn evaluate`."""
 
     checkpoint: str = option(argument=True)
@@ -144,7 +144,8 @@ class EvaluateArgs(Options):
     env: str | None = None
     """Another environment id with the same actions."""
     out: Path | None = None
-    """Output folder (default: evaluate/ beside the checkpoint)."""
+    """Output folder (default: a new evaluate, evaluate2, ... in the checkpoint's run
+    folder)."""
 
 
 @dataclass(kw_only=True)

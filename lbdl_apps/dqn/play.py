@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.outputs import atomic_path
 from lbdl_apps.dqn.api import Agent
 from lbdl_apps.dqn.data import make_env
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from lbdl_apps.core.checkpoint import atomic_path
+from lbdl_apps.core.outputs import atomic_path
 
 
 def plot_learning_curve(progress: Any, settings: Any, path: Path, window: int = 20) -> None:

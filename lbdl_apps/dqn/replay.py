@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lbdl_apps.core.checkpoint import atomic_path
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.outputs import atomic_path
 
 BYTES_PER_STEP = 8 + 4 + 4  # action, reward and flags beside the frame
 

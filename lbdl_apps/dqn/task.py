@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from lbdl_apps.core.evaluation import output_folder, write_json
 from lbdl_apps.core.options import Common
+from lbdl_apps.core.outputs import output_folder, write_json
 from lbdl_apps.core.run import start_run
 from lbdl_apps.core.runs import run_folder, save_run_config
 from lbdl_apps.dqn.agent import Run
@@ -67,10 +67,10 @@ class Evaluation:
 
 def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     """Play --episodes whole episodes (greedily with --greedy); write metrics.json."""
+    folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
     agent = load(args.checkpoint, common.torch_device(), args.env)
     epsilon = 0.0 if args.greedy else args.epsilon
     returns = agent.evaluate(args.episodes, epsilon, common.seed)
-    folder = output_folder(args.checkpoint, args.out)
     result = Evaluation(agent.settings.env_id, epsilon, returns, folder)
     summary = {
         "checkpoint": str(args.checkpoint),

@@ -4,7 +4,6 @@ verb's options are the fields of its dataclass below."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import typer
 
@@ -110,26 +109,23 @@ def predict(args: PredictArgs, common: Common) -> int:
     """Colorized masks and overlays of image files (<stem>_mask.png, <stem>_overlay.png)."""
     from rich.console import Console
 
-    from lbdl_apps.core.batch import BatchReport, batch_folder
+    from lbdl_apps.core.batch import BatchReport
     from lbdl_apps.core.data import expand_inputs
     from lbdl_apps.core.errors import LbdlError
+    from lbdl_apps.core.outputs import OutputNames, batch_folder
     from lbdl_apps.segment.api import TASK, load
 
+    folder = batch_folder(TASK, "predict", args.out, args.exist_ok)
     segmenter = load(args.checkpoint, common.torch_device(), args.tta)
     size = args.tile or segmenter.preprocessing["image_size"]
     if args.overlap is not None and args.overlap >= size // 2 + 1:
         raise LbdlError(f"--overlap {args.overlap}: must be below half the tile ({size})")
     paths = expand_inputs(args.inputs)
     report = BatchReport(strict=args.strict)
-    folder = batch_folder(TASK, "predict", args.out)
     console = Console(quiet=common.quiet)
-    used: set[str] = set()
+    names = OutputNames()
     for result in segmenter.iter_predict(paths, report, args.tile, args.overlap):
-        stem = Path(result.path).stem
-        while stem in used:  # same name in two folders
-            stem += "_"
-        used.add(stem)
-        segmenter.save(result, folder, stem, args.raw)
+        segmenter.save(result, folder, names(result.path), args.raw)
         shares = segmenter.shares(result.mask)[:4]
         console.print(f"{result.path}: " + ", ".join(f"{n} {s:.1%}" for n, s in shares))
         report.ok()

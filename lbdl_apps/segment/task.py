@@ -12,8 +12,9 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Subset
 
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.evaluation import output_folder, split_label, split_names, write_json
+from lbdl_apps.core.evaluation import split_label, split_names
 from lbdl_apps.core.options import Common
+from lbdl_apps.core.outputs import output_folder, write_json
 from lbdl_apps.core.plots import plot_confusion
 from lbdl_apps.core.run import SupervisedTask, TrainingSets, override_config, run_training
 from lbdl_apps.core.train_state import Monitor
@@ -138,6 +139,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     """Evaluate a checkpoint on a split (core.evaluation.split_names) of its own data or of
     --data: full-size images, sliding window (with --tta, averaged over flips); write
     metrics.json and confusion_matrix.png."""
+    folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
     segmenter = load(args.checkpoint, common.torch_device())
     meta, given = segmenter.meta, args.data is not None
     source = args.data if given else meta.get("data")
@@ -166,7 +168,6 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
         segmenter.multiple,
         flips=args.tta,
     )
-    folder = output_folder(args.checkpoint, args.out)
     plot_confusion(confusion, segmenter.labels, folder / "confusion_matrix.png", show="rate",
                    title="pixels, normalised per true class")  # fmt: skip
     per_class = dict(zip(segmenter.labels, iou, strict=True))

@@ -243,7 +243,8 @@ def test_evaluate_splits_mean_what_split_names_says(tmp_path: Path, checkpoint: 
     assert sizes["test"] and sizes["val"] and sizes["train"] < 16
 
     def evaluated(*extra: str | Path) -> dict:
-        result = lbdl("asr", "evaluate", checkpoint, "--out", "ev", "--show", "0", *extra)
+        result = lbdl("asr", "evaluate", checkpoint, "--out", "ev", "--exist-ok", "--show", "0",
+                      *extra)  # fmt: skip
         assert result.exit_code == 0, result.output
         return json.loads(Path("ev/metrics.json").read_text())
 

@@ -35,7 +35,7 @@ def test_labels_file_and_unreadable_image(tiny_run: Path, scene_pngs: Path, tmp_
     with open(tmp_path / "zs" / "zero_shot.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 6 and rows[0]["label"] in ("red circle", "blue square", "green star")
-    assert_user_error(lbdl(*args, "--strict"), "broken.png")
+    assert_user_error(lbdl(*args, "--strict", "--exist-ok"), "broken.png")
 
 
 def test_checkpoint_of_another_task(tmp_path: Path, scene_pngs: Path) -> None:

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lbdl_apps.core.batch import BatchReport, batch_folder, read_batches, read_each
+from lbdl_apps.core.batch import BatchReport, read_batches, read_each
 from lbdl_apps.core.data import load_image
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.outputs import batch_folder
 
 
 def files(tmp_path: Path) -> list[Path]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.evaluation import output_folder, split_label, split_names, write_json
+from lbdl_apps.core.evaluation import split_label, split_names
+from lbdl_apps.core.outputs import output_folder, write_json
 
 OWN = {"train": [1, 2, 3], "val": [4], "test": [5, 6]}
 

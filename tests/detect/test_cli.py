@@ -176,7 +176,7 @@ def test_evaluate_splits_mean_the_same_as_in_every_app(voc_checkpoint: Path) -> 
     whole; a split the data lacks is an error."""
 
     def scored(*extra: str) -> tuple[str, int]:
-        args = ["--out", "ev", "--threads", "1", "--quiet", *extra]
+        args = ["--out", "ev", "--exist-ok", "--threads", "1", "--quiet", *extra]
         result = lbdl("detect", "evaluate", voc_checkpoint, *args)
         assert result.exit_code == 0, result.output
         metrics = json.loads(Path("ev/metrics.json").read_text())

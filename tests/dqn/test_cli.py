@@ -45,11 +45,12 @@ def test_play_records_a_gif(pong_checkpoint, tmp_path):
 
 
 def test_evaluate_writes_mean_and_std(cartpole_checkpoint, tmp_path):
+    out = tmp_path / "ev"
     result = lbdl(
-        "dqn", "evaluate", cartpole_checkpoint, "--episodes", "3", "--greedy", "--out", tmp_path
+        "dqn", "evaluate", cartpole_checkpoint, "--episodes", "3", "--greedy", "--out", out
     )
     assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epsilon"] == 0 and len(metrics["returns"]) == 3
     assert f"{metrics['mean_return']:.2f} ± {metrics['std_return']:.2f}" in result.output
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
+from lbdl_apps.core.checkpoint import load_tensors
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.layers import BasicBlock, Bottleneck
 
@@ -115,10 +115,7 @@ def load_torchvision_weights(model: ResNet, name_or_path: str | Path) -> ResNet:
     """
     path = Path(name_or_path)
     if path.is_file():
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise LbdlError(f"{path}: not a readable PyTorch weights file ({e})") from e
+        state = load_tensors(path, "PyTorch weights file")
         if not isinstance(state, dict):
             raise LbdlError(f"{path}: does not hold a state dict")
     else:
