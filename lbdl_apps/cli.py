@@ -84,6 +84,48 @@ class TourArgs(Options):
     """Run only these apps (repeatable)."""
 
 
+models_app = typer.Typer(
+    help="The pretrained models of the field, by name: `lbdl models` lists them, "
+    "`lbdl models pull NAME` downloads and converts one.",
+    no_args_is_help=False,
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models(ctx: typer.Context) -> None:
+    """List the pretrained models (name, task, size, license, whether it is cached)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from lbdl_apps.core import zoo
+
+    zoo.load_registries()
+    table = Table("name", "task", "size", "license", "cached", "what it is")
+    for entry in sorted(zoo.REGISTRY.values(), key=lambda e: (e.task, e.name)):
+        cached = "yes" if zoo.is_cached(entry) else "no"
+        size = f"{entry.size / 1e6:.0f} MB"
+        table.add_row(entry.name, entry.task, size, entry.license, cached, entry.description)
+    Console(width=max(Console().width, 140)).print(table)
+    print(f"cache: {zoo.home()}")
+
+
+@dataclass(kw_only=True)
+class PullArgs(Options):
+    """The options of `lbdl models pull`."""
+
+    name: str = option(argument=True)
+    """A model name, e.g. coco:ssd300 (lbdl models lists them)."""
+
+
+@verb(models_app)
+def pull(args: PullArgs, common: Common) -> None:
+    """Download a named model from its publisher (resuming a cut download, checking its
+    sha256) and convert it into an lbdl checkpoint, cached under $LBDL_HOME."""
+    from lbdl_apps.core import zoo
+
+    print(f"{args.name}: {zoo.ensure(args.name)}")
+
+
 @verb(app)
 def doctor(args: DoctorArgs, common: Common) -> None:
     """Versions, devices, threads and the optional data folders."""

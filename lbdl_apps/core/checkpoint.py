@@ -21,6 +21,7 @@ from torch import nn
 
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.outputs import atomic_path, finite, write_error
+from lbdl_apps.core.zoo import ensure, looks_like_name, publisher_format
 
 FORMAT_VERSION = 1
 META_KEY = "lbdl"
@@ -191,11 +192,30 @@ def _dataclass_in(hint: Any) -> type | None:
     return None
 
 
-def checkpoint_file(checkpoint: str | Path) -> Path:
-    """The checkpoint file a CHECKPOINT argument names: the file, or a run folder's
-    model.safetensors."""
+def checkpoint_file(checkpoint: str | Path, task: str | None = None) -> Path:
+    """The file a CHECKPOINT argument names: the file; a run folder's model.safetensors;
+    or, for a registry name such as `coco:ssd300`, its cached lbdl checkpoint (converted from
+    the publisher's files, downloaded first when a network is there)."""
+    if looks_like_name(str(checkpoint)):
+        return ensure(str(checkpoint), task)
     path = Path(checkpoint)
     return path / "model.safetensors" if path.is_dir() else path
+
+
+def read_any(
+    checkpoint: str | Path, task: str
+) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights and metadata of any CHECKPOINT of `task`: an lbdl checkpoint (file, run
+    folder or registry name), or a file in a publisher's format, recognised by its contents
+    and converted in memory."""
+    path = checkpoint_file(checkpoint, task)
+    if path.exists() and not is_lbdl_checkpoint(path):
+        found = publisher_format(path, task)
+        if found is not None:
+            state, meta = found.convert(path)
+            return path, state, meta
+    state, meta = read_checkpoint(path, task=task)
+    return path, state, meta
 
 
 def load_model(
@@ -207,8 +227,7 @@ def load_model(
     """An app's trained model from its checkpoint (a .safetensors file or a run folder):
     `build(config)` with the saved weights loaded, and the metadata; meta["config"] is the
     typed config."""
-    path = checkpoint_file(checkpoint)
-    state, meta = read_checkpoint(path, task=task)
+    path, state, meta = read_any(checkpoint, task)
     if not isinstance(meta.get("config"), dict):
         raise LbdlError(f"{path}: incomplete {task} metadata (no model config)")
     config = config_from_dict(config_type, meta["config"], path)

@@ -139,8 +139,13 @@ def output_folder(
 ) -> Path:
     """Where `evaluate` writes: --out, else a new `verb`[N] folder in the checkpoint's run
     folder."""
+    from lbdl_apps.core.zoo import looks_like_name
+
     path = Path(checkpoint)
-    run = path if path.is_dir() else path.resolve().parent
+    if looks_like_name(str(checkpoint)):  # a registry name: runs/coco--ssd300/evaluate
+        run = Path("runs") / str(checkpoint).replace(":", "--")
+    else:
+        run = path if path.is_dir() else path.resolve().parent
     return results_folder(run / verb, out, exist_ok)
 
 
