@@ -103,7 +103,7 @@ def models(ctx: typer.Context) -> None:
     table = Table("name", "task", "size", "license", "cached", "what it is")
     for entry in sorted(zoo.REGISTRY.values(), key=lambda e: (e.task, e.name)):
         cached = "yes" if zoo.is_cached(entry) else "no"
-        size = f"{entry.size / 1e6:.0f} MB"
+        size = f"{entry.size / 1e6:.0f} MB" if entry.size else "?"
         table.add_row(entry.name, entry.task, size, entry.license, cached, entry.description)
     Console(width=max(Console().width, 140)).print(table)
     print(f"cache: {zoo.home()}")

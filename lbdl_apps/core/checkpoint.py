@@ -226,7 +226,7 @@ def load_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """An app's trained model from its checkpoint (a .safetensors file or a run folder):
     `build(config)` with the saved weights loaded, and the metadata; meta["config"] is the
-    typed config."""
+    typed config and meta["file"] the file it came from."""
     path, state, meta = read_any(checkpoint, task)
     if not isinstance(meta.get("config"), dict):
         raise LbdlError(f"{path}: incomplete {task} metadata (no model config)")
@@ -239,4 +239,4 @@ def load_model(
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise LbdlError(f"{path}: weights do not match the model config ({first})") from None
-    return model, {**meta, "config": config}
+    return model, {**meta, "config": config, "file": str(path)}

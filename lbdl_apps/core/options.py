@@ -275,3 +275,63 @@ class PredictArgs(BatchArgs):
     """A checkpoint of this app: a .safetensors file or a run folder."""
     inputs: list[str] = option(argument=True)
     """Input files, folders or globs."""
+
+
+RUNTIMES = ("torch", "onnxruntime")
+EXPORT_FORMATS = ("onnx", "torchscript", "exported-program")
+
+
+@dataclass(kw_only=True)
+class Quantization(Options):
+    """int8 (book 8.2), for `export` and for the verbs that run a checkpoint."""
+
+    quantize: str | None = option(None, panel="Inference")
+    """int8: static with calibration for convolutional networks, dynamic for linear layers."""
+    calibrate: str | None = option(None, panel="Inference")
+    """Data whose inputs calibrate static int8 (default: built-in data)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.quantize not in (None, "int8"):
+            raise LbdlError(f"--quantize {self.quantize}: the one quantization is int8")
+
+
+@dataclass(kw_only=True)
+class Inference(Quantization):
+    """How a verb that runs a checkpoint runs its networks (core.runtime)."""
+
+    runtime: str | None = option(None, panel="Inference")
+    """torch or onnxruntime (exported on first use, cached beside the checkpoint). Default:
+    torch, or onnxruntime for int8 of a convolutional network."""
+    amp: bool = option(True, panel="Inference")
+    """Mixed precision on GPU (bf16 where supported, else fp16)."""
+    compile: bool = option(False, panel="Inference")
+    """torch.compile the networks (PyTorch runtime)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.runtime not in (None, *RUNTIMES):
+            raise LbdlError(f"--runtime {self.runtime}: choose {' or '.join(RUNTIMES)}")
+        if self.compile and self.runtime == "onnxruntime":
+            raise LbdlError("--compile: compiles PyTorch, so not with --runtime onnxruntime")
+
+
+@dataclass(kw_only=True)
+class ExportArgs(Quantization, OutputArgs):
+    """The options of every `export` verb."""
+
+    checkpoint: str = option(argument=True)
+    """A checkpoint of this app: a .safetensors file, a run folder or a model name."""
+    format: str = "onnx"
+    """onnx, torchscript or exported-program (int8: onnx only)."""
+    out: Path | None = None
+    """Output folder (default: a new export, export2, ... in the checkpoint's run folder)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.format not in EXPORT_FORMATS:
+            raise LbdlError(f"--format {self.format}: choose {', '.join(EXPORT_FORMATS)}")
+        if self.quantize and self.format != "onnx":
+            raise LbdlError(
+                f"--quantize int8: written by ONNX Runtime, so --format onnx, not {self.format}"
+            )

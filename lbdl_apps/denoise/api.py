@@ -16,7 +16,9 @@ from lbdl_apps.core.batch import BatchReport, read_each
 from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.data import convert_image, load_image, save_image
 from lbdl_apps.core.device import resolve_device
+from lbdl_apps.core.options import Inference
 from lbdl_apps.core.outputs import OutputNames
+from lbdl_apps.core.runtime import deploy
 from lbdl_apps.core.tiles import tiled_apply
 from lbdl_apps.denoise.degrade import (
     Degradation,
@@ -145,7 +147,14 @@ class Restorer:
         return results
 
 
-def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Restorer:
-    """Load a `lbdl denoise` checkpoint (a .safetensors file or a run folder)."""
+def load(
+    checkpoint: str | Path, device: str | torch.device = "cpu", inference: Inference | None = None
+) -> Restorer:
+    """Load a `lbdl denoise` checkpoint (a .safetensors file, a run folder or a model name),
+    its network run as `inference` says (default: PyTorch)."""
+    from lbdl_apps.denoise.export import deployment
+
     model, meta = load_model(checkpoint, TASK, build_model, RestorerConfig)
-    return Restorer(model, meta, resolve_device(device))
+    restorer = Restorer(model, meta, resolve_device(device))
+    deploy(deployment(restorer), inference, restorer.device)
+    return restorer

@@ -63,7 +63,7 @@ class Tiles(Options):
 
 
 @dataclass(kw_only=True)
-class EvaluateArgs(Tiles, options.EvaluateArgs):
+class EvaluateArgs(Tiles, options.Inference, options.EvaluateArgs):
     """The options of `lbdl denoise evaluate`."""
 
     degrade: list[str] | None = None
@@ -73,7 +73,7 @@ class EvaluateArgs(Tiles, options.EvaluateArgs):
 
 
 @dataclass(kw_only=True)
-class PredictArgs(Tiles, options.PredictArgs):
+class PredictArgs(Tiles, options.Inference, options.PredictArgs):
     """The options of `lbdl denoise predict`."""
 
     degrade: list[str] | None = None
@@ -127,7 +127,7 @@ def predict(args: PredictArgs, common: Common) -> int:
     from lbdl_apps.denoise.degrade import parse_specs
 
     folder = batch_folder(TASK, "predict", args.out, args.exist_ok)
-    restorer = load(args.checkpoint, common.torch_device())
+    restorer = load(args.checkpoint, common.torch_device(), args)
     specs = parse_specs(args.degrade) if args.degrade else None
     paths = expand_inputs(args.inputs)
     report = BatchReport(strict=args.strict)
@@ -140,3 +140,14 @@ def predict(args: PredictArgs, common: Common) -> int:
     if len(results) > 20:
         console.print(f"... {len(results) - 20} more in {folder}")
     return report.finish("images", folder)
+
+
+@verb(app)
+def export(args: options.ExportArgs, common: Common) -> None:
+    """Export the network to ONNX (int8 with --quantize), TorchScript or an ExportedProgram,
+    checked against PyTorch, with model.json beside it."""
+    from lbdl_apps.core.export import run_export
+    from lbdl_apps.denoise.api import load
+    from lbdl_apps.denoise.export import deployment
+
+    run_export(args, lambda checkpoint: deployment(load(checkpoint)))

@@ -242,7 +242,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> EvalResult:
     a fresh RandomState(seed) per image, sigma on the 0-255 scale, PSNR not clipped);
     writes metrics.json and per_image.csv into the output folder."""
     folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
-    restorer = load(args.checkpoint, common.torch_device())
+    restorer = load(args.checkpoint, common.torch_device(), args)
     specs = parse_specs(args.degrade) if args.degrade else restorer.degradations
     sources, described, split = evaluation_images(restorer, args)
     sums, rows, baseline = _score_images(restorer, sources, specs, args, common.seed)

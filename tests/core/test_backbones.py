@@ -114,6 +114,10 @@ def test_load_torchvision_weights(tmp_path: Path) -> None:
     torch.testing.assert_close(new_head.conv1.weight, ref.conv1.weight)
     torch.testing.assert_close(new_head.fc.weight, fc_before)  # skipped, not overwritten
     load_torchvision_weights(resnet18(num_classes=None), path)
+    old_file = tmp_path / "old.pth"  # saved before PyTorch 0.4.1: no BatchNorm step counters
+    torch.save({k: v for k, v in ref.state_dict().items() if "num_batches" not in k}, old_file)
+    with torch.no_grad():
+        torch.testing.assert_close(load_torchvision_weights(resnet18().eval(), old_file)(x), ref(x))
 
     with pytest.raises(LbdlError, match="do not fit"):
         load_torchvision_weights(resnet50(), path)

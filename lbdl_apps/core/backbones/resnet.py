@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from lbdl_apps.core.checkpoint import load_tensors
@@ -137,6 +138,9 @@ def load_torchvision_weights(model: ResNet, name_or_path: str | Path) -> ResNet:
         for k, v in state.items()
         if not (k.startswith("fc.") and (k not in own or own[k].shape != v.shape))
     }
+    for key in own:  # files saved before PyTorch 0.4.1 have no BatchNorm step counters
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros((), dtype=torch.long)
     expected = {k for k in own if not k.startswith("fc.") or k in state}
     missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
     wrong_shape = [k for k in expected & state.keys() if own[k].shape != state[k].shape]
@@ -156,7 +160,22 @@ def load_torchvision_weights(model: ResNet, name_or_path: str | Path) -> ResNet:
 
 
 def load_pretrained(model: ResNet, pretrained: str, default: str) -> ResNet:
-    """The --pretrained rule of every app: "DEFAULT" is torchvision's ImageNet weights of
-    `default` (the model's own architecture, downloaded once); anything else is a
-    torchvision model name or a local .pth file."""
-    return load_torchvision_weights(model, default if pretrained == "DEFAULT" else pretrained)
+    """The --pretrained rule of every app: "DEFAULT" is the ImageNet weights of `default`
+    (the model's own architecture), a torchvision model name ("resnet34") or a registry name
+    ("imagenet:resnet34") those of that model, found through lbdl's registry and cache
+    (core/zoo.py: $LBDL_HOME/downloads, torch's own cache, or downloaded once with its
+    checksum checked); anything else is a local .pth file."""
+    from lbdl_apps.core import zoo
+
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        name = default if pretrained == "DEFAULT" else pretrained
+        try:
+            entry = zoo.find(name if ":" in name else f"imagenet:{name}", task="classify")
+        except LbdlError:
+            raise LbdlError(
+                f"--pretrained {pretrained}: neither a file nor an ImageNet model of lbdl's "
+                "registry (imagenet:resnet18, imagenet:resnet34, imagenet:resnet50)"
+            ) from None
+        path = zoo.fetch(entry, entry.sources[0])
+    return load_torchvision_weights(model, path)
