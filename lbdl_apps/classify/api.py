@@ -17,6 +17,8 @@ from lbdl_apps.core.batch import BatchReport, read_batches
 from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.data import ImageRecords, load_image
 from lbdl_apps.core.device import resolve_device
+from lbdl_apps.core.options import Inference
+from lbdl_apps.core.runtime import deploy
 
 TASK = "classify"
 
@@ -73,10 +75,17 @@ class Classifier:
             yield names, preprocess_for_inference(images, self.preprocessing)
 
 
-def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Classifier:
-    """Load a `lbdl classify` checkpoint (a .safetensors file or a run folder)."""
+def load(
+    checkpoint: str | Path, device: str | torch.device = "cpu", inference: Inference | None = None
+) -> Classifier:
+    """Load a `lbdl classify` checkpoint (a .safetensors file, a run folder or a model name),
+    its network run as `inference` says (default: PyTorch; book 8.2)."""
+    from lbdl_apps.classify.export import deployment
+
     model, meta = load_model(checkpoint, TASK, build_model, ClassifierConfig)
-    return Classifier(model, meta, resolve_device(device))
+    classifier = Classifier(model, meta, resolve_device(device))
+    deploy(deployment(classifier), inference, classifier.device)
+    return classifier
 
 
 @dataclass

@@ -14,7 +14,8 @@ from lbdl_apps.core import options
 from lbdl_apps.core.options import Common, option
 from lbdl_apps.core.verbs import verb
 
-app = typer.Typer(help="Image classification (book 6.2): ResNet, ViT or a small CNN.")
+app = typer.Typer(help="Image classification (book 6.2): ResNet, ViT, MobileNetV3 or a small CNN.")
+PER_CLASS_SHOWN = 50  # rows of evaluate's per-class table (all are in metrics.json)
 
 
 @dataclass(kw_only=True)
@@ -22,7 +23,7 @@ class TrainArgs(options.TrainArgs):
     """Everything `lbdl classify train` was asked for; saved as the run's config.json."""
 
     model: str = "resnet-small"
-    """cnn, resnet-small, resnet18, resnet34, resnet50 or vit."""
+    """cnn, resnet-small, resnet18, resnet34, resnet50, vit or mobilenet_v3_large."""
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -37,7 +38,12 @@ class TrainArgs(options.TrainArgs):
     conv_stem: int | None = option(None, min=0)
     """ViT: channels of two 3x3 convolutions before the patches."""
     pretrained: str | None = None
-    """ResNet18/34/50 ImageNet weights: 'DEFAULT' (download) or a .pth file."""
+    """ResNet18/34/50 ImageNet weights: 'DEFAULT' (the model's, imagenet:resnet18 ...), a
+    model name or a .pth file."""
+    init: str | None = None
+    """Fine-tune this model (imagenet:resnet50, a classify checkpoint or a torchvision file):
+    all its weights but a new classifier for the data's classes (--model, the input size and
+    the normalization are its own)."""
     augment: str = "basic"
     """basic, trivial (TrivialAugment), randaugment or none."""
     mixup: float = option(0.0, min=0.0)
@@ -55,7 +61,7 @@ class TrainArgs(options.TrainArgs):
 
 
 @dataclass(kw_only=True)
-class EvaluateArgs(options.EvaluateArgs):
+class EvaluateArgs(options.Inference, options.EvaluateArgs):
     """The options of `lbdl classify evaluate`."""
 
     batch_size: int = option(256, min=1)
@@ -63,7 +69,7 @@ class EvaluateArgs(options.EvaluateArgs):
 
 
 @dataclass(kw_only=True)
-class PredictArgs(options.PredictArgs):
+class PredictArgs(options.Inference, options.PredictArgs):
     """The options of `lbdl classify predict`."""
 
     top_k: int = option(5, min=1)
@@ -90,10 +96,14 @@ def evaluate(args: EvaluateArgs, common: Common) -> None:
 
     result = run(args, common)
     table = Table("class", "precision", "recall", "f1", "support", title="per class")
-    for label, row in result.per_class.items():
+    for label, row in list(result.per_class.items())[:PER_CLASS_SHOWN]:
         cells = (f"{row[k]:.3f}" for k in ("precision", "recall", "f1"))
         table.add_row(label, *cells, str(row["support"]))
-    Console(quiet=common.quiet).print(table)
+    console = Console(quiet=common.quiet)
+    console.print(table)
+    if len(result.per_class) > PER_CLASS_SHOWN:
+        more = len(result.per_class) - PER_CLASS_SHOWN
+        console.print(f"... {more} more classes in {result.folder / 'metrics.json'}")
     print(" ".join(f"{k} {v:.4f}" for k, v in result.scores.items()))
     print(f"results: {result.folder}")
 
@@ -110,7 +120,7 @@ def predict(args: PredictArgs, common: Common) -> int:
     from lbdl_apps.core.outputs import batch_folder
 
     folder = batch_folder("classify", "predict", args.out, args.exist_ok)
-    classifier = load(args.checkpoint, common.torch_device())
+    classifier = load(args.checkpoint, common.torch_device(), args)
     paths = expand_inputs(args.inputs)
     report = BatchReport(strict=args.strict)
     predictions = classifier.predict(paths, args.top_k, args.batch_size, report)
@@ -125,6 +135,17 @@ def predict(args: PredictArgs, common: Common) -> int:
     if len(predictions) > 50:
         console.print(f"... {len(predictions) - 50} more in {folder / 'predictions.csv'}")
     return report.finish("images", folder)
+
+
+@verb(app)
+def export(args: options.ExportArgs, common: Common) -> None:
+    """Export the classifier to ONNX (int8 with --quantize), TorchScript or an
+    ExportedProgram, checked against PyTorch, with model.json beside it."""
+    from lbdl_apps.classify.api import load
+    from lbdl_apps.classify.export import deployment
+    from lbdl_apps.core.export import run_export
+
+    run_export(args, lambda checkpoint: deployment(load(checkpoint)))
 
 
 def write_predictions(predictions: list[Any], folder: Path) -> None:

@@ -394,6 +394,7 @@ def load_classify_data(
     augment: str = "basic",
     preprocessing: dict[str, Any] | None = None,
     builtin_sizes: Sequence[int] = BUILTIN_SIZES,
+    start: dict[str, Any] | None = None,
 ) -> ClassifyData:
     """Read `--data` for classification, detecting its format (book 6.2):
 
@@ -402,7 +403,8 @@ def load_classify_data(
     class folders (seeded split); a .csv of path,label. `augment` picks the training
     augmentation (basic, trivial, randaugment, none). `preprocessing` (a checkpoint's, for
     evaluation) replaces the size and statistics found in the data, and every split, the
-    training one too, gets the evaluation transform."""
+    training one too, gets the evaluation transform; `start` (an --init checkpoint's)
+    replaces them alone, the training split still augmented."""
     if augment not in AUGMENTS:
         raise LbdlError(f"--augment {augment}: choose one of {', '.join(AUGMENTS)}")
     found = _find(data, image_size, val_fraction, seed, download, builtin_sizes)
@@ -414,11 +416,12 @@ def load_classify_data(
     _check_images(found, data, skip_bad)
     if len(found.train) == 0:
         raise LbdlError(f"{data}: no training images")
-    if preprocessing is not None:
-        in_channels = int(preprocessing["in_channels"])
-        size = int(preprocessing["image_size"])
-        mean, std = list(preprocessing["mean"]), list(preprocessing["std"])
-        resize = preprocessing.get("resize")
+    saved = preprocessing or start
+    interpolation = (saved or {}).get("interpolation", "bilinear")
+    if saved is not None:
+        in_channels, size = int(saved["in_channels"]), int(saved["image_size"])
+        mean, std = list(saved["mean"]), list(saved["std"])
+        resize = saved.get("resize")
     else:
         if isinstance(found.train, ImageRecords):
             gray, found.native_size = probe_images(found.train.records, seed)
@@ -427,19 +430,17 @@ def load_classify_data(
         size = int(image_size or min(found.native_size or DEFAULT_MAX_SIZE, DEFAULT_MAX_SIZE))
         mean, std = channel_stats(found.train, in_channels, size, seed)
         resize = None
+    args = (size, in_channels, mean, std)
+    evaluation = build_transforms(False, *args, resize=resize, interpolation=interpolation)
     for part in (found.train, found.val, found.test):
         if isinstance(part, ImageRecords):
             part.mode = "L" if in_channels == 1 else "RGB"
-    args = (size, in_channels, mean, std)
-    evaluation = build_transforms(False, *args, resize=resize)
-    found.train.transform = evaluation
+        if part is not None:
+            part.transform = evaluation
     if preprocessing is None:
         found.train.transform = build_transforms(True, *args, augment=augment, hflip=found.hflip)
         if isinstance(found.train, ImageRecords):
             found.train.draft = 2 * size  # fast JPEG decoding for random crops
-    found.val.transform = evaluation
-    if found.test is not None:
-        found.test.transform = evaluation
     return ClassifyData(
         found.train, found.val, found.test, list(found.labels), in_channels, size, mean, std,
         found.source, found.hflip, augment, resize,

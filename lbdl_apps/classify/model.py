@@ -1,5 +1,7 @@
-"""Image classifiers (book 6.2): a small CNN (book 5.1), ResNets (book 5.2) and a ViT (book 5.3),
-all built from the core's layers and backbones and described by one typed config."""
+"""Image classifiers (book 6.2): a small CNN (book 5.1), ResNets (book 5.2), a ViT (book 5.3)
+and MobileNetV3-Large, all built from the core's layers and backbones and described by one
+typed config (torchvision's ImageNet weights of the ResNets, the ViT and MobileNetV3 load
+into them: classify/zoo.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
+from lbdl_apps.core.backbones.mobilenet import MobileNetV3
 from lbdl_apps.core.backbones.resnet import ResNet, resnet18, resnet34, resnet50
 from lbdl_apps.core.backbones.vit import VisionTransformer
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.layers import BasicBlock, ConvNormAct
 
-MODELS = ("cnn", "resnet-small", "resnet18", "resnet34", "resnet50", "vit")
+MODELS = ("cnn", "resnet-small", "resnet18", "resnet34", "resnet50", "vit", "mobilenet_v3_large")
 
 
 class SmallCNN(nn.Module):
@@ -79,6 +82,8 @@ def default_config(
         return replace(config, width=32, depth=3, blocks=2)
     if name.startswith("resnet"):
         return replace(config, stem="small" if image_size <= 64 else "imagenet")
+    if name == "mobilenet_v3_large":
+        return replace(config, dropout=0.2)
     patch = 4 if image_size <= 32 else 16
     return replace(
         config, patch_size=patch, width=128, depth=6, heads=4, mlp_ratio=2.0, conv_stem=0
@@ -120,4 +125,14 @@ def build_model(config: ClassifierConfig) -> nn.Module:
             dropout=c.dropout,
             stem_channels=c.conv_stem or 0,
         )
+    if c.name == "mobilenet_v3_large":
+        return MobileNetV3(c.num_classes, dropout=c.dropout, in_channels=c.in_channels)
     raise LbdlError(f"unknown model '{c.name}' in the checkpoint config")
+
+
+def final_layers(config: ClassifierConfig) -> tuple[str, ...]:
+    """The modules that map features to class logits: a fine-tuned model (--init) gets new
+    ones for its own classes and keeps every other weight."""
+    if config.name == "cnn":
+        return ("head.3",)
+    return {"vit": ("head",), "mobilenet_v3_large": ("classifier.3",)}.get(config.name, ("fc",))

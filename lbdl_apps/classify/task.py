@@ -3,21 +3,21 @@ evaluation for `train`, and `evaluate` on a split of any data."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Subset, default_collate
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, default_collate
 
-from lbdl_apps.classify.api import TASK, load
+from lbdl_apps.classify.api import TASK, Classifier, load
 from lbdl_apps.classify.cli import EvaluateArgs, TrainArgs
 from lbdl_apps.classify.data import ClassifyData, load_classify_data
 from lbdl_apps.classify.loss import classification_loss
 from lbdl_apps.classify.metrics import evaluate_classifier
-from lbdl_apps.classify.model import ClassifierConfig, build_model, default_config
+from lbdl_apps.classify.model import ClassifierConfig, build_model, default_config, final_layers
 from lbdl_apps.classify.transforms import mix_collate
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.evaluation import split_label, split_names
@@ -34,6 +34,7 @@ from lbdl_apps.core.run import (
 from lbdl_apps.core.train_state import Monitor
 
 PRETRAINABLE = ("resnet18", "resnet34", "resnet50")
+CONFUSION_PLOT_MAX = 100  # classes; a larger confusion matrix is in no picture one can read
 
 
 class ClassifyTask(SupervisedTask[TrainArgs, ClassifyData]):
@@ -41,8 +42,18 @@ class ClassifyTask(SupervisedTask[TrainArgs, ClassifyData]):
 
     name = TASK
     monitor = Monitor("val_acc", "max")
+    start: Classifier | None = None
+    """The model a fine-tuning run starts from (--init)."""
 
     def check(self, args: TrainArgs) -> None:
+        if args.init is not None:
+            given = {"--pretrained": args.pretrained, "--image-size": args.image_size,
+                     "--width": args.width, "--depth": args.depth,
+                     "--patch-size": args.patch_size, "--conv-stem": args.conv_stem}  # fmt: skip
+            for flag, value in given.items():
+                if value is not None:
+                    raise LbdlError(f"{flag}: not with --init (the model is {args.init}'s)")
+            return
         if args.pretrained and args.model not in PRETRAINABLE:
             raise LbdlError(
                 f"--pretrained: only resnet18/34/50 have ImageNet weights, not {args.model}"
@@ -50,6 +61,11 @@ class ClassifyTask(SupervisedTask[TrainArgs, ClassifyData]):
         default_config(args.model, 2, 3, 32)  # an unknown --model, before any data is read
 
     def load_data(self, args: TrainArgs, seed: int) -> ClassifyData:
+        if args.init is not None:
+            self.start = load(args.init)
+            self.say(
+                f"fine-tuning {args.init} ({self.start.meta['config'].name}): a new classifier"
+            )
         data = load_classify_data(
             args.data,
             args.image_size,
@@ -58,6 +74,7 @@ class ClassifyTask(SupervisedTask[TrainArgs, ClassifyData]):
             download=args.download,
             skip_bad=args.skip_bad,
             augment=args.augment,
+            start=self.start.preprocessing if self.start is not None else None,
         )
         self.say(
             f"data: {data.source}; {len(data.train)} train, {len(data.val)} val images, "
@@ -66,6 +83,8 @@ class ClassifyTask(SupervisedTask[TrainArgs, ClassifyData]):
         return data
 
     def model_config(self, args: TrainArgs, data: ClassifyData) -> ClassifierConfig:
+        if self.start is not None:
+            return replace(self.start.meta["config"], num_classes=len(data.labels))
         config = default_config(args.model, len(data.labels), data.in_channels, data.image_size)
         overrides = {"width": args.width, "depth": args.depth, "patch_size": args.patch_size,
                      "conv_stem": args.conv_stem}  # fmt: skip
@@ -74,6 +93,9 @@ class ClassifyTask(SupervisedTask[TrainArgs, ClassifyData]):
     build_model = staticmethod(build_model)
 
     def initialize(self, model: nn.Module, args: TrainArgs, data: ClassifyData) -> None:
+        if self.start is not None:
+            final = final_layers(self.start.meta["config"])
+            keep_all_but(model, self.start.model.state_dict(), final, args.init or "")
         if args.pretrained:
             from lbdl_apps.core.backbones.resnet import load_pretrained
 
@@ -99,7 +121,7 @@ class ClassifyTask(SupervisedTask[TrainArgs, ClassifyData]):
         return evaluate
 
     def metadata(self, args: TrainArgs, data: ClassifyData) -> dict[str, Any]:
-        return {"labels": data.labels, "preprocessing": data.preprocessing()}
+        return {"labels": data.labels, "preprocessing": data.preprocessing(), "init": args.init}
 
     def finish(self, args: TrainArgs, data: ClassifyData, run: Finished) -> dict[str, float]:
         """The best checkpoint on the test split, when the data has one."""
@@ -110,9 +132,26 @@ class ClassifyTask(SupervisedTask[TrainArgs, ClassifyData]):
         test, per_class = evaluate_classifier(
             classifier.model, loader, run.device, len(data.labels)
         )
-        plot_confusion(per_class["confusion"], data.labels, run.run_dir / "confusion_matrix.png")
+        if len(data.labels) <= CONFUSION_PLOT_MAX:
+            plot_confusion(
+                per_class["confusion"], data.labels, run.run_dir / "confusion_matrix.png"
+            )
         self.say("test: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
         return {f"test_{k}": v for k, v in test.items()}
+
+
+# TODO(core): keep_all_but is the same in classify/task.py and segment/task.py:
+# core.run could hold it, keep_all_but(model, state, final, source) -> None.
+def keep_all_but(model: nn.Module, state: dict, final: tuple[str, ...], source: str) -> None:
+    """Load `state` into `model` but for the modules `final` (new for the run's classes)."""
+    drop = tuple(f"{name}." for name in final)
+    kept = {k: v for k, v in state.items() if not k.startswith(drop)}
+    try:
+        missing, unexpected = model.load_state_dict(kept, strict=False)
+    except RuntimeError as error:
+        raise LbdlError(f"--init {source}: its weights do not fit ({error})") from None
+    if unexpected or any(not k.startswith(drop) for k in missing):
+        raise LbdlError(f"--init {source}: its weights do not fit ({(unexpected or missing)[0]})")
 
 
 def train(args: TrainArgs, common: Common) -> dict[str, float]:
@@ -130,12 +169,49 @@ class Evaluation:
     folder: Path
 
 
+def class_indices(
+    found: list[str], labels: list[str], folders: list[str] | None, source: str | None
+) -> list[int] | None:
+    """The checkpoint's index of each class of the data (None: the very same classes). The
+    data may hold only some of the checkpoint's classes, named as its labels or by the
+    folder names it keeps beside them (ImageNet's WordNet IDs, as in ImageNet's and
+    Imagenette's class folders)."""
+    for names in (labels, folders or []):
+        if found == names:
+            return None
+        index = {name: i for i, name in enumerate(names)}
+        if all(name in index for name in found):
+            return [index[name] for name in found]
+    raise LbdlError(
+        f"{source}: its classes {found[:5]}... are not the checkpoint's {labels[:5]}..."
+    )
+
+
+class Relabelled(Dataset):
+    """(image, label) items whose labels become the checkpoint's indices `remap[label]`."""
+
+    def __init__(self, dataset: Dataset, remap: list[int]) -> None:
+        self.dataset, self.remap = dataset, remap
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.dataset[index]
+        return image, self.remap[int(label)]
+
+
 def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     """Evaluate a checkpoint on a split (core.evaluation.split_names) of its own data or of
     --data; write metrics.json and confusion_matrix.png."""
     folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
-    classifier = load(args.checkpoint, common.torch_device())
+    classifier = load(args.checkpoint, common.torch_device(), args)
     meta, pre = classifier.meta, classifier.preprocessing
+    if args.data is None and meta.get("source"):
+        raise LbdlError(
+            f"{args.checkpoint}: a pretrained model of its publisher, with no data of lbdl's; "
+            "give --data (for ImageNet: its val/ folder of class folders)"
+        )
     source = args.data if args.data is not None else meta.get("data")
     dataset = load_classify_data(
         source,
@@ -144,18 +220,17 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
         seed=meta.get("seed", 0),
         preprocessing=pre,
     )
-    if dataset.labels != classifier.labels:
-        raise LbdlError(
-            f"{source}: its classes {dataset.labels[:5]}... differ from the checkpoint's "
-            f"{classifier.labels[:5]}..."
-        )
+    remap = class_indices(dataset.labels, classifier.labels, meta.get("label_folders"), source)
     described = source or "the built-in shapes"
     names = split_names(args.split, args.data is not None, dataset.splits(), described)
-    chosen = ConcatDataset([dataset.splits()[name] for name in names])
+    chosen: Dataset = ConcatDataset([dataset.splits()[name] for name in names])
+    if remap is not None:
+        chosen = Relabelled(chosen, remap)
     loader = DataLoader(chosen, batch_size=args.batch_size)
     labels = classifier.labels
     scores, tables = evaluate_classifier(classifier.model, loader, classifier.device, len(labels))
-    plot_confusion(tables["confusion"], labels, folder / "confusion_matrix.png")
+    if len(labels) <= CONFUSION_PLOT_MAX:
+        plot_confusion(tables["confusion"], labels, folder / "confusion_matrix.png")
     per_class = {
         label: {
             **{name: float(tables[name][i]) for name in ("precision", "recall", "f1")},

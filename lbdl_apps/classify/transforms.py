@@ -49,17 +49,20 @@ def build_transforms(
     augment: str = "basic",
     hflip: bool = True,
     resize: int | None = None,
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
     """PIL image or uint8 tensor -> normalized float tensor (in_channels, S, S).
     Training: random crop (padded for tiny images, RandomResizedCrop otherwise), optional
-    horizontal flip, and TrivialAugment or RandAugment; evaluation: resize + center crop."""
+    horizontal flip, and TrivialAugment or RandAugment; evaluation: resize (`interpolation`,
+    antialiased) + center crop."""
     if augment not in AUGMENTS:
         raise LbdlError(f"--augment {augment}: choose one of {', '.join(AUGMENTS)}")
     if len(mean) != in_channels or len(std) != in_channels:
         raise ValueError(f"mean/std need {in_channels} values")
     if not train or augment == "none":
         evaluation = resize or eval_resize(image_size)
-        return center_transform(image_size, in_channels, mean, std, evaluation)
+        mode = v2.InterpolationMode(interpolation)
+        return center_transform(image_size, in_channels, mean, std, evaluation, mode)
     steps: list[Callable[[Any], Any]] = [
         v2.ToImage(),
         v2.Grayscale(1) if in_channels == 1 else v2.RGB(),
@@ -98,6 +101,7 @@ def preprocess_for_inference(
         preprocessing["mean"],
         preprocessing["std"],
         resize=preprocessing.get("resize"),
+        interpolation=preprocessing.get("interpolation", "bilinear"),
     )
     batch = [
         transform(

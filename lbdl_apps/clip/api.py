@@ -6,6 +6,11 @@ texts in one space; zero-shot classification, embedding and search use it.
     images = clip.preprocess(pil_images)          # (N, 3, S, S), the model's preprocessing
     clip.encode_image(images)                     # (N, D), unit norm
     clip.encode_text(["a red circle."])           # (N, D), unit norm
+    load("model.safetensors", inference=Inference(runtime="onnxruntime", quantize="int8"))
+
+Both towers run where `inference` says (book 8.2; lbdl_apps.clip.export): PyTorch, PyTorch
+int8, or ONNX Runtime in fp32 or int8; `clip.towers.image` and `clip.towers.text` are the
+modules every embedding goes through.
 
 It is also what other apps use of clip (the diffusion app: text conditioning, CLIP guidance
 and the built-in scenes): `TextEncoder` / `ClipModel.text_encoder()`, `caption_pairs`,
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +33,12 @@ from torch import Tensor, nn
 
 from lbdl_apps.clip.data import PairSet, image_transform, load_clip_data
 from lbdl_apps.clip.formats import has_captions
-from lbdl_apps.clip.interop import is_openai_clip, load_openai_clip, read_state_dict
 from lbdl_apps.clip.loss import clip_loss
 from lbdl_apps.clip.model import (
     CLIP,
     MODEL_SIZES,
     ClipConfig,
+    Normalized,
     TextTransformer,
     build_model,
     default_config,
@@ -41,10 +46,13 @@ from lbdl_apps.clip.model import (
 from lbdl_apps.clip.scenes import make_scenes
 from lbdl_apps.clip.tokenizer import TextTokenizer, train_bpe
 from lbdl_apps.core.batch import BatchReport, read_batches
-from lbdl_apps.core.checkpoint import is_lbdl_checkpoint, load_model
+from lbdl_apps.core.checkpoint import checkpoint_file, is_lbdl_checkpoint, load_model
 from lbdl_apps.core.data import load_image
 from lbdl_apps.core.device import resolve_device
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.options import Inference
+from lbdl_apps.core.runtime import deploy
+from lbdl_apps.core.zoo import publisher_format
 
 __all__ = [
     "MODEL_SIZES",
@@ -54,6 +62,7 @@ __all__ = [
     "TextEncoder",
     "TextEncoderSpec",
     "TextTokenizer",
+    "Towers",
     "ZeroShotPrediction",
     "build_model",
     "caption_pairs",
@@ -66,6 +75,7 @@ __all__ = [
 ]
 
 TASK = "clip"
+ACTIVATIONS = ("quick_gelu", "gelu")
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
@@ -105,6 +115,27 @@ class TextEncoder(nn.Module):
         return F.normalize(self.text(tokens), dim=-1)
 
 
+class Towers:
+    """The two networks inference runs, as the app calls them: `image` (preprocessed images
+    (B, 3, S, S) -> unit-norm embeddings) and `text` (token ids (B, context_length) -> unit-
+    norm embeddings), which core.runtime may replace (ONNX Runtime, int8; book 8.2), and the
+    temperature. It is what the metrics call of a model: `encode_image`, `encode_text` of
+    token ids, `scale`."""
+
+    def __init__(self, model: CLIP) -> None:
+        self.image: nn.Module = Normalized(model.visual)
+        self.text: nn.Module = Normalized(model.text)
+        self.scale = model.scale
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Preprocessed images (B, 3, S, S) -> (B, D), unit norm."""
+        return self.image(images)
+
+    def encode_text(self, tokens: Tensor) -> Tensor:
+        """Token ids (B, context_length) -> (B, D), unit norm."""
+        return self.text(tokens)
+
+
 class ClipModel:
     """A CLIP model with its tokenizer and image preprocessing, ready for inference.
 
@@ -124,6 +155,7 @@ class ClipModel:
         self.image_size: int = self.preprocessing["image_size"]
         self.embed_dim: int = self.config.embed_dim
         self._transform = image_transform(self.preprocessing)
+        self.towers = Towers(self.model)
 
     @property
     def logit_scale(self) -> float:
@@ -149,7 +181,7 @@ class ClipModel:
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Preprocessed images (N, 3, S, S) -> unit-norm embeddings (N, D)."""
-        return self.model.encode_image(images.to(self.device))
+        return self.towers.encode_image(images.to(self.device))
 
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         """(N, context_length) token ids, truncated to the context."""
@@ -160,7 +192,7 @@ class ClipModel:
         """Texts -> unit-norm embeddings (N, D)."""
         if isinstance(texts, str):
             texts = [texts]
-        return self.model.encode_text(self.tokenize(texts).to(self.device))
+        return self.towers.encode_text(self.tokenize(texts).to(self.device))
 
     @torch.no_grad()
     def class_embeddings(self, labels: Sequence[str], templates: Sequence[str]) -> Tensor:
@@ -263,17 +295,41 @@ def new_config(
 
 
 def load(
-    checkpoint: str | Path, device: str | torch.device = "cpu", act: str = "quick_gelu"
+    checkpoint: str | Path,
+    device: str | torch.device = "cpu",
+    inference: Inference | None = None,
+    act: str | None = None,
 ) -> ClipModel:
-    """Load a `lbdl clip` checkpoint (a .safetensors file or a run folder), or the state dict
-    of an OpenAI CLIP / open_clip ViT model (.pt, .bin, .pth or .safetensors); `act` applies
-    to the latter: quick_gelu (OpenAI's weights) or gelu (most of open_clip's)."""
-    path = Path(checkpoint)
-    if path.is_file() and not is_lbdl_checkpoint(path):
-        state = read_state_dict(path)
-        if not is_openai_clip(state):
-            raise LbdlError(f"{path}: neither an lbdl checkpoint nor a CLIP ViT state dict")
-        model, meta = load_openai_clip(state, str(path), act)
-    else:
-        model, meta = load_model(path, TASK, build_model, ClipConfig)
-    return ClipModel(model, meta, resolve_device(device), str(checkpoint))
+    """Load a clip model: a `lbdl clip` checkpoint (a .safetensors file or a run folder), a
+    registry name (`openai:ViT-B-32`, `laion:ViT-B-32`, ...; `lbdl models`), or an OpenAI /
+    open_clip file (TorchScript archive, .pt, .bin or .safetensors state dict) recognised by
+    its keys; its towers run as `inference` says (default: PyTorch). `act` (quick_gelu or
+    gelu) overrides the activation the model came with (a name's, or the one read off a
+    publisher's file)."""
+    from lbdl_apps.clip.export import deployment
+
+    path = checkpoint_file(checkpoint, TASK)
+    if path.is_file() and not is_lbdl_checkpoint(path) and publisher_format(path, TASK) is None:
+        raise LbdlError(
+            f"{path}: neither an lbdl checkpoint nor the state dict of an OpenAI / open_clip "
+            "CLIP ViT"
+        )
+    check_act(act)
+
+    def build(config: ClipConfig) -> CLIP:
+        return build_model(replace(config, act=act) if act else config)
+
+    model, meta = load_model(path, TASK, build, ClipConfig)
+    own = meta["config"].act
+    if act:
+        meta["config"] = replace(meta["config"], act=act)
+    clip = ClipModel(model, meta, resolve_device(device), str(checkpoint))
+    # another activation is another network: its exports are cached under names of their own
+    deploy(deployment(clip, act if act and act != own else ""), inference, clip.device)
+    return clip
+
+
+def check_act(act: str | None) -> None:
+    """None (the model's own), quick_gelu or gelu."""
+    if act not in (None, *ACTIVATIONS):
+        raise LbdlError(f"--act {act}: use {' or '.join(ACTIVATIONS)}")

@@ -39,7 +39,8 @@ class TrainArgs(options.TrainArgs):
     scenes: int = option(10000, min=10)
     """Built-in data: number of training scenes."""
     init: str | None = None
-    """Start from these weights (a clip checkpoint or OpenAI/open_clip)."""
+    """Start from these weights: a clip checkpoint, a model name (openai:ViT-B-32) or an
+    OpenAI/open_clip file."""
     fraction: float = option(1.0, min=0.0, max=1.0)
     """Train on this fraction of the pairs."""
 
@@ -51,36 +52,61 @@ class Prompts(Options):
     template: list[str] | None = option(None, flags=("--template",))
     """Prompt template with {} for the label; repeat it to ensemble prompts (default: the
     checkpoint's, or 'a photo of a {}.')."""
+    templates_file: Path | None = None
+    """A text file of prompt templates, one a line (added to --template's)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for template in self.template or []:
+        for template in self.templates() or []:
             if template.count("{}") != 1:
                 raise LbdlError(f"--template '{template}': needs exactly one {{}} for the label")
 
+    def templates(self) -> list[str] | None:
+        """The templates of --template and --templates-file (None: neither given)."""
+        found = list(self.template or [])
+        if self.templates_file is not None:
+            found += read_lines(self.templates_file)
+            if not found:
+                raise LbdlError(f"--templates-file {self.templates_file}: no template in it")
+        return found or None
+
 
 @dataclass(kw_only=True)
-class EvaluateArgs(Prompts, options.EvaluateArgs):
+class Activation(Options):
+    """The activation of the model's MLPs, when it must be other than its own."""
+
+    act: str | None = None
+    """Activation: quick_gelu or gelu (default: the model's own; a publisher's file's is
+    read off it, quick_gelu when it does not say)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.act not in (None, "quick_gelu", "gelu"):
+            raise LbdlError(f"--act {self.act}: use quick_gelu or gelu")
+
+
+@dataclass(kw_only=True)
+class EvaluateArgs(Prompts, Activation, options.Inference, options.EvaluateArgs):
     """The options of `lbdl clip evaluate`."""
 
     checkpoint: str = option(argument=True)
-    """A clip .safetensors file, a run folder, or OpenAI/open_clip weights."""
+    """A clip .safetensors file, a run folder, a model name (openai:ViT-B-32, lbdl models) or
+    an OpenAI/open_clip file."""
     batch_size: int = option(256, min=1)
     """Batch size."""
 
 
 @dataclass(kw_only=True)
-class ImageArgs(options.PredictArgs):
+class ImageArgs(Activation, options.Inference, options.PredictArgs):
     """What the verbs that run a model over image files share."""
 
     checkpoint: str = option(argument=True)
-    """A clip .safetensors file, a run folder, or OpenAI/open_clip weights."""
+    """A clip .safetensors file, a run folder, a model name (openai:ViT-B-32, lbdl models) or
+    an OpenAI/open_clip file."""
     inputs: list[str] = option(argument=True)
     """Image files, folders or globs."""
     batch_size: int = option(64, min=1)
     """Images per batch."""
-    act: str = "quick_gelu"
-    """Activation of imported OpenAI/open_clip weights: quick_gelu or gelu."""
 
 
 @dataclass(kw_only=True)
@@ -136,6 +162,11 @@ class SearchArgs(ImageArgs):
     """The text query."""
     top_k: int = option(16, min=1)
     """Images to return."""
+
+
+@dataclass(kw_only=True)
+class ExportArgs(Activation, options.ExportArgs):
+    """The options of `lbdl clip export`."""
 
 
 def read_lines(path: Path) -> list[str]:
@@ -195,8 +226,8 @@ def zero_shot(args: ZeroShotArgs, common: Common) -> int:
     names = args.names()
     check_labels(names)
     folder = batch_folder("clip", "zero-shot", args.out, args.exist_ok)
-    clip = load(args.checkpoint, common.torch_device(), args.act)
-    templates = args.template or clip.meta.get("templates") or list(DEFAULT_TEMPLATES)
+    clip = load(args.checkpoint, common.torch_device(), args, args.act)
+    templates = args.templates() or clip.meta.get("templates") or list(DEFAULT_TEMPLATES)
     paths = expand_inputs(args.inputs)
     report = BatchReport(strict=args.strict)
     predictions = clip.zero_shot(paths, names, templates, args.batch_size, report)
@@ -225,7 +256,7 @@ def embed(args: EmbedArgs, common: Common) -> int:
     texts = args.texts()
     folder = batch_folder("clip", "embed", args.out, args.exist_ok)
     paths = expand_inputs(args.inputs) if args.inputs else []
-    clip = load(args.checkpoint, common.torch_device(), args.act)
+    clip = load(args.checkpoint, common.torch_device(), args, args.act)
     report = BatchReport(strict=args.strict)
     if texts:
         embeddings = clip.encode_text(texts).float().cpu()
@@ -257,7 +288,7 @@ def search(args: SearchArgs, common: Common) -> int:
         raise LbdlError("--text: the query is empty")
     folder = batch_folder("clip", "search", args.out, args.exist_ok)
     paths = expand_inputs(args.inputs)
-    clip = load(args.checkpoint, common.torch_device(), args.act)
+    clip = load(args.checkpoint, common.torch_device(), args, args.act)
     report = BatchReport(strict=args.strict)
     done, images = clip.embed_images(paths, args.batch_size, report)
     report.ok(len(done))
@@ -273,3 +304,13 @@ def search(args: SearchArgs, common: Common) -> int:
     Console(quiet=common.quiet).print(table)
     print(f"contact sheet: {sheet}")
     return report.finish("images", folder)
+
+
+@verb(app)
+def export(args: ExportArgs, common: Common) -> None:
+    """Export both towers (image_encoder, text_encoder) to ONNX (int8 with --quantize),
+    TorchScript or ExportedPrograms, checked against PyTorch, with model.json (and the
+    tokenizer) beside them."""
+    from lbdl_apps.clip.export import run
+
+    run(args, args.act)

@@ -5,7 +5,7 @@ set of pairs that training's validation, `evaluate` and the test split report.""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -14,13 +14,23 @@ from torch.utils.data import DataLoader
 
 from lbdl_apps.clip.data import PairDataset, PairSet, pair_tokens, prompt_tokens, scene_class_names
 from lbdl_apps.clip.loss import clip_loss
-from lbdl_apps.clip.model import CLIP
 
 RECALL_KS = (1, 5, 10)
 
 
+class Encoders(Protocol):
+    """What the metrics call of a model: a `CLIP` in training, a loaded model's `Towers`
+    (which may run in ONNX Runtime or int8) in `evaluate`."""
+
+    def encode_image(self, images: Tensor) -> Tensor: ...
+
+    def encode_text(self, tokens: Tensor) -> Tensor: ...
+
+    def scale(self) -> Tensor: ...
+
+
 @torch.no_grad()
-def embed_pairs(model: CLIP, loader: DataLoader, device: torch.device) -> tuple[Tensor, Tensor]:
+def embed_pairs(model: Encoders, loader: DataLoader, device: torch.device) -> tuple[Tensor, Tensor]:
     """Unit-norm image and text embeddings of every pair of `loader` (in order), on CPU."""
     images, texts = [], []
     for image_batch, token_batch in loader:
@@ -69,7 +79,7 @@ def retrieval_recalls(
 
 
 @torch.no_grad()
-def class_embeddings(model: CLIP, prompt_tokens: Tensor, num_classes: int) -> Tensor:
+def class_embeddings(model: Encoders, prompt_tokens: Tensor, num_classes: int) -> Tensor:
     """Prompt ensembling: the embeddings of each class's prompts (num_classes x templates
     rows, class-major) averaged and renormalized -> (num_classes, D)."""
     emb = model.encode_text(prompt_tokens).float().cpu()  # (classes x templates, D)
@@ -96,7 +106,7 @@ def scene_attribute_accuracy(
 
 
 def pair_metrics(
-    model: CLIP,
+    model: Encoders,
     loader: DataLoader,
     device: torch.device,
     pairs: PairSet,
@@ -131,8 +141,9 @@ def evaluate_pairs(
     batch_size: int,
     workers: int = 0,
 ) -> dict[str, float]:
-    """The metrics of a loaded model (a `clip.api.ClipModel`) on a set of pairs."""
+    """The metrics of a loaded model (a `clip.api.ClipModel`, through its towers) on a set
+    of pairs."""
     dataset = PairDataset(pairs, pair_tokens(pairs, clip.tokenizer), clip.preprocessing)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     prompts = prompt_tokens(clip.tokenizer, class_names, templates) if class_names else None
-    return pair_metrics(clip.model, loader, clip.device, pairs, prompts, class_names)
+    return pair_metrics(clip.towers, loader, clip.device, pairs, prompts, class_names)

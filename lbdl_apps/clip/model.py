@@ -63,9 +63,23 @@ class TextTransformer(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         """(B, L) token ids -> (B, embed_dim), not normalized."""
         states = self.transformer(tokens, logits=False)  # (B, L, text_width)
-        rows = torch.arange(len(tokens), device=tokens.device)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)  # traceable: not len()
         pooled = states[rows, eos_positions(tokens, self.eot_id)]  # (B, text_width)
         return self.proj(pooled)
+
+
+class Normalized(nn.Module):
+    """An encoder's embeddings scaled to unit norm: one tower of CLIP as inference runs it
+    (`CLIP.encode_image` / `encode_text`), a module of its own that can be exported or
+    replaced (book 8.2)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """(B, ...) images or token ids -> (B, embed_dim), unit norm."""
+        return F.normalize(self.encoder(inputs), dim=-1)
 
 
 class CLIP(nn.Module):

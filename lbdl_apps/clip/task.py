@@ -168,7 +168,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     """Evaluate a checkpoint on a split (core.evaluation.split_names) of its own data or of
     --data (read whole: only the data's own splits are kept apart); write metrics.json."""
     folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
-    clip = load(args.checkpoint, common.torch_device())
+    clip = load(args.checkpoint, common.torch_device(), args, args.act)
     meta, given = clip.meta, args.data is not None
     if not given and "seed" not in meta:
         raise LbdlError(
@@ -185,7 +185,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     splits = dataset.splits()
     names = split_names(args.split, given, splits, source or "the built-in scenes")
     chosen = PairSet.concat({name: splits[name] for name in names})  # type: ignore[misc]
-    templates = args.template or dataset.templates
+    templates = args.templates() or dataset.templates
     scores = evaluate_pairs(clip, chosen, dataset.class_names, templates, args.batch_size)
     write_json(folder / "metrics.json", {"checkpoint": str(args.checkpoint), "data": source,
                "split": split_label(names, splits), "pairs": len(chosen), **scores})  # fmt: skip

@@ -208,6 +208,9 @@ class MultiHeadAttention(nn.Module):
     `cache` (this layer's entry of a KVCache, updated in place) speeds up autoregressive
     decoding: in self-attention the new keys and values are appended to the cached ones; in
     cross-attention those of `context` are computed on the first call and reused afterwards.
+
+    `key_bias=False` leaves the key projection without a bias (Whisper's layout: a bias on
+    the keys adds the same score to every key of a query, which the softmax cancels).
     """
 
     def __init__(
@@ -217,6 +220,7 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         kdim: int | None = None,
+        key_bias: bool = True,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -225,7 +229,7 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         kdim = kdim or dim
         self.q_proj = nn.Linear(dim, dim, bias=bias)
-        self.k_proj = nn.Linear(kdim, dim, bias=bias)
+        self.k_proj = nn.Linear(kdim, dim, bias=bias and key_bias)
         self.v_proj = nn.Linear(kdim, dim, bias=bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
 
@@ -265,12 +269,27 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(b, q_len, -1))
 
 
-def sinusoidal_embedding(positions: Tensor, dim: int, base: float = 10_000) -> Tensor:
+SINUSOID_LAYOUTS = ("interleaved", "halves")
+
+
+def sinusoidal_embedding(
+    positions: Tensor, dim: int, base: float = 10_000, layout: str = "interleaved"
+) -> Tensor:
     """The book's positional encoding of `positions` (any shape, int or float) -> (..., dim).
 
     pos[t, d] = sin(t / T^(d / D)) for even d, cos(t / T^((d - 1) / D)) for odd d, with
     T = `base` (book 4.10). Also the time embedding of diffusion models (book 7.2).
+    `layout="halves"` is the variant of Whisper (and tensor2tensor): the sines of all D / 2
+    frequencies, then their cosines, the periods spread geometrically from 2 pi to 2 pi T:
+    pos[t, i] = sin(t / T^(i / (D / 2 - 1))), pos[t, D / 2 + i] = cos(same), i < D / 2.
     """
+    if layout == "halves":
+        i = torch.arange(dim // 2, device=positions.device).double()
+        # positions (...) -> (..., 1) times the D / 2 frequencies -> (..., D / 2)
+        angles = positions.double()[..., None] * base ** (-i / (dim // 2 - 1))
+        return torch.cat([angles.sin(), angles.cos()], dim=-1).float()
+    if layout != "interleaved":
+        raise ValueError(f"unknown layout {layout!r}; choose {' or '.join(SINUSOID_LAYOUTS)}")
     d = torch.arange(dim, device=positions.device)
     frequencies = base ** (-(d - d % 2).double() / dim)
     angles = positions.double()[..., None] * frequencies
@@ -278,14 +297,23 @@ def sinusoidal_embedding(positions: Tensor, dim: int, base: float = 10_000) -> T
 
 
 class SinusoidalPositionalEncoding(nn.Module):
-    """Adds the fixed sinusoidal encoding of book 4.10 to a (B, L, dim) sequence."""
+    """Adds the fixed sinusoidal encoding of book 4.10 to a (B, L, dim) sequence.
 
-    def __init__(self, dim: int, max_len: int, base: float = 10_000) -> None:
+    `layout` as in `sinusoidal_embedding`; `persistent=True` keeps the table in the state
+    dict, as Whisper's checkpoints do (they hold it, rounded to their precision)."""
+
+    def __init__(
+        self,
+        dim: int,
+        max_len: int,
+        base: float = 10_000,
+        layout: str = "interleaved",
+        persistent: bool = False,
+    ) -> None:
         super().__init__()
         self.max_len = max_len
-        self.register_buffer(
-            "pe", sinusoidal_embedding(torch.arange(max_len), dim, base), persistent=False
-        )
+        table = sinusoidal_embedding(torch.arange(max_len), dim, base, layout)
+        self.register_buffer("pe", table, persistent=persistent)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         """`offset` is the position of x's first token (decoding one token at a time)."""
@@ -329,6 +357,7 @@ class TransformerBlock(nn.Module):
 
     x = x + attn(ln1(x)); [x = x + cross_attn(ln_cross(x), context)]; x = x + mlp(ln2(x)).
     With a KVCache, the block keeps its attention layers' keys and values under `name`.
+    `key_bias=False`: key projections without bias (Whisper).
     """
 
     def __init__(
@@ -341,14 +370,17 @@ class TransformerBlock(nn.Module):
         norm_eps: float = 1e-5,
         act: str = "gelu",
         context_dim: int | None = None,
+        key_bias: bool = True,
     ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = MultiHeadAttention(dim, heads, dropout)
+        self.attn = MultiHeadAttention(dim, heads, dropout, key_bias=key_bias)
         self.cross_attn = None
         if cross_attention:
             self.ln_cross = nn.LayerNorm(dim, eps=norm_eps)
-            self.cross_attn = MultiHeadAttention(dim, heads, dropout, kdim=context_dim)
+            self.cross_attn = MultiHeadAttention(
+                dim, heads, dropout, kdim=context_dim, key_bias=key_bias
+            )
         self.ln2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, int(dim * mlp_ratio), act, dropout)
         self.drop = nn.Dropout(dropout)

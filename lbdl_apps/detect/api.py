@@ -19,7 +19,7 @@ from lbdl_apps.core.data import convert_image, load_image
 from lbdl_apps.core.device import resolve_device
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.detect.boxes import postprocess
-from lbdl_apps.detect.data import normalize, resize_only
+from lbdl_apps.detect.data import Preprocessing
 from lbdl_apps.detect.model import SSDConfig, build_model
 
 TASK = "detect"
@@ -77,14 +77,20 @@ def draw(image: np.ndarray, found: Detections, num_classes: int) -> np.ndarray:
 
 
 class Detector:
-    """A trained SSD with its classes and preprocessing."""
+    """A trained SSD with its classes, preprocessing and candidate selection (the best 1000
+    pairs of all classes before NMS, or as the checkpoint's "postprocessing" says: the best
+    `pre_nms` of each class for torchvision's models)."""
 
     def __init__(self, model: nn.Module, meta: dict, device: torch.device) -> None:
         self.model = model.to(device).eval()
         self.meta = meta
         self.labels: list[str] = meta["labels"]
         self.config: SSDConfig = meta["config"]
-        self.image_size: int = self.config.image_size
+        self.preprocessing = Preprocessing.of(meta, self.config.image_size)
+        self.image_size: int = self.preprocessing.image_size
+        self.postprocessing: dict = meta.get("postprocessing") or {}
+        self.pre_nms = int(self.postprocessing.get("pre_nms", 1000))
+        self.per_class = bool(self.postprocessing.get("per_class", False))
         self.device = device
 
     def class_indices(self, classes: Sequence[str] | None) -> list[int] | None:
@@ -104,9 +110,10 @@ class Detector:
         return chosen
 
     def _input(self, image: np.ndarray) -> torch.Tensor:
-        """An RGB uint8 array resized to the square input as in training, normalized."""
+        """An RGB uint8 array resized to the square input and normalized as the model was
+        trained."""
         tensor = torch.from_numpy(np.array(image, np.uint8)).permute(2, 0, 1)  # HWC -> CHW
-        return normalize(resize_only(self.image_size)(tensor))
+        return self.preprocessing(tensor)
 
     @torch.no_grad()
     def detect_arrays(
@@ -120,12 +127,12 @@ class Detector:
         """(boxes in pixels, scores, classes) of RGB uint8 arrays (H, W, 3)."""
         batch = torch.stack([self._input(image) for image in images]).to(self.device)
         offsets, logits = self.model(batch)
+        priors = self.model.priors
+        found_all = postprocess(
+            offsets, logits, priors, conf, iou, max_det, classes, self.pre_nms, self.per_class
+        )
         results = []
-        for image, found in zip(
-            images,
-            postprocess(offsets, logits, self.model.priors, conf, iou, max_det, classes),
-            strict=True,
-        ):
+        for image, found in zip(images, found_all, strict=True):
             height, width = image.shape[:2]
             scale = torch.tensor([width, height, width, height], device=found["boxes"].device)
             results.append(
@@ -252,6 +259,7 @@ def yolo_lines(found: Detections) -> str:
 
 
 def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Detector:
-    """Load a `lbdl detect` checkpoint (a .safetensors file or a run folder)."""
+    """Load a `lbdl detect` checkpoint: a .safetensors file, a run folder, a registry name
+    (coco:ssd300, coco:ssdlite320) or a torchvision SSD state dict (.pth)."""
     model, meta = load_model(checkpoint, TASK, build_model, SSDConfig)
     return Detector(model, meta, resolve_device(device))

@@ -14,6 +14,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms, box_convert, box_iou
 
 VARIANCES = (0.1, 0.2)  # offsets of centres and of log-sizes are divided by these
+MAX_LOG_SIZE = math.log(1000.0 / 16)  # decoded sizes stay under 62.5x the default box's
 
 
 def boxes_per_location(aspect_ratios: Sequence[float]) -> int:
@@ -30,28 +31,48 @@ def default_scales(maps: int, smallest: float = 0.1, largest: float = 0.9) -> li
     return [round(smallest + i * step, 4) for i in range(maps + 1)]
 
 
+def per_map(aspect_ratios: Sequence[float] | Sequence[Sequence[float]], maps: int) -> list:
+    """One list of aspect ratios per map: the same list for every map, or one given per map
+    (SSD300's [2], [2, 3], [2, 3], [2, 3], [2], [2])."""
+    if aspect_ratios and isinstance(aspect_ratios[0], (list, tuple)):
+        if len(aspect_ratios) != maps:
+            raise ValueError(f"need aspect ratios for {maps} maps, got {len(aspect_ratios)}")
+        return [list(r) for r in aspect_ratios]
+    return [list(aspect_ratios)] * maps
+
+
 def default_boxes(
-    feature_sizes: Sequence[int], scales: Sequence[float], aspect_ratios: Sequence[float]
+    feature_sizes: Sequence[int],
+    scales: Sequence[float],
+    aspect_ratios: Sequence[float] | Sequence[Sequence[float]],
+    steps: Sequence[float] | None = None,
+    image_size: int | None = None,
 ) -> Tensor:
     """The default boxes (N, 4) as (cx, cy, w, h): for each map of size f_k, each cell and
-    each of boxes_per_location shapes, in that order (the heads' output order)."""
+    each of boxes_per_location shapes, in that order (the heads' output order). Centres are
+    1/f_k apart, or `steps[k]` pixels of an `image_size` input apart (SSD300's steps 8, 16,
+    32, 64, 100, 300 on 300 pixels: torchvision's DefaultBoxGenerator); sizes are clipped
+    to [0, 1], centres are not."""
     if len(scales) != len(feature_sizes) + 1:
         raise ValueError(f"need {len(feature_sizes) + 1} scales, got {len(scales)}")
     boxes = []
-    for k, size in enumerate(feature_sizes):
+    for k, (size, ratios) in enumerate(
+        zip(feature_sizes, per_map(aspect_ratios, len(feature_sizes)), strict=True)
+    ):
         s, s_next = scales[k], scales[k + 1]
         shapes = [(s, s), (math.sqrt(s * s_next),) * 2]
-        for a in aspect_ratios:
+        for a in ratios:
             r = math.sqrt(a)
             shapes += [(s * r, s / r), (s / r, s * r)]
-        centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+        cells = size if steps is None or image_size is None else image_size / steps[k]
+        centres = (torch.arange(size, dtype=torch.float32) + 0.5) / cells
         cy, cx = torch.meshgrid(centres, centres, indexing="ij")
-        wh = torch.tensor(shapes, dtype=torch.float32)  # (A, 2)
+        wh = torch.tensor(shapes, dtype=torch.float32).clamp(0.0, 1.0)  # (A, 2)
         # (f, f, 2) -> (f*f, 1, 2) -> (f*f, A, 2): each cell's centre for its A shapes
-        cells = torch.stack([cx, cy], -1).reshape(-1, 1, 2).expand(-1, len(shapes), 2)
+        cells_xy = torch.stack([cx, cy], -1).reshape(-1, 1, 2).expand(-1, len(shapes), 2)
         sizes = wh.unsqueeze(0).expand(size * size, -1, -1)  # (A, 2) -> (f*f, A, 2)
-        boxes.append(torch.cat([cells, sizes], -1).reshape(-1, 4))  # (f*f, A, 4) -> (f*f*A, 4)
-    return torch.cat(boxes).clamp(0.0, 1.0)
+        boxes.append(torch.cat([cells_xy, sizes], -1).reshape(-1, 4))  # (f*f*A, 4)
+    return torch.cat(boxes)
 
 
 def encode(matched: Tensor, priors: Tensor, variances: Sequence[float] = VARIANCES) -> Tensor:
@@ -64,9 +85,10 @@ def encode(matched: Tensor, priors: Tensor, variances: Sequence[float] = VARIANC
 
 
 def decode(offsets: Tensor, priors: Tensor, variances: Sequence[float] = VARIANCES) -> Tensor:
-    """The inverse of `encode`: boxes (..., N, 4) as (x1, y1, x2, y2)."""
+    """The inverse of `encode`: boxes (..., N, 4) as (x1, y1, x2, y2). The log size ratio is
+    capped at log(1000 / 16), as torchvision's BoxCoder caps it (no overflow in exp)."""
     centre = priors[:, :2] + offsets[..., :2] * variances[0] * priors[:, 2:]
-    size = priors[:, 2:] * torch.exp(offsets[..., 2:] * variances[1])
+    size = priors[:, 2:] * torch.exp((offsets[..., 2:] * variances[1]).clamp(max=MAX_LOG_SIZE))
     return torch.cat([centre - size / 2, centre + size / 2], -1)
 
 
@@ -101,12 +123,32 @@ def postprocess(
     iou: float = 0.45,
     max_det: int = 100,
     classes: Sequence[int] | None = None,
+    pre_nms: int = 1000,
+    per_class: bool = False,
 ) -> list[dict[str, Tensor]]:
     """Detections of a batch of network outputs: decoded boxes, softmax class probabilities
     without "no object", then `select`."""
     boxes = decode(offsets, priors).clamp(0.0, 1.0)
     probs = logits.float().softmax(-1)[..., 1:]
-    return select(boxes, probs, conf, iou, max_det, classes)
+    return select(boxes, probs, conf, iou, max_det, classes, pre_nms, per_class)
+
+
+def _candidates(scores: Tensor, conf: float, pre_nms: int, per_class: bool) -> Tensor:
+    """The (box, class) pairs of scores (N, C) above `conf`, as indices box * C + class:
+    the `pre_nms` best of all of them, or with `per_class` the `pre_nms` best of each class
+    (torchvision's SSD: its topk_candidates)."""
+    n, c = scores.shape
+    if per_class:
+        masked = scores.masked_fill(scores <= conf, -1.0)
+        best, rows = masked.topk(min(pre_nms, n), dim=0)  # (k, C) per class, best first
+        columns = torch.arange(c, device=scores.device).expand_as(rows)
+        keep = best > conf
+        return rows[keep] * c + columns[keep]
+    flat = scores.flatten()  # (N, C) -> (N*C,): index = box * C + class
+    candidates = (flat > conf).nonzero().squeeze(1)  # (K, 1) -> (K,)
+    if len(candidates) > pre_nms:
+        candidates = candidates[flat[candidates].topk(pre_nms).indices]
+    return candidates
 
 
 def select(
@@ -117,24 +159,24 @@ def select(
     max_det: int = 100,
     classes: Sequence[int] | None = None,
     pre_nms: int = 1000,
+    per_class: bool = False,
 ) -> list[dict[str, Tensor]]:
     """Per image, from boxes (B, N, 4) x1 y1 x2 y2 in [0, 1] and class probabilities
     (B, N, C): every (box, class) pair above `conf` is a candidate (the `pre_nms` best
-    kept), then per-class non-maximum suppression (torchvision.ops.batched_nms) and the
-    `max_det` best. Gives boxes, scores and labels (0-based) per image."""
+    kept, of each class with `per_class`), then per-class non-maximum suppression
+    (torchvision.ops.batched_nms) and the `max_det` best. Gives boxes, scores and labels
+    (0-based) per image."""
     if classes is not None:
         keep_class = torch.zeros(probs.shape[-1], dtype=torch.bool, device=probs.device)
         keep_class[list(classes)] = True
         probs = probs * keep_class
     results = []
     for image_boxes, image_probs in zip(boxes, probs, strict=True):
-        scores = image_probs.flatten()  # (N, C) -> (N*C,): index = box * C + class
-        candidates = (scores > conf).nonzero().squeeze(1)  # (K, 1) -> (K,)
-        if len(candidates) > pre_nms:
-            candidates = candidates[scores[candidates].topk(pre_nms).indices]
+        candidates = _candidates(image_probs, conf, pre_nms, per_class)
         box_index = candidates // image_probs.shape[1]
         labels = candidates % image_probs.shape[1]
-        chosen_boxes, chosen_scores = image_boxes[box_index], scores[candidates]
+        chosen_boxes = image_boxes[box_index]
+        chosen_scores = image_probs.flatten()[candidates]
         kept = batched_nms(chosen_boxes, chosen_scores, labels, iou)[:max_det]
         results.append(
             {"boxes": chosen_boxes[kept], "scores": chosen_scores[kept], "labels": labels[kept]}

@@ -13,7 +13,10 @@ from lbdl_apps.core import options
 from lbdl_apps.core.options import Common, option
 from lbdl_apps.core.verbs import verb
 
-app = typer.Typer(help="Object detection (book 6.3): SSD on a ResNet backbone.")
+app = typer.Typer(
+    help="Object detection (book 6.3): SSD on a ResNet backbone, or torchvision's COCO SSDs "
+    "by name (coco:ssd300, coco:ssdlite320)."
+)
 EXPORT_FORMATS = ("torchscript", "onnx")
 
 
@@ -27,8 +30,11 @@ class TrainArgs(options.TrainArgs):
     """resnet-small (small images), resnet18, resnet34 or resnet50."""
     pretrained: str | None = None
     """Backbone ImageNet weights: a torchvision name, 'DEFAULT' or a .pth."""
+    init: str | None = None
+    """Start from a detector (a name such as coco:ssd300, a checkpoint, a run folder or a
+    torchvision SSD .pth): its backbone and extra layers, new heads for the data's classes."""
     freeze_epochs: int | None = option(None, min=0)
-    """Epochs with the backbone frozen (default: epochs/5 with --pretrained, else 0)."""
+    """Epochs with the backbone frozen (default: epochs/5 with --pretrained or --init)."""
     epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3

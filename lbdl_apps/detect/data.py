@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -29,7 +30,7 @@ MEAN = [0.485, 0.456, 0.406]  # ImageNet statistics: what pretrained backbones e
 STD = [0.229, 0.224, 0.225]
 SCENE_SIZE = 64
 VAL_SEED_OFFSET = 1_000_003  # validation scenes come from another stream than training ones
-Load = Callable[[int], tuple[Tensor, Any, Any]]  # index -> (uint8 C x H x W, boxes, labels)
+Load = Callable[[int], tuple[Any, ...]]  # index -> (uint8 C x H x W, boxes, labels[, crowd])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,12 +83,57 @@ def normalize(image: Tensor) -> Tensor:
     return v2.functional.normalize(image.float().div(255), MEAN, STD)
 
 
+RESIZES = ("square", "bilinear")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the model's input (the checkpoint's "preprocessing"): resized to
+    the square `image_size`, scaled to [0, 1], normalized by `mean` and `std`. "square"
+    resizes the uint8 image with antialiasing (lbdl's own models); "bilinear" resizes the
+    normalized float image without antialiasing, as torchvision's detection transform does
+    (its models were trained and evaluated so)."""
+
+    image_size: int
+    mean: tuple[float, ...] = tuple(MEAN)
+    std: tuple[float, ...] = tuple(STD)
+    resize: str = "square"
+
+    @classmethod
+    def of(cls, meta: dict[str, Any], image_size: int) -> Preprocessing:
+        """The preprocessing a checkpoint's metadata describes (older ones: ImageNet
+        statistics, "square")."""
+        given = meta.get("preprocessing") or {}
+        resize = given.get("resize", "square")
+        if resize not in RESIZES:
+            raise LbdlError(f"preprocessing: unknown resize {resize!r} (a newer lbdl?)")
+        mean, std = given.get("mean", MEAN), given.get("std", STD)
+        return cls(int(given.get("image_size", image_size)), tuple(mean), tuple(std), resize)
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "resize": self.resize,
+                "mean": list(self.mean), "std": list(self.std)}  # fmt: skip
+
+    def __call__(self, image: Tensor) -> Tensor:
+        """uint8 (C, H, W) -> the float input (C, S, S)."""
+        size = [self.image_size, self.image_size]
+        if self.resize == "square":
+            if list(image.shape[-2:]) != size:
+                image = resize_only(self.image_size)(image)
+            return v2.functional.normalize(image.float().div(255), self.mean, self.std)
+        x = v2.functional.normalize(image.float().div(255), self.mean, self.std)
+        if list(x.shape[-2:]) != size:  # (C, H, W) -> (1, C, H, W) -> (C, S, S)
+            x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+        return x
+
+
 # ----------------------------------------------------------------------------------------------
 # Datasets
 
 
 class DetectionDataset(Dataset):
-    """Items of a detection set after `transform`, as the image (normalized, C x S x S) and:
+    """Items of a detection set after `transform` and `prepare` (the model's preprocessing),
+    as the image (normalized, C x S x S) and:
     with `priors` (training), the matched targets (offsets (N, 4), classes (N,), 0 = no
     object); without, the objects {"boxes" (M, 4) in [0, 1], "labels" (M,)}."""
 
@@ -98,17 +144,19 @@ class DetectionDataset(Dataset):
         transform: Callable[[Any, Any], tuple[Any, Any]],
         priors: Tensor | None = None,
         iou_threshold: float = 0.5,
+        prepare: Callable[[Tensor], Tensor] = normalize,
     ) -> None:
         self.load, self.length = load, length
         self.transform = transform
         self.priors = priors
         self.iou_threshold = iou_threshold
+        self.prepare = prepare
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
-        pixels, boxes, labels = self.load(index)
+        pixels, boxes, labels, *crowd = self.load(index)
         height, width = pixels.shape[-2:]
         target = {
             "boxes": tv_tensors.BoundingBoxes(
@@ -121,9 +169,14 @@ class DetectionDataset(Dataset):
         image, target = self.transform(tv_tensors.Image(pixels), target)
         size = torch.tensor(image.shape[-2:][::-1], dtype=torch.float32).repeat(2)
         boxes = target["boxes"].as_subclass(Tensor).float() / size
-        image = normalize(image.as_subclass(Tensor))
+        image = self.prepare(image.as_subclass(Tensor))
         if self.priors is None:
-            return image, {"boxes": boxes, "labels": target["labels"]}
+            objects = {"boxes": boxes, "labels": target["labels"]}
+            if crowd and len(crowd[0][1]):  # resized as the image: fractions of the original
+                crowd_boxes = torch.as_tensor(crowd[0][0], dtype=torch.float32).reshape(-1, 4)
+                objects["crowd_boxes"] = crowd_boxes / torch.tensor([width, height] * 2)
+                objects["crowd_labels"] = torch.as_tensor(crowd[0][1], dtype=torch.long)
+            return image, objects
         classes, matched = match(boxes, target["labels"], self.priors, self.iou_threshold)
         return image, encode(matched, self.priors), classes
 
@@ -134,10 +187,12 @@ def eval_collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor,
 
 
 def record_loader(records: Sequence[Record]) -> Load:
-    def load(index: int) -> tuple[Tensor, np.ndarray, np.ndarray]:
+    """index -> (image, boxes, labels, (crowd boxes, crowd labels))."""
+
+    def load(index: int) -> tuple[Tensor, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
         record = records[index]
         image = v2.functional.pil_to_tensor(load_image(record.image, "RGB"))
-        return image, record.boxes, record.labels
+        return image, record.boxes, record.labels, (record.crowd_boxes, record.crowd_labels)
 
     return load
 
@@ -190,21 +245,36 @@ class DetectData:
         return {"train": self.train, "val": self.val, "test": None}
 
     def train_set(
-        self, image_size: int, priors: Tensor, zoom_out: float, iou: float, augment: str = "ssd"
+        self,
+        image_size: int,
+        priors: Tensor,
+        zoom_out: float,
+        iou: float,
+        augment: str = "ssd",
+        prepare: Preprocessing | None = None,
     ) -> Dataset:
         augmentation = Augment(image_size, zoom_out, augment)
-        return DetectionDataset(self.train.load, self.train.count, augmentation, priors, iou)
+        return DetectionDataset(
+            self.train.load, self.train.count, augmentation, priors, iou, prepare or normalize
+        )
 
-    def eval_set(self, image_size: int, split: str = "val") -> Dataset:
-        """A split resized to the input, with its objects (for the mAP)."""
+    def eval_set(
+        self, image_size: int, split: str = "val", prepare: Preprocessing | None = None
+    ) -> Dataset:
+        """A split resized to the input as `prepare` says (default: lbdl's), with its
+        objects (for the mAP)."""
         part = self.splits()[split]
         if part is None:
             raise LbdlError(f"{self.source}: has no {split} split")
+        if prepare is not None and prepare.resize != "square":  # `prepare` resizes
+            return DetectionDataset(part.load, part.count, lambda i, t: (i, t), prepare=prepare)
         resize = resize_only(image_size)
-        return DetectionDataset(part.load, part.count, lambda i, t: resize(i, t))
+        return DetectionDataset(
+            part.load, part.count, lambda i, t: resize(i, t), prepare=prepare or normalize
+        )
 
-    def val_set(self, image_size: int) -> Dataset:
-        return self.eval_set(image_size, "val")
+    def val_set(self, image_size: int, prepare: Preprocessing | None = None) -> Dataset:
+        return self.eval_set(image_size, "val", prepare)
 
 
 def parse_classes(text: str | None) -> list[str] | None:

@@ -3,7 +3,8 @@ is installed) of the network and the box decoding; score threshold, per-class NM
 stay outside the graph, as `boxes.select` does them:
 
     boxes, probs = exported(images)        # images: (B, 3, S, S), RGB resized to S x S,
-                                           #   scaled to [0, 1], ImageNet mean/std normalized
+                                           #   scaled to [0, 1], normalized with the mean
+                                           #   and std of the .json
     # boxes (B, N, 4): x1 y1 x2 y2 in [0, 1]; probs (B, N, C): class probabilities
     for each image: keep (box, class) pairs with prob > conf, torchvision.ops.batched_nms
     (IoU 0.45) per class, keep the max_det best, multiply boxes by the image width/height.
@@ -22,7 +23,6 @@ from lbdl_apps.core.outputs import atomic_path, json_text
 from lbdl_apps.detect.api import Detector
 from lbdl_apps.detect.boxes import decode
 from lbdl_apps.detect.cli import EXPORT_FORMATS
-from lbdl_apps.detect.data import MEAN, STD
 
 
 class DecodedSSD(nn.Module):
@@ -41,23 +41,26 @@ class DecodedSSD(nn.Module):
 
 def sidecar(detector: Detector) -> dict:
     """What a user of the exported file needs beside it (written as <name>.json)."""
-    size = detector.image_size
+    size, pre = detector.image_size, detector.preprocessing
+    resize = "with antialiasing" if pre.resize == "square" else "without antialiasing"
+    candidates = f"the {detector.pre_nms} best " + ("of each class" if detector.per_class else "")
     return {
         "labels": detector.labels,
         "input": {
             "shape": [None, 3, size, size],
             "color": "RGB",
-            "resize": "square, bilinear with antialiasing, aspect ratio not kept",
+            "resize": f"square, bilinear {resize}, aspect ratio not kept",
             "scale": "1/255",
-            "mean": MEAN,
-            "std": STD,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
         },
         "outputs": {
             "boxes": "(B, N, 4) x1 y1 x2 y2 in [0, 1] of the input",
             "probs": "(B, N, C) class probabilities (no 'no object' column)",
         },
-        "postprocess": "threshold probs (0.25), torchvision.ops.batched_nms per class (IoU "
-        "0.45), top max_det (100), boxes times (width, height, width, height)",
+        "postprocess": f"threshold probs (0.25), keep {candidates.strip()}, "
+        "torchvision.ops.batched_nms per class (IoU 0.45), top max_det (100), boxes times "
+        "(width, height, width, height)",
     }
 
 

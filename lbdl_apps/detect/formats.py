@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +26,15 @@ Bad = tuple[Path, str]
 
 @dataclass
 class Record:
-    """One image and its objects: boxes (M, 4) float32 pixels, labels (M,) int64."""
+    """One image and its objects: boxes (M, 4) float32 pixels, labels (M,) int64; and the
+    crowd regions of COCO (`iscrowd`: K boxes and labels), never trained on, which the
+    evaluation ignores as COCO's does (a detection there is neither right nor wrong)."""
 
     image: Path
     boxes: np.ndarray
     labels: np.ndarray
+    crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass
@@ -318,6 +322,8 @@ def read_coco(path: Path, classes: list[str] | None) -> Annotations:
         if not width or not height:
             width, height = image_size(image)
         anns = [a for a in by_image.get(info["id"], []) if not a.get("iscrowd", 0)]
+        crowd = [a for a in by_image.get(info["id"], [])
+                 if a.get("iscrowd", 0) and a["category_id"] in index]  # fmt: skip
         problem = next(
             (
                 f"unknown category id {a['category_id']}"
@@ -334,5 +340,10 @@ def read_coco(path: Path, classes: list[str] | None) -> Annotations:
             bad.append((image, problem))
             continue
         labels = np.asarray([index[a["category_id"]] for a in anns], np.int64)
-        records.append(Record(image, _clip(boxes, width, height), labels))
+        crowd_boxes = _clip([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in crowd)],
+                            width, height)  # fmt: skip
+        crowd_labels = np.asarray([index[a["category_id"]] for a in crowd], np.int64)
+        records.append(
+            Record(image, _clip(boxes, width, height), labels, crowd_boxes, crowd_labels)
+        )
     return Annotations(records, sorted(bad, key=lambda b: str(b[0])), names, "coco")

@@ -34,21 +34,46 @@ def new_metric(per_class: bool = False):
     )
 
 
+def selection(postprocessing: dict[str, Any] | None) -> dict[str, Any]:
+    """The candidate selection of an evaluation: lbdl's (conf 0.01, NMS IoU 0.5, 100 per
+    image, the best 1000 pairs before NMS), or that of a checkpoint's "postprocessing"
+    (torchvision's SSD300: conf 0.01, IoU 0.45, 200 per image, the best 400 per class)."""
+    chosen = {"conf": EVAL_CONF, "iou": EVAL_IOU, "max_det": EVAL_MAX_DET, "pre_nms": 1000,
+              "per_class": False}  # fmt: skip
+    return {**chosen, **{k: v for k, v in (postprocessing or {}).items() if k in chosen}}
+
+
 @torch.no_grad()
 def detect_batches(
-    model: nn.Module, batches: Iterable[tuple[Tensor, list[dict]]], device: torch.device
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, list[dict]]],
+    device: torch.device,
+    postprocessing: dict[str, Any] | None = None,
 ) -> Iterable[tuple[list[dict], list[dict]]]:
     """(detections, targets) per batch, boxes in pixels of the model's input."""
     model.eval()
+    chosen = selection(postprocessing)
     for images, targets in batches:
         images = images.to(device)
         offsets, logits = model(images)
-        found = postprocess(offsets, logits, model.priors, EVAL_CONF, EVAL_IOU, EVAL_MAX_DET)
+        found = postprocess(offsets, logits, model.priors, **chosen)
         scale = torch.tensor(images.shape[-2:][::-1], device=device).repeat(2).float()
         yield (
             [{k: v.cpu() for k, v in {**d, "boxes": d["boxes"] * scale}.items()} for d in found],
-            [{"boxes": t["boxes"].to(device) * scale, "labels": t["labels"]} for t in targets],
+            [ground_truth(t, scale) for t in targets],
         )
+
+
+def ground_truth(target: dict[str, Tensor], scale: Tensor) -> dict[str, Tensor]:
+    """The metric's target of one image, boxes in pixels of the input: the objects, and the
+    crowd regions marked `iscrowd` (COCO's evaluation ignores detections there)."""
+    boxes, labels = target["boxes"].to(scale.device) * scale, target["labels"]
+    crowd = torch.zeros(len(labels), dtype=torch.long)
+    if "crowd_boxes" in target:
+        boxes = torch.cat([boxes, target["crowd_boxes"].to(scale.device) * scale])
+        labels = torch.cat([labels, target["crowd_labels"]])
+        crowd = torch.cat([crowd, torch.ones(len(target["crowd_labels"]), dtype=torch.long)])
+    return {"boxes": boxes, "labels": labels, "iscrowd": crowd}
 
 
 def evaluate_detector(
@@ -56,11 +81,12 @@ def evaluate_detector(
     batches: Iterable[tuple[Tensor, list[dict]]],
     device: torch.device,
     per_class: bool = False,
+    postprocessing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """map, map_50, map_75 (and with `per_class`, the torchmetrics result with per-class AP
     and the precision array)."""
     metric = new_metric(per_class)
-    for found, targets in detect_batches(model, batches, device):
+    for found, targets in detect_batches(model, batches, device, postprocessing):
         metric.update(found, [{k: v.cpu() for k, v in t.items()} for t in targets])
     result = metric.compute()
     return {k: (float(v) if k in ("map", "map_50", "map_75") else v) for k, v in result.items()}

@@ -23,6 +23,7 @@ from lbdl_apps.detect.data import (
     AUGMENTS,
     SCENE_SIZE,
     DetectData,
+    Preprocessing,
     eval_collate,
     load_detect_data,
     parse_classes,
@@ -58,10 +59,38 @@ def input_size(args: TrainArgs) -> int:
 
 
 def frozen_epochs(args: TrainArgs) -> int:
-    """Epochs of the first fine-tuning phase: a fifth of them with --pretrained, else none."""
+    """Epochs of the first fine-tuning phase: a fifth of them with --pretrained or --init
+    (none for a one-epoch run), else none."""
     if args.freeze_epochs is not None:
         return args.freeze_epochs
-    return max(1, args.epochs // 5) if args.pretrained else 0
+    fine_tuning = args.pretrained or args.init
+    return min(max(1, args.epochs // 5), args.epochs - 1) if fine_tuning else 0
+
+
+@dataclass
+class Start:
+    """What --init gives a new run: the detector's config, weights and preprocessing."""
+
+    name: str
+    config: SSDConfig
+    weights: dict[str, torch.Tensor]
+    preprocessing: Preprocessing
+
+
+ARCHITECTURE = ("image_size", "width", "scales")  # options --init decides (with --backbone)
+
+
+def read_start(args: TrainArgs) -> Start:
+    """The detector --init names (any CHECKPOINT: a name, a file, a run folder, a
+    torchvision SSD state dict), read through core's checkpoint resolution."""
+    from lbdl_apps.core.checkpoint import config_from_dict, read_any
+
+    assert args.init is not None
+    path, weights, meta = read_any(args.init, TASK)
+    if not isinstance(meta.get("config"), dict):
+        raise LbdlError(f"{path}: incomplete detect metadata (no model config)")
+    config = config_from_dict(SSDConfig, meta["config"], path)
+    return Start(args.init, config, weights, Preprocessing.of(meta, config.image_size))
 
 
 class DetectTask(SupervisedTask[TrainArgs, DetectData]):
@@ -70,6 +99,7 @@ class DetectTask(SupervisedTask[TrainArgs, DetectData]):
 
     name = TASK
     monitor = Monitor("val_map", "max")
+    start: Start | None = None  # what --init gives (read by load_data)
 
     def check(self, args: TrainArgs) -> None:
         if args.backbone not in BACKBONES:
@@ -78,6 +108,8 @@ class DetectTask(SupervisedTask[TrainArgs, DetectData]):
             raise LbdlError(
                 f"--pretrained: only the {', '.join(PRETRAINABLE)} backbones have ImageNet weights"
             )
+        if args.init is not None:
+            self._check_init(args)
         if args.freeze_epochs is not None and args.freeze_epochs >= args.epochs:
             raise LbdlError(f"--freeze-epochs {args.freeze_epochs}: must be below --epochs")
         if not 0 < args.iou_threshold < 1:
@@ -90,7 +122,29 @@ class DetectTask(SupervisedTask[TrainArgs, DetectData]):
                 f"--scales {args.scales}: scales are fractions of the image side (<= 1)"
             )
 
+    def _check_init(self, args: TrainArgs) -> None:
+        given = [f"--{name.replace('_', '-')}" for name in ARCHITECTURE if getattr(args, name)]
+        if args.backbone != TrainArgs.backbone:
+            given.insert(0, "--backbone")
+        if args.aspect_ratios != TrainArgs.aspect_ratios:
+            given.append("--aspect-ratios")
+        if args.pretrained:
+            given.append("--pretrained")
+        if given:
+            raise LbdlError(
+                f"--init {args.init}: keeps that detector's architecture and weights; "
+                f"drop {', '.join(given)}"
+            )
+
+    def size(self, args: TrainArgs) -> int:
+        """The input side: --init's, or `input_size`."""
+        return self.start.config.image_size if self.start else input_size(args)
+
+    def preprocessing(self, args: TrainArgs) -> Preprocessing:
+        return self.start.preprocessing if self.start else Preprocessing(self.size(args))
+
     def load_data(self, args: TrainArgs, seed: int) -> DetectData:
+        self.start = read_start(args) if args.init is not None else None
         data = load_detect_data(
             args.data,
             args.format,
@@ -99,15 +153,17 @@ class DetectTask(SupervisedTask[TrainArgs, DetectData]):
             args.skip_bad,
             args.scenes,
             parse_classes(args.classes),
-            scene_size=input_size(args),
+            scene_size=self.size(args),
         )
         self.say(
             f"data: {data.source}; {data.train_count} train, {data.val_count} val images, "
-            f"{len(data.labels)} classes; input {input_size(args)}px"
+            f"{len(data.labels)} classes; input {self.size(args)}px"
         )
         return data
 
     def model_config(self, args: TrainArgs, data: DetectData) -> SSDConfig:
+        if self.start is not None:  # its layout, new heads: the data's classes, no folding
+            return replace(self.start.config, num_classes=len(data.labels), head_labels=None)
         config = default_config(len(data.labels), args.backbone, input_size(args))
         if args.width is not None:
             config = replace(config, width=args.width)
@@ -120,21 +176,33 @@ class DetectTask(SupervisedTask[TrainArgs, DetectData]):
     build_model = staticmethod(build_model)
 
     def initialize(self, model: nn.Module, args: TrainArgs, data: DetectData) -> None:
+        if self.start is not None:
+            kept = {k: v for k, v in self.start.weights.items()
+                    if k.startswith(("backbone.", "extras."))}  # fmt: skip
+            missing, unexpected = model.load_state_dict(kept, strict=False)
+            wrong = unexpected + [k for k in missing if not k.startswith(("loc_", "cls_"))]
+            if wrong:
+                raise LbdlError(f"--init {args.init}: weights do not fit ({', '.join(wrong[:3])})")
+            self.say(
+                f"init: backbone and extra layers of {args.init}; new heads for "
+                f"{len(data.labels)} classes"
+            )
         if args.pretrained:
             from lbdl_apps.core.backbones.resnet import load_pretrained
 
             load_pretrained(model.backbone, args.pretrained, args.backbone)  # type: ignore[arg-type]
 
     def datasets(self, args: TrainArgs, data: DetectData, model: nn.Module) -> TrainingSets:
+        backbone = self.start.config.backbone if self.start else args.backbone
         self.say(
-            f"SSD on {args.backbone}: maps {model.feature_sizes}, {len(model.priors)} default "
+            f"SSD on {backbone}: maps {model.feature_sizes}, {len(model.priors)} default "
             f"boxes, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
         )
         zoom = args.zoom_out or (1.5 if args.data is None else 4.0)
         augment = args.augment or ("light" if args.data is None else "ssd")
-        size = input_size(args)
-        train_set = data.train_set(size, model.priors, zoom, args.iou_threshold, augment)
-        val_set = data.val_set(size) if data.val_count else None
+        size, pre = self.size(args), self.preprocessing(args)
+        train_set = data.train_set(size, model.priors, zoom, args.iou_threshold, augment, pre)
+        val_set = data.val_set(size, pre) if data.val_count else None
         return TrainingSets(train_set, val_set, None, eval_collate)
 
     def loss(self, args: TrainArgs, data: DetectData):
@@ -148,25 +216,28 @@ class DetectTask(SupervisedTask[TrainArgs, DetectData]):
         return evaluate
 
     def metadata(self, args: TrainArgs, data: DetectData) -> dict[str, Any]:
-        size = input_size(args)
         return {
             "labels": data.labels,
-            "preprocessing": {"image_size": size, "resize": "square"},
+            "preprocessing": self.preprocessing(args).to_meta(),
             "format": data.format,
             "scenes": args.scenes,
+            "init": args.init,
         }
 
     def phases(self, args: TrainArgs, model: nn.Module) -> list[Phase]:
-        """Fine-tuning (book 6.3): `frozen_epochs` with the backbone frozen, in frozen/, then
-        the whole model in the run folder (the part --resume continues)."""
+        """Fine-tuning (book 6.3): `frozen_epochs` with the backbone (and, from --init, the
+        extra layers) frozen, in frozen/, then the whole model in the run folder (the part
+        --resume continues)."""
         frozen = frozen_epochs(args)
         if not frozen:
             return [Phase(args)]
         rest = args.epochs - frozen
+        extras = args.init is not None
 
         def freeze(model: nn.Module) -> None:
-            self.say(f"phase 1: backbone frozen for {frozen} epochs (in frozen/)")
-            model.freeze_backbone(True)
+            what = "backbone and extra layers" if extras else "backbone"
+            self.say(f"phase 1: {what} frozen for {frozen} epochs (in frozen/)")
+            model.freeze_backbone(True, extras)
 
         def unfreeze(model: nn.Module) -> None:
             self.say(f"phase 2: whole model, {rest} epochs")
@@ -198,6 +269,11 @@ class Evaluation:
 def _evaluation_data(args: EvaluateArgs, meta: dict[str, Any], labels: list[str]) -> DetectData:
     """--data whole (no held-out part), or the checkpoint's own data split as in training."""
     given = args.data is not None
+    if not given and meta.get("publisher"):
+        raise LbdlError(
+            f"{args.checkpoint}: {meta['publisher']} holds no data of its own; give --data "
+            "(e.g. COCO val2017: a folder with annotations/instances_val2017.json and images/)"
+        )
     source = args.data if given else meta.get("data")
     fmt = args.format if given else (meta.get("format") if source is not None else None)
     data = load_detect_data(
@@ -226,9 +302,12 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     source = args.data if args.data is not None else detector.meta.get("data")
     described = source or "the built-in scenes"
     names = split_names(args.split, args.data is not None, data.splits(), described)
-    chosen = ConcatDataset([data.eval_set(detector.image_size, name) for name in names])
+    pre = detector.preprocessing
+    chosen = ConcatDataset([data.eval_set(detector.image_size, name, pre) for name in names])
     loader = DataLoader(chosen, batch_size=args.batch_size, collate_fn=eval_collate)
-    result = evaluate_detector(detector.model, loader, detector.device, per_class=True)
+    result = evaluate_detector(
+        detector.model, loader, detector.device, True, detector.postprocessing
+    )
     scores = summary(result)
     per_class = per_class_ap(result, detector.labels)
     plot_pr_curves(result, detector.labels, folder / "pr_curve.png")

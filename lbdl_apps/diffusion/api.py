@@ -17,7 +17,9 @@ from lbdl_apps.core.checkpoint import checkpoint_file, load_model, read_meta
 from lbdl_apps.core.data import save_image
 from lbdl_apps.core.device import resolve_device
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.options import Inference
 from lbdl_apps.core.progress import progress_bar
+from lbdl_apps.core.runtime import deploy
 from lbdl_apps.diffusion.data import to_unit
 from lbdl_apps.diffusion.model import DiffusionConfig, build_model
 from lbdl_apps.diffusion.sampling import SAMPLERS, sample_loop
@@ -223,11 +225,18 @@ def save_samples(samples: Samples, out: str | Path) -> list[Path]:
     return paths
 
 
-def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Diffuser:
-    """Load a `lbdl diffusion` model checkpoint (a .safetensors file or a run folder)."""
-    path = checkpoint_file(checkpoint)
+def load(
+    checkpoint: str | Path, device: str | torch.device = "cpu", inference: Inference | None = None
+) -> Diffuser:
+    """Load a `lbdl diffusion` model checkpoint (a .safetensors file or a run folder), its
+    denoiser run as `inference` says (default: PyTorch; book 8.2)."""
+    from lbdl_apps.diffusion.export import deployment
+
+    path = checkpoint_file(checkpoint, TASK)
     meta = read_meta(path, TASK)
     if meta.get("kind", MODEL_KIND) != MODEL_KIND:
         raise LbdlError(f"{path}: is a noised CLIP (for --clip-guide), not a diffusion model")
     model, meta = load_model(path, TASK, build_model, DiffusionConfig)
-    return Diffuser(model, meta, resolve_device(device))
+    diffuser = Diffuser(model, meta, resolve_device(device))
+    deploy(deployment(diffuser), inference, diffuser.device)
+    return diffuser

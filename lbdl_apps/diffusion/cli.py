@@ -49,8 +49,8 @@ class TrainArgs(NoisedTraining):
     """auto, none, class or text (auto: text with --clip, else class when the data has
     classes)."""
     clip: str | None = None
-    """A lbdl clip checkpoint: condition on its text embeddings of the captions (stored
-    with the model)."""
+    """A clip checkpoint or model name (openai:ViT-B-32): condition on its text embeddings of
+    the captions (stored with the model)."""
     channels: int | None = None
     """1 (gray) or 3 (color); default: from the data."""
     width: int = 32
@@ -81,7 +81,7 @@ class GuideArgs(NoisedTraining):
     lr: float = 5e-4
     weight_decay: float = 0.05
     clip: str | None = None
-    """Start from this lbdl clip checkpoint's encoders."""
+    """Start from this clip checkpoint's (or model name's) encoders."""
     model_size: str = "tiny"
     """tiny, small or base (without --clip)."""
     vocab_size: int = option(1000, min=32)
@@ -109,7 +109,18 @@ class Sampling(Options):
 
 
 @dataclass(kw_only=True)
-class SampleArgs(Sampling, options.OutputArgs):
+class Calibration(Options):
+    """What --calibrate means for diffusion (book 8.2): the images whose noised versions
+    calibrate static int8 of the U-Net."""
+
+    calibrate: str | None = option(None, panel="Inference")
+    """Images read as `train --data` reads them, noised to time indices spread over the
+    schedule, with their conditions: 256 of them calibrate static int8 (default: the
+    model's training data, else the built-in scenes)."""
+
+
+@dataclass(kw_only=True)
+class SampleArgs(Calibration, options.Inference, Sampling, options.OutputArgs):
     """The options of `lbdl diffusion sample` (and `predict`)."""
 
     checkpoint: str = option(argument=True)
@@ -125,7 +136,7 @@ class SampleArgs(Sampling, options.OutputArgs):
 
 
 @dataclass(kw_only=True)
-class EvaluateArgs(Sampling, options.EvaluateArgs):
+class EvaluateArgs(Calibration, options.Inference, Sampling, options.EvaluateArgs):
     """The options of `lbdl diffusion evaluate`."""
 
     checkpoint: str = option(argument=True)
@@ -141,6 +152,11 @@ class EvaluateArgs(Sampling, options.EvaluateArgs):
     n_real: int = option(2000, min=2)
     """Real images to compare with."""
     batch_size: int = 100
+
+
+@dataclass(kw_only=True)
+class ExportArgs(Calibration, options.ExportArgs):
+    """The options of `lbdl diffusion export`."""
 
 
 @verb(app)
@@ -168,7 +184,7 @@ def sample(args: SampleArgs, common: Common) -> None:
 
     device = common.torch_device()
     folder = batch_folder("diffusion", "sample", args.out, args.exist_ok)
-    diffuser = load(args.checkpoint, device)
+    diffuser = load(args.checkpoint, device, args)
     guide = load_guide(args.clip_guide, device) if args.clip_guide is not None else None
     samples = diffuser.sample(
         args.n,
@@ -205,3 +221,15 @@ def evaluate(args: EvaluateArgs, common: Common) -> None:
         console.print(table)
     print(" ".join(f"{k} {v:.4f}" for k, v in result.scores.items()))
     console.print(f"results: {result.folder}")
+
+
+@verb(app)
+def export(args: ExportArgs, common: Common) -> None:
+    """Export the denoiser for one step to ONNX (int8 with --quantize), TorchScript or an
+    ExportedProgram, checked against PyTorch, with model.json saying the schedule, the
+    prediction, the conditioning inputs and the image range."""
+    from lbdl_apps.core.export import run_export
+    from lbdl_apps.diffusion.api import load
+    from lbdl_apps.diffusion.export import deployment
+
+    run_export(args, lambda checkpoint: deployment(load(checkpoint)))

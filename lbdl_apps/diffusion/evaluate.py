@@ -106,7 +106,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
         raise LbdlError(f"--n {args.n}: the statistics need at least 2 images")
     device = common.torch_device()
     folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
-    diffuser = load(args.checkpoint, device)
+    diffuser = load(args.checkpoint, device, args)
     classifier = load_classifier(args.classifier, device)
     features = ClassifierFeatures(classifier)
     classes, n = args.classes, args.n

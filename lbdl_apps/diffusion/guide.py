@@ -120,7 +120,7 @@ class ClipGuide:
 
 def load_guide(checkpoint: str | Path, device: str | torch.device = "cpu") -> ClipGuide:
     """Load a noised CLIP made by `lbdl diffusion train-guide`."""
-    path = checkpoint_file(checkpoint)
+    path = checkpoint_file(checkpoint, TASK)
     meta = read_meta(path)
     if meta.get("task") != TASK or meta.get("kind") != GUIDE_KIND:
         what = meta.get("kind") or meta.get("task")

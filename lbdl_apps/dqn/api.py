@@ -18,6 +18,8 @@ from torch import nn
 from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.device import resolve_device
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.options import Inference
+from lbdl_apps.core.runtime import deploy
 from lbdl_apps.dqn.data import EnvSettings, make_env
 from lbdl_apps.dqn.model import QNetworkConfig, build_q_network
 from lbdl_apps.dqn.policy import evaluate_policy
@@ -61,10 +63,17 @@ class Agent:
 
 
 def load(
-    checkpoint: str | Path, device: str | torch.device = "cpu", env: str | None = None
+    checkpoint: str | Path,
+    device: str | torch.device = "cpu",
+    env: str | None = None,
+    inference: Inference | None = None,
 ) -> Agent:
-    """An agent from a dqn checkpoint (file or run folder). `env` plays another environment
-    id with the same preprocessing; its actions and observations must match the network's."""
+    """An agent from a dqn checkpoint: a file or run folder, a registry name (`cleanrl:Pong`,
+    `lbdl models`) or a CleanRL Q-network file (its game given by `env`). `env` plays another
+    environment id with the same preprocessing; its actions and observations must match the
+    network's. Its Q-network runs as `inference` says (default: PyTorch; book 8.2)."""
+    from lbdl_apps.dqn.export import deployment
+
     model, meta = load_model(checkpoint, TASK, build_q_network, QNetworkConfig)
     device = resolve_device(device)
     model.to(device).eval()
@@ -72,21 +81,36 @@ def load(
         settings = EnvSettings.from_dict(meta["env"])
     except (KeyError, TypeError) as error:
         raise LbdlError(f"{checkpoint}: incomplete dqn metadata ({error})") from None
+    if not settings.env_id and env is None:
+        raise LbdlError(
+            f"{checkpoint}: a CleanRL Q-network file does not say which game it plays; give it "
+            "with --env, e.g. --env PongNoFrameskip-v4"
+        )
     if env is not None and env != settings.env_id:
-        settings = _other_env(settings, env, meta["config"], checkpoint)
-    return Agent(model, settings, meta, device)
+        settings = other_env(settings, env, meta["config"], checkpoint)
+    agent = Agent(model, settings, meta, device)
+    deploy(deployment(agent, describe=False), inference, agent.device)
+    return agent
 
 
-def _other_env(
-    settings: EnvSettings, env_id: str, config: QNetworkConfig, checkpoint: str | Path
+def other_env(
+    settings: EnvSettings,
+    env_id: str,
+    config: QNetworkConfig,
+    checkpoint: str | Path,
+    flag: str = "--env",
 ) -> EnvSettings:
-    """The checkpoint's preprocessing applied to `env_id`, checked against the network."""
-    other = EnvSettings.for_env(env_id)
-    if other.atari != settings.atari:
-        kind = "an Atari game" if settings.atari else "a classic-control task"
-        raise LbdlError(f"--env {env_id}: the checkpoint {checkpoint} was trained on {kind}")
-    other = replace(settings, env_id=env_id)
-    probe = make_env(other)
+    """The checkpoint's preprocessing applied to `env_id` (given by `flag`: --env, or
+    --calibrate ENV), checked against the network."""
+    try:
+        other = EnvSettings.for_env(env_id)
+        if other.atari != settings.atari:
+            kind = "an Atari game" if settings.atari else "a classic-control task"
+            raise LbdlError(f"--env {env_id}: the checkpoint {checkpoint} was trained on {kind}")
+        other = replace(settings, env_id=env_id)
+        probe = make_env(other)
+    except LbdlError as error:
+        raise LbdlError(str(error).replace("--env", flag, 1)) from None
     try:
         actions = int(probe.action_space.n)
         shape = tuple(probe.observation_space.shape)
@@ -94,12 +118,12 @@ def _other_env(
         probe.close()
     if actions != config.n_actions:
         raise LbdlError(
-            f"--env {env_id}: has {actions} actions but the checkpoint's Q-network has "
+            f"{flag} {env_id}: has {actions} actions but the checkpoint's Q-network has "
             f"{config.n_actions} (trained on {settings.env_id})"
         )
     if config.kind == "mlp" and shape != (config.obs_dim,):
         raise LbdlError(
-            f"--env {env_id}: observations of shape {shape}, the checkpoint's Q-network takes "
+            f"{flag} {env_id}: observations of shape {shape}, the checkpoint's Q-network takes "
             f"({config.obs_dim},) (trained on {settings.env_id})"
         )
     return other

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from lbdl_apps.core import options
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.options import Common, Options, OutputArgs, RunArgs, option
 from lbdl_apps.core.verbs import verb
@@ -130,11 +131,24 @@ class TrainArgs(RunArgs):
 
 
 @dataclass(kw_only=True)
-class EvaluateArgs(OutputArgs):
+class Calibration(Options):
+    """What --calibrate means for dqn (book 8.2): where the observations that calibrate
+    static int8 of an Atari Q-network come from."""
+
+    calibrate: str | None = option(None, panel="Inference")
+    """An environment id (same actions and observations as the checkpoint's) that the loaded
+    agent plays for 256 steps, epsilon 0.05, seeded, with the checkpoint's preprocessing:
+    its observations calibrate static int8 of an Atari Q-network (default: the checkpoint's
+    own environment; a classic-control MLP takes dynamic int8, without calibration)."""
+
+
+@dataclass(kw_only=True)
+class EvaluateArgs(Calibration, options.Inference, OutputArgs):
     """The options of `lbdl dqn evaluate`."""
 
     checkpoint: str = option(argument=True)
-    """A dqn .safetensors file or run folder."""
+    """A dqn .safetensors file, a run folder, a model name (cleanrl:Pong, lbdl models) or a
+    CleanRL Q-network file."""
     episodes: int = option(10, min=1)
     """Episodes to play."""
     epsilon: float = option(0.05, min=0.0, max=1.0)
@@ -149,11 +163,12 @@ class EvaluateArgs(OutputArgs):
 
 
 @dataclass(kw_only=True)
-class PlayArgs(Options):
+class PlayArgs(Calibration, options.Inference):
     """The options of `lbdl dqn play` (also `lbdl dqn predict`)."""
 
     checkpoint: str = option(argument=True)
-    """A dqn .safetensors file or run folder."""
+    """A dqn .safetensors file, a run folder, a model name (cleanrl:Pong, lbdl models) or a
+    CleanRL Q-network file."""
     render: str | None = None
     """'human' opens a window."""
     record: Path | None = None
@@ -177,6 +192,15 @@ class PlayArgs(Options):
             raise LbdlError(f"--render {self.render}: the only window mode is 'human'")
         if self.render is None and self.record is None:
             raise LbdlError("play: give --render human or --record out.mp4|out.gif")
+
+
+@dataclass(kw_only=True)
+class ExportArgs(Calibration, options.ExportArgs):
+    """The options of `lbdl dqn export`."""
+
+    env: str | None = None
+    """The game of a CleanRL Q-network file (e.g. PongNoFrameskip-v4), or another
+    environment id with the same actions."""
 
 
 @verb(app)
@@ -207,3 +231,15 @@ def play(args: PlayArgs, common: Common) -> None:
     env, returns = run(args, common)
     shown = ", ".join(f"{r:g}" for r in returns)
     print(f"{env}: returns {shown}" + (f"; video: {args.record}" if args.record else ""))
+
+
+@verb(app)
+def export(args: ExportArgs, common: Common) -> None:
+    """Export the Q-network to ONNX (int8 with --quantize), TorchScript or an ExportedProgram,
+    checked against PyTorch, with model.json saying how observations are made and what the
+    actions mean."""
+    from lbdl_apps.core.export import run_export
+    from lbdl_apps.dqn.api import load
+    from lbdl_apps.dqn.export import deployment
+
+    run_export(args, lambda checkpoint: deployment(load(checkpoint, env=args.env)))

@@ -45,7 +45,9 @@ class EnvSettings:
     """Everything that defines what the agent sees; stored in the checkpoint.
 
     Atari defaults follow Machado et al. 2018 / ALE v5: emulator frame skip off, frame skip 4
-    (max-pooled) in the preprocessing, sticky actions 0.25, minimal action set.
+    (max-pooled) in the preprocessing, sticky actions 0.25, minimal action set. With
+    `wrappers` "cleanrl", the game (a NoFrameskip-v4 id: no sticky actions) is wrapped as
+    CleanRL's dqn_atari trained its published networks (cleanrl.py).
     """
 
     env_id: str = "CartPole-v1"
@@ -59,6 +61,7 @@ class EnvSettings:
     episodic_life: bool = True
     fire_reset: bool = True
     clip_rewards: bool = True
+    wrappers: str = "gymnasium"  # "cleanrl": CleanRL's own (cleanrl.py), for its networks
 
     @classmethod
     def for_env(cls, env_id: str, **atari_options: Any) -> EnvSettings:
@@ -119,6 +122,10 @@ def make_env(settings: EnvSettings, render_mode: str | None = None) -> gym.Env:
     episodes are whole games.
     """
     _register_ale()
+    if settings.wrappers == "cleanrl":
+        from lbdl_apps.dqn.cleanrl import cleanrl_env
+
+        return cleanrl_env(settings.env_id, settings.noop_max, settings.frame_skip, render_mode)
     try:
         if settings.atari:
             env = gym.make(

@@ -68,7 +68,7 @@ class Evaluation:
 def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     """Play --episodes whole episodes (greedily with --greedy); write metrics.json."""
     folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
-    agent = load(args.checkpoint, common.torch_device(), args.env)
+    agent = load(args.checkpoint, common.torch_device(), args.env, args)
     epsilon = 0.0 if args.greedy else args.epsilon
     returns = agent.evaluate(args.episodes, epsilon, common.seed)
     result = Evaluation(agent.settings.env_id, epsilon, returns, folder)
@@ -92,7 +92,7 @@ def play(args: PlayArgs, common: Common) -> tuple[str, list[float]]:
 
     if args.record is not None:
         check_video_path(args.record)
-    agent = load(args.checkpoint, common.torch_device(), args.env)
+    agent = load(args.checkpoint, common.torch_device(), args.env, args)
     returns = play_agent(
         agent,
         args.episodes,

@@ -70,6 +70,7 @@ class Segmenter:
         self.palette: list[list[int]] = self.preprocessing["palette"]
         self.config: SegmenterConfig = meta["config"]
         self.multiple = size_multiple(self.config)
+        self.resize: int | None = self.preprocessing.get("resize")
         self.device = device
 
     @property
@@ -79,11 +80,17 @@ class Segmenter:
     def logits(self, image: Tensor, tile: int | None = None, overlap: int | None = None):
         """Class logits (K, H, W) of a normalized (C, H, W) image; images larger than `tile`
         (default: the training size) go through a sliding window; with `tta`, the average
-        over the image's four flips."""
-        tile = tile or self.preprocessing["image_size"]
+        over the image's four flips. A model trained at one scale (torchvision's, whose
+        preprocessing has `resize`) sees the image resized to it, whole by default."""
         return sliding_logits(
-            self.model, image, self.device, tile, self.multiple, overlap, flips=self.tta
-        )
+            self.model, image, self.device, self.tile(tile), self.multiple, overlap,
+            flips=self.tta, resize=self.resize,
+        )  # fmt: skip
+
+    def tile(self, tile: int | None = None) -> int | None:
+        """The sliding window's tile: `tile`, else the training size (None: the whole image,
+        for a model with a `resize`)."""
+        return tile or (None if self.resize else self.preprocessing["image_size"])
 
     def segment(
         self,

@@ -11,7 +11,9 @@ from lbdl_apps.core import options
 from lbdl_apps.core.options import Common, option
 from lbdl_apps.core.verbs import verb
 
-app = typer.Typer(help="Semantic segmentation (book 6.4): U-Net or PSPNet.")
+app = typer.Typer(
+    help="Semantic segmentation (book 6.4): U-Net, PSPNet, FCN, DeepLabV3 or LR-ASPP."
+)
 
 
 @dataclass(kw_only=True)
@@ -19,11 +21,16 @@ class TrainArgs(options.TrainArgs):
     """Everything `lbdl segment train` was asked for; saved as the run's config.json."""
 
     model: str = "unet"
-    """unet, unet-res (residual, GroupNorm) or pspnet."""
+    """unet, unet-res (residual, GroupNorm), pspnet, fcn, deeplabv3 or lraspp."""
     backbone: str = "resnet18"
-    """PSPNet backbone: resnet18, resnet34, resnet50 or resnet-small."""
+    """PSPNet / FCN / DeepLabV3 backbone: resnet18, resnet34, resnet50 or resnet-small."""
     pretrained: str | None = None
-    """PSPNet backbone ImageNet weights: 'DEFAULT' (download) or a .pth."""
+    """Backbone ImageNet weights (PSPNet, FCN, DeepLabV3): 'DEFAULT' (the backbone's,
+    imagenet:resnet18 ...), a model name or a .pth file."""
+    init: str | None = None
+    """Fine-tune this model (voc:deeplabv3, a segment checkpoint or a torchvision file): all
+    its weights but a new last layer for the data's classes (--model, --backbone and the
+    normalization are its own)."""
     epochs: int = 20
     batch_size: int = 8
     lr: float = 2e-3

@@ -268,18 +268,23 @@ def _held_out(
 class Prep:
     """How images are prepared: training ones augmented (`vflip`, `elastic`) and the
     normalization by default; with a checkpoint's `saved` preprocessing, its normalization
-    and channels, and every split, the training one too, as evaluation sees it."""
+    and channels, and every split, the training one too, as evaluation sees it; with the
+    preprocessing of the checkpoint a run `start`s from (--init), its normalization and
+    channels, the training split augmented."""
 
     vflip: bool = False
     elastic: float = 0.0
     saved: dict[str, Any] | None = None
+    start: dict[str, Any] | None = None
 
     def channels(self, detected: int) -> int:
-        return int(self.saved["in_channels"]) if self.saved else detected
+        fixed = self.saved or self.start
+        return int(fixed["in_channels"]) if fixed else detected
 
     def normalization(self, channels: int) -> tuple[list[float], list[float]]:
-        if self.saved:
-            return list(self.saved["mean"]), list(self.saved["std"])
+        fixed = self.saved or self.start
+        if fixed:
+            return list(fixed["mean"]), list(fixed["std"])
         return [0.5] * channels, [0.25] * channels
 
     def transforms(self, size: int, channels: int) -> tuple[Any, Any]:
@@ -373,14 +378,16 @@ def load_segment_data(
     announce: Callable[[str], Any] | None = None,
     vflip: bool = False,
     elastic: float = 0.0,
+    start: dict[str, Any] | None = None,
 ) -> SegData:
     """Read a segmentation dataset (see the module doc), check every record and build the
     datasets; `val_fraction` 0 keeps only the data's own validation and test splits.
     `labels`/`preprocessing` (from a checkpoint) fix classes and normalization, and every
-    split, the training one too, then gets the evaluation transform."""
+    split, the training one too, then gets the evaluation transform. `start` (the
+    preprocessing of an --init checkpoint) fixes the channels and normalization alone."""
     if mask_mode is not None and mask_mode not in MASK_MODES:
         raise LbdlError(f"--mask-mode {mask_mode}: choose one of {', '.join(MASK_MODES)}")
-    prep = Prep(vflip, elastic, preprocessing)
+    prep = Prep(vflip, elastic, preprocessing, start)
     if preprocessing is not None:
         image_size = preprocessing["image_size"]
         mask_mode = mask_mode or preprocessing["mask_mode"]

@@ -18,17 +18,20 @@ from lbdl_apps.core.outputs import output_folder, write_json
 from lbdl_apps.core.plots import plot_confusion
 from lbdl_apps.core.run import SupervisedTask, TrainingSets, override_config, run_training
 from lbdl_apps.core.train_state import Monitor
-from lbdl_apps.segment.api import TASK, load
+from lbdl_apps.segment.api import TASK, Segmenter, load
 from lbdl_apps.segment.cli import EvaluateArgs, TrainArgs
 from lbdl_apps.segment.data import SegData, load_segment_data
 from lbdl_apps.segment.loss import SegmentationLoss, parse_class_weights
 from lbdl_apps.segment.metrics import evaluate_segmenter
 from lbdl_apps.segment.model import (
     BACKBONES,
+    RESNET_HEADS,
     SegmenterConfig,
     build_model,
     default_config,
+    final_layers,
     size_multiple,
+    with_backbone,
 )
 from lbdl_apps.segment.transforms import list_collate
 
@@ -39,18 +42,30 @@ class SegmentTask(SupervisedTask[TrainArgs, SegData]):
 
     name = TASK
     monitor = Monitor("val_miou", "max")
+    start: Segmenter | None = None
+    """The model a fine-tuning run starts from (--init)."""
 
     def check(self, args: TrainArgs) -> None:
-        if args.pretrained and (args.model != "pspnet" or args.backbone == "resnet-small"):
+        if args.init is not None:
+            given = {"--pretrained": args.pretrained, "--width": args.width,
+                     "--depth": args.depth, "--blocks": args.blocks}  # fmt: skip
+            for flag, value in given.items():
+                if value is not None:
+                    raise LbdlError(f"{flag}: not with --init (the model is {args.init}'s)")
+            return
+        if args.pretrained and (args.model not in RESNET_HEADS or args.backbone == "resnet-small"):
             raise LbdlError(
-                "--pretrained: only --model pspnet with a resnet18/34/50 backbone has "
-                "ImageNet weights"
+                "--pretrained: only --model pspnet, fcn or deeplabv3 with a resnet18/34/50 "
+                "backbone has ImageNet weights"
             )
         default_config(args.model, 2, 3)  # an unknown --model, before any data is read
-        if args.model == "pspnet" and args.backbone not in BACKBONES:
+        if args.model in RESNET_HEADS and args.backbone not in BACKBONES:
             raise LbdlError(f"--backbone {args.backbone}: choose one of {', '.join(BACKBONES)}")
 
     def load_data(self, args: TrainArgs, seed: int) -> SegData:
+        if args.init is not None:
+            self.start = load(args.init)
+            self.say(f"fine-tuning {args.init} ({self.start.config.name}): a new last layer")
         data = load_segment_data(
             args.data,
             args.image_size,
@@ -62,6 +77,7 @@ class SegmentTask(SupervisedTask[TrainArgs, SegData]):
             announce=self.say,
             vflip=args.vflip,
             elastic=args.elastic,
+            start=self.start.preprocessing if self.start is not None else None,
         )
         self.say(
             f"data: {data.source}; {len(data.train)} train, {len(data.val)} val images, "
@@ -73,11 +89,15 @@ class SegmentTask(SupervisedTask[TrainArgs, SegData]):
         return data
 
     def model_config(self, args: TrainArgs, data: SegData) -> SegmenterConfig:
-        config = default_config(args.model, len(data.labels), data.in_channels)
-        if args.model == "pspnet":
-            config = replace(config, backbone=args.backbone)
-        overrides = {"width": args.width, "depth": args.depth, "blocks": args.blocks}
-        config = override_config(config, overrides, args.model)
+        if self.start is not None:
+            config = replace(self.start.config, num_classes=len(data.labels))
+        else:
+            config = default_config(args.model, len(data.labels), data.in_channels)
+            if args.model == "pspnet":
+                config = replace(config, backbone=args.backbone)
+            config = with_backbone(config, args.backbone)
+            overrides = {"width": args.width, "depth": args.depth, "blocks": args.blocks}
+            config = override_config(config, overrides, args.model)
         multiple = size_multiple(config)
         if data.image_size % multiple:
             raise LbdlError(
@@ -88,6 +108,9 @@ class SegmentTask(SupervisedTask[TrainArgs, SegData]):
     build_model = staticmethod(build_model)
 
     def initialize(self, model: nn.Module, args: TrainArgs, data: SegData) -> None:
+        if self.start is not None:
+            start = self.start.model.state_dict()
+            keep_all_but(model, start, final_layers(self.start.config), args.init or "")
         if args.pretrained:
             from lbdl_apps.core.backbones.resnet import load_pretrained
 
@@ -115,7 +138,22 @@ class SegmentTask(SupervisedTask[TrainArgs, SegData]):
         return evaluate
 
     def metadata(self, args: TrainArgs, data: SegData) -> dict[str, Any]:
-        return {"labels": data.labels, "preprocessing": data.preprocessing(), "scenes": args.scenes}
+        return {"labels": data.labels, "preprocessing": data.preprocessing(), "scenes": args.scenes,
+                "init": args.init}  # fmt: skip
+
+
+# TODO(core): keep_all_but is the same in classify/task.py and segment/task.py:
+# core.run could hold it, keep_all_but(model, state, final, source) -> None.
+def keep_all_but(model: nn.Module, state: dict, final: tuple[str, ...], source: str) -> None:
+    """Load `state` into `model` but for the modules `final` (new for the run's classes)."""
+    drop = tuple(f"{name}." for name in final)
+    kept = {k: v for k, v in state.items() if not k.startswith(drop)}
+    try:
+        missing, unexpected = model.load_state_dict(kept, strict=False)
+    except RuntimeError as error:
+        raise LbdlError(f"--init {source}: its weights do not fit ({error})") from None
+    if unexpected or any(not k.startswith(drop) for k in missing):
+        raise LbdlError(f"--init {source}: its weights do not fit ({(unexpected or missing)[0]})")
 
 
 def train(args: TrainArgs, common: Common) -> dict[str, float]:
@@ -142,6 +180,11 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
     segmenter = load(args.checkpoint, common.torch_device())
     meta, given = segmenter.meta, args.data is not None
+    if not given and meta.get("source"):
+        raise LbdlError(
+            f"{args.checkpoint}: a pretrained model of its publisher, with no data of lbdl's; "
+            "give --data (for the VOC classes: VOCdevkit/VOC2012, --split val)"
+        )
     source = args.data if given else meta.get("data")
     dataset = load_segment_data(
         source,
@@ -164,9 +207,10 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
         (chosen[i] for i in range(len(chosen))),
         segmenter.device,
         len(segmenter.labels),
-        args.tile or segmenter.preprocessing["image_size"],
+        segmenter.tile(args.tile),
         segmenter.multiple,
         flips=args.tta,
+        resize=segmenter.resize,
     )
     plot_confusion(confusion, segmenter.labels, folder / "confusion_matrix.png", show="rate",
                    title="pixels, normalised per true class")  # fmt: skip

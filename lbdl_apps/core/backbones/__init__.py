@@ -1,5 +1,6 @@
 """The architectures of book chapter 5, built from `lbdl_apps.core.layers`."""
 
+from lbdl_apps.core.backbones.mobilenet import MobileNetV3, mobilenet_v3_large
 from lbdl_apps.core.backbones.resnet import (
     ResNet,
     load_torchvision_weights,
@@ -10,6 +11,7 @@ from lbdl_apps.core.backbones.resnet import (
 )
 from lbdl_apps.core.backbones.transformer import TransformerDecoder, TransformerEncoder
 from lbdl_apps.core.backbones.unet import UNet
+from lbdl_apps.core.backbones.vgg import SSDVGG16, from_torchvision_vgg16
 from lbdl_apps.core.backbones.vit import (
     VisionTransformer,
     from_openai_clip_text_state_dict,
@@ -18,6 +20,8 @@ from lbdl_apps.core.backbones.vit import (
 )
 
 __all__ = [
+    "SSDVGG16",
+    "MobileNetV3",
     "ResNet",
     "TransformerDecoder",
     "TransformerEncoder",
@@ -26,7 +30,9 @@ __all__ = [
     "from_openai_clip_text_state_dict",
     "from_openai_clip_visual_state_dict",
     "from_torchvision_state_dict",
+    "from_torchvision_vgg16",
     "load_torchvision_weights",
+    "mobilenet_v3_large",
     "resnet18",
     "resnet34",
     "resnet50",

@@ -10,7 +10,8 @@ from lbdl_apps.core.layers import KVCache, LearnedPositionalEncoding, Transforme
 class TransformerEncoder(nn.Module):
     """A stack of pre-norm transformer blocks and a final LayerNorm (book 5.3).
 
-    The caller embeds the tokens and adds the positional encoding.
+    The caller embeds the tokens and adds the positional encoding. `key_bias=False`: key
+    projections without bias (Whisper's encoder).
     """
 
     def __init__(
@@ -22,10 +23,13 @@ class TransformerEncoder(nn.Module):
         dropout: float = 0.0,
         act: str = "gelu",
         norm_eps: float = 1e-5,
+        key_bias: bool = True,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, heads, mlp_ratio, dropout, norm_eps=norm_eps, act=act)
+            TransformerBlock(
+                dim, heads, mlp_ratio, dropout, norm_eps=norm_eps, act=act, key_bias=key_bias
+            )
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
@@ -46,6 +50,7 @@ class TransformerDecoder(nn.Module):
 
     Decoding with a cache: `cache = KVCache()`, then call with the prompt and with each new
     token; every call appends to the cache, whose length is the position of the next token.
+    `key_bias=False`: key projections without bias (Whisper's decoder).
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class TransformerDecoder(nn.Module):
         cross_attention: bool = True,
         act: str = "gelu",
         context_dim: int | None = None,
+        key_bias: bool = True,
     ) -> None:
         super().__init__()
         self.max_len = max_len
@@ -68,7 +74,14 @@ class TransformerDecoder(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                dim, heads, mlp_ratio, dropout, cross_attention, act=act, context_dim=context_dim
+                dim,
+                heads,
+                mlp_ratio,
+                dropout,
+                cross_attention,
+                act=act,
+                context_dim=context_dim,
+                key_bias=key_bias,
             )
             for _ in range(depth)
         )
