@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from lbdl_apps.asr.adapt import maximize_information
 from lbdl_apps.asr.audio import N_FFT, SAMPLE_RATE, log_mel, read_audio
-from lbdl_apps.asr.data import pad_mels
+from lbdl_apps.asr.data import normalize_text, pad_mels
 from lbdl_apps.asr.decode import Hypothesis, beam_search, greedy_decode
 from lbdl_apps.asr.model import RecognizerConfig, SpeechRecognizer, build_model
 from lbdl_apps.asr.tokenizer import TextTokenizer
@@ -55,8 +55,17 @@ class Transcript:
     segments: list[Segment] = field(default_factory=list)
 
 
+def _no_languages(language: str | None, task: str) -> None:
+    """lbdl's own models know neither languages nor tasks (Whisper models do)."""
+    if language is not None or task != "transcribe":
+        what = f"--language {language}" if language is not None else f"--task {task}"
+        raise LbdlError(f"{what}: for Whisper models; this model only transcribes")
+
+
 class Recognizer:
     """A trained speech recognizer with its tokenizer, ready for transcription."""
+
+    normalize = staticmethod(normalize_text)  # what evaluation compares
 
     def __init__(self, model: SpeechRecognizer, meta: dict, device: torch.device) -> None:
         self.model = model.to(device).eval()
@@ -87,9 +96,12 @@ class Recognizer:
         beam_size: int = 1,
         batch_size: int = 16,
         no_speech_threshold: float = 0.6,
+        language: str | None = None,
+        task: str = "transcribe",
     ) -> list[list[Segment]]:
         """Segments of each 16 kHz waveform: 30-second windows decoded in batches. A window
         whose no-speech probability exceeds the threshold gets no text."""
+        _no_languages(language, task)
         pieces = [(i, start, p) for i, wave in enumerate(waves) for start, p in windows(wave)]
         segments: list[list[Segment]] = [[] for _ in waves]
         for first in range(0, len(pieces), batch_size):
@@ -149,10 +161,13 @@ class Recognizer:
         report: BatchReport | None = None,
         adapt: bool = False,
         adapt_passes: int = 0,
+        language: str | None = None,
+        task: str = "transcribe",
     ) -> list[Transcript]:
         """Transcripts of audio files; unreadable files go to `report` (or raise). With
         `adapt` or `adapt_passes`, the model is first adapted to all the readable files (see
         `adapt`)."""
+        _no_languages(language, task)
         paths = list(paths)
         if adapt or adapt_passes:
             self.adapt(self._readable(paths), batch_size, adapt_passes)
@@ -171,7 +186,27 @@ class Recognizer:
         return (wave for _, wave in read_each(paths, read_audio, BatchReport(quiet=True)))
 
 
+def resolve(checkpoint: str | Path) -> str | Path:
+    """What core.checkpoint reads for a CHECKPOINT: a `whisper:` name's cached checkpoint
+    (zoo.ensure_whisper also takes the Hugging Face cache's copy), a publisher's folder's
+    weights file (whisper_import.publisher_file), anything else as it is."""
+    from lbdl_apps.asr.whisper_import import publisher_file
+    from lbdl_apps.core.zoo import looks_like_name
+
+    if looks_like_name(str(checkpoint)) and str(checkpoint).startswith("whisper:"):
+        from lbdl_apps.asr.zoo import ensure_whisper
+
+        return ensure_whisper(str(checkpoint))
+    return publisher_file(checkpoint)
+
+
 def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Recognizer:
-    """Load a `lbdl asr` checkpoint (a .safetensors file or a run folder)."""
-    model, meta = load_model(checkpoint, TASK, build_model, RecognizerConfig)
+    """Load an `lbdl asr` checkpoint (a .safetensors file, a run folder or a name such as
+    whisper:tiny.en), or a Whisper model in its publisher's format (an openai-whisper .pt,
+    a transformers or CTranslate2 folder): a WhisperRecognizer for Whisper models."""
+    model, meta = load_model(resolve(checkpoint), TASK, build_model, RecognizerConfig)
+    if meta["config"].architecture == "whisper":
+        from lbdl_apps.asr.whisper_api import WhisperRecognizer
+
+        return WhisperRecognizer(model, meta, resolve_device(device))  # type: ignore[return-value,arg-type]
     return Recognizer(model, meta, resolve_device(device))  # type: ignore[arg-type]

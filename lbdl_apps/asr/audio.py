@@ -7,6 +7,8 @@ every 10 ms, clamped to 8 decades below its maximum, then either scaled to about
 normalization: a microphone or room multiplies every band by its own gain, a shift of the log
 that this cancels, so voices recorded on other equipment look alike), or with only its
 overall mean removed (the spectrum's shape kept, for batch norms adapted per speaker).
+Whisper models get Whisper's own front end (`whisper_log_mel`): the Slaney mel filter bank of
+librosa, the same log10 and clamp, (x + 4) / 4, and windows padded to 30 s.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ SAMPLE_RATE = 16_000
 N_FFT = 400  # 25 ms at 16 kHz
 HOP = 160  # 10 ms
 N_MELS = 80
+WINDOW_FRAMES = 3000  # Whisper's window: 30 s of 10 ms frames
 NORMALIZATIONS = ("band-mean", "level-mean", "whisper")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 
@@ -148,3 +151,59 @@ def random_equalizer(max_db: float, rng: np.random.Generator, points: int = 6) -
     return torch.nn.functional.interpolate(
         knots[None, None], size=N_MELS, mode="linear", align_corners=True
     )[0, 0]
+
+
+def _hz_to_slaney(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, 15 mels there,
+    logarithmic above (27 mels per factor 6.4)."""
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    log_part = min_log_hz / f_sp + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / logstep
+    return np.where(hz >= min_log_hz, log_part, hz / f_sp)
+
+
+def _slaney_to_hz(mels: np.ndarray) -> np.ndarray:
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)),
+                    f_sp * mels)  # fmt: skip
+
+
+@lru_cache(maxsize=4)
+def mel_filters(n_mels: int = N_MELS, rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> Tensor:
+    """The (n_mels, n_fft / 2 + 1) mel filter bank of Whisper, computed as librosa's
+    `filters.mel(sr, n_fft, n_mels)` does (Whisper ships its output as mel_filters.npz):
+    triangles between n_mels + 2 points evenly spaced on Slaney's mel scale from 0 to
+    rate / 2, each scaled by 2 / its width in Hz (Slaney's area normalization)."""
+    bins = np.fft.rfftfreq(n=n_fft, d=1.0 / rate)
+    edges = _slaney_to_hz(np.linspace(_hz_to_slaney(np.float64(0.0)),
+                                      _hz_to_slaney(np.float64(rate / 2)), n_mels + 2))  # fmt: skip
+    widths = np.diff(edges)
+    ramps = np.subtract.outer(edges, bins)  # (n_mels + 2, bins): Hz from each edge
+    weights = np.zeros((n_mels, len(bins)), dtype=np.float32)  # librosa's float32, then
+    weights[:] = np.maximum(0, np.minimum(-ramps[:-2] / widths[:-1, None],  # the scaling
+                                          ramps[2:] / widths[1:, None]))  # fmt: skip
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return torch.from_numpy(weights)
+
+
+def whisper_log_mel(wave: np.ndarray | Tensor, n_mels: int = N_MELS) -> Tensor:
+    """A 16 kHz waveform -> Whisper's (n_mels, samples // 160) log-mel spectrogram: the power
+    of a 400-sample Hann STFT every 160 samples, the Slaney mel filter bank, log10, clamped to
+    8 decades below the maximum, (x + 4) / 4. The frames at the end see silence after the
+    audio, as Whisper's do (it appends 30 s of zeros; `pad_frames` then pads to 3000)."""
+    wave = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+    if len(wave) < N_FFT:
+        raise LbdlError(f"audio too short: {len(wave)} samples, at least {N_FFT} needed")
+    padded = torch.nn.functional.pad(wave, (0, N_FFT))  # zeros: what follows the audio
+    window = torch.hann_window(N_FFT)
+    power = torch.stft(padded, N_FFT, HOP, window=window, return_complex=True).abs() ** 2
+    log = (mel_filters(n_mels) @ power).clamp(min=1e-10).log10()
+    log = torch.maximum(log, log.max() - 8.0)
+    return ((log + 4.0) / 4.0)[:, : len(wave) // HOP]
+
+
+def pad_frames(mel: Tensor, frames: int = WINDOW_FRAMES) -> Tensor:
+    """The first `frames` frames of a (n_mels, T) spectrogram, zero-padded up to `frames`
+    (Whisper's pad_or_trim of a window: 30 s of 10 ms frames)."""
+    mel = mel[:, :frames]
+    return torch.nn.functional.pad(mel, (0, frames - mel.shape[-1]))

@@ -4,10 +4,12 @@ verb's options are the fields of its dataclass below."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import typer
 
 from lbdl_apps.core import options
+from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.options import Common, option
 from lbdl_apps.core.verbs import verb
 
@@ -76,11 +78,41 @@ class Decoding(options.Options):
 
     beam_size: int = option(1, min=1)
     """Beam width (1: greedy decoding)."""
+    language: str | None = None
+    """Whisper models: the spoken language (en, de, fr, ...); default: English for .en
+    models, detected per 30-s window for multilingual ones."""
+    task: str = "transcribe"
+    """Whisper models: transcribe, or translate (into English)."""
     adapt: bool = False
     """First adapt the batch norms to all the audio given (a new speaker or microphone)."""
     adapt_passes: int = option(0, min=0, max=100)
     """Adapt as --adapt does, then tune the encoder on that audio for this many passes so
     that its transcriptions become confident and as diverse as the training texts."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.task not in ("transcribe", "translate"):
+            raise LbdlError(f"--task {self.task}: choose transcribe or translate")
+
+
+@dataclass(kw_only=True)
+class ConvertArgs(options.Options):
+    """The options of `lbdl asr convert`."""
+
+    source: str = option(argument=True)
+    """A Whisper model: an openai-whisper .pt, a transformers folder (or its
+    model.safetensors), a CTranslate2 folder, a name (whisper:tiny.en), or an lbdl checkpoint."""
+    out: Path = option(argument=True)
+    """The lbdl checkpoint to write (.safetensors)."""
+    exist_ok: bool = False
+    """Overwrite OUT if it exists."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.out.suffix != ".safetensors":
+            raise LbdlError(f"{self.out}: an lbdl checkpoint ends with .safetensors")
+        if self.out.exists() and not self.exist_ok:
+            raise LbdlError(f"{self.out}: exists (--exist-ok overwrites it)")
 
 
 @dataclass(kw_only=True)
@@ -125,7 +157,6 @@ def transcribe(args: TranscribeArgs, common: Common) -> int:
     from lbdl_apps.asr.outputs import FORMATS, write_transcripts
     from lbdl_apps.core.batch import BatchReport
     from lbdl_apps.core.data import expand_inputs
-    from lbdl_apps.core.errors import LbdlError
     from lbdl_apps.core.outputs import batch_folder
 
     kinds = tuple(k.strip() for k in args.formats.split(",") if k.strip())
@@ -137,13 +168,32 @@ def transcribe(args: TranscribeArgs, common: Common) -> int:
     report = BatchReport(strict=args.strict)
     transcripts = recognizer.transcribe(
         paths, args.beam_size, args.batch_size, args.no_speech_threshold, report, args.adapt,
-        args.adapt_passes,
+        args.adapt_passes, args.language, args.task,
     )  # fmt: skip
     report.ok(len(transcripts))
     write_transcripts(transcripts, folder, kinds)
     for t in transcripts:
         print(f"{t.path}\t{t.text}")
     return report.finish("files", folder)
+
+
+@verb(app)
+def convert(args: ConvertArgs, common: Common) -> None:
+    """Convert a Whisper model (openai-whisper .pt, transformers or CTranslate2 folder, or a
+    name) into an lbdl checkpoint, with its tokenizer and special tokens inside."""
+    from lbdl_apps.asr.api import TASK, resolve
+    from lbdl_apps.asr.model import RecognizerConfig, build_model
+    from lbdl_apps.core.checkpoint import config_from_dict, read_any, save_checkpoint
+
+    path, state, meta = read_any(resolve(args.source), TASK)
+    try:  # what is written loads: the weights fit the model of the config
+        build_model(config_from_dict(RecognizerConfig, meta["config"], path)).load_state_dict(state)
+    except (KeyError, RuntimeError) as error:
+        first = str(error).splitlines()[0]
+        raise LbdlError(f"{path}: weights do not match the model config ({first})") from None
+    save_checkpoint(args.out, state, meta)
+    kind = meta.get("whisper", {}).get("format", "lbdl")
+    print(f"{args.source} ({kind}) -> {args.out}")
 
 
 @verb(app)

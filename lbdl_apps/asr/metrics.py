@@ -4,6 +4,7 @@ end-of-epoch validation, and the scores of each utterance that `evaluate` writes
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,14 @@ from lbdl_apps.core.outputs import atomic_path
 from lbdl_apps.core.train import EvaluateFn
 
 
-def word_and_char_error(references: list[str], hypotheses: list[str]) -> dict[str, float]:
-    """Corpus WER and CER (torchmetrics) of normalized texts; an empty reference counts
-    every hypothesis word as an insertion."""
-    refs = [normalize_text(r) for r in references]
-    hyps = [normalize_text(h) for h in hypotheses]
+def word_and_char_error(
+    references: list[str], hypotheses: list[str], normalize: Callable[[str], str] = normalize_text
+) -> dict[str, float]:
+    """Corpus WER and CER (torchmetrics) of normalized texts (Whisper models: Whisper's
+    English normalisation); an empty reference counts every hypothesis word as an
+    insertion."""
+    refs = [normalize(r) for r in references]
+    hyps = [normalize(h) for h in hypotheses]
     if not any(refs):
         return {"wer": float(any(hyps)), "cer": float(any(hyps))}
     return {
@@ -70,6 +74,8 @@ def evaluate_utterances(
     batch_size: int = 32,
     adapt: bool = False,
     adapt_passes: int = 0,
+    language: str | None = None,
+    task: str = "transcribe",
 ) -> tuple[dict[str, float], list[Scored]]:
     """Transcribe `utterances` (with `adapt`, after adapting the recognizer to them, without
     their texts; `adapt_passes` of information maximisation imply `adapt`); corpus WER / CER
@@ -77,14 +83,16 @@ def evaluate_utterances(
     waves = [u.load() for u in utterances]
     if adapt or adapt_passes:
         recognizer.adapt(waves, batch_size, adapt_passes)
-    segments = recognizer.transcribe_waves(waves, beam_size, batch_size)
+    segments = recognizer.transcribe_waves(waves, beam_size, batch_size, language=language,
+                                           task=task)  # fmt: skip
     hyps = [" ".join(s.text for s in segs if s.text) for segs in segments]
     refs = [u.text for u in utterances]
     rows = []
+    normalize = recognizer.normalize
     for i, (u, ref, hyp) in enumerate(zip(utterances, refs, hyps, strict=True)):
-        one = word_and_char_error([ref], [hyp])
+        one = word_and_char_error([ref], [hyp], normalize)
         rows.append(Scored(str(u.path) if u.path else f"builtin:{i}", ref, hyp, *one.values()))
-    scores = word_and_char_error(refs, hyps)
+    scores = word_and_char_error(refs, hyps, normalize)
     scores["utterances"] = len(utterances)
     return scores, rows
 

@@ -1,6 +1,9 @@
 """The Whisper-style speech recognizer (book 6.5): a convolutional front end and a
 transformer encoder over the log-mel spectrogram, and a causal transformer decoder that
-cross-attends to it and writes BPE tokens one at a time."""
+cross-attends to it and writes BPE tokens one at a time. With `architecture="whisper"` it is
+OpenAI's Whisper itself, layer for layer (its checkpoints load into it: whisper_import.py):
+key projections without bias, Whisper's sinusoids (kept in the state dict, as Whisper's
+checkpoints hold them), no masking of padded frames (Whisper always sees 30-s windows)."""
 
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ class RecognizerConfig:
     max_tokens: int = 128
     dropout: float = 0.0
     frontend: str = "conv1d"
+    architecture: str = "lbdl"  # or "whisper": OpenAI's Whisper (its weights load as they are)
 
 
 def default_config(
@@ -153,12 +157,19 @@ class AudioEncoder(nn.Module):
         max_frames: int,
         dropout: float = 0.0,
         frontend: str = "conv1d",
+        whisper: bool = False,
     ) -> None:
         super().__init__()
         self.frontend = FRONTENDS[frontend](n_mels, dim)
-        stride = self.frontend.stride
-        self.positions = SinusoidalPositionalEncoding(dim, -(-max_frames // stride))
-        self.transformer = TransformerEncoder(dim, depth, heads, dropout=dropout)
+        positions = -(-max_frames // self.frontend.stride)
+        if whisper:  # Whisper's sinusoids, in the state dict as in its checkpoints
+            self.positions = SinusoidalPositionalEncoding(
+                dim, positions, layout="halves", persistent=True
+            )
+        else:
+            self.positions = SinusoidalPositionalEncoding(dim, positions)
+        self.transformer = TransformerEncoder(dim, depth, heads, dropout=dropout,
+                                              key_bias=not whisper)  # fmt: skip
 
     def forward(self, mel: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """(B, n_mels, T) -> (B, ceil(T / stride), dim) features and their padding mask (True
@@ -184,12 +195,14 @@ class SpeechRecognizer(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        whisper = c.architecture == "whisper"
         self.encoder = AudioEncoder(
-            c.n_mels, c.dim, c.encoder_depth, c.heads, c.max_frames, c.dropout, c.frontend
+            c.n_mels, c.dim, c.encoder_depth, c.heads, c.max_frames, c.dropout, c.frontend, whisper
         )
         self.decoder = TransformerDecoder(
-            c.vocab_size, c.dim, c.decoder_depth, c.heads, c.max_tokens, dropout=c.dropout
-        )
+            c.vocab_size, c.dim, c.decoder_depth, c.heads, c.max_tokens, dropout=c.dropout,
+            key_bias=not whisper,
+        )  # fmt: skip
         # PyTorch's default (fan-in) initialisation of the decoder's linear layers instead of
         # GPT's N(0, 0.02): at small widths the latter makes the cross-attention path
         # (a product of two such matrices) so weak that training long ignores the audio.
@@ -208,6 +221,13 @@ class SpeechRecognizer(nn.Module):
         return self.decoder(tokens, audio, mask)
 
 
+ARCHITECTURES = ("lbdl", "whisper")
+
+
 def build_model(config: RecognizerConfig) -> SpeechRecognizer:
     """The recognizer of a config (as stored in a checkpoint)."""
+    if config.architecture not in ARCHITECTURES:
+        raise LbdlError(f"architecture {config.architecture!r}: not one this lbdl knows")
+    if config.architecture == "whisper" and config.frontend != "conv1d":
+        raise LbdlError(f"a Whisper model has the conv1d front end, not {config.frontend}")
     return SpeechRecognizer(config)

@@ -140,6 +140,8 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
     recognizer = load(args.checkpoint, common.torch_device())
     meta = recognizer.meta
+    if args.data is None and "whisper" in meta:
+        raise LbdlError(f"{args.checkpoint}: a Whisper model has no data of its own: give --data")
     settings: dict[str, Any] = dict(meta)
     if args.data is not None:
         settings |= {"data": args.data, "val_fraction": 0.0, "test_fraction": 0.0,
@@ -149,7 +151,8 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     names = split_names(args.split, args.data is not None, splits, dataset.source)
     chosen = [u for name in names for u in splits[name]]
     scores, rows = evaluate_utterances(recognizer, chosen, args.beam_size, adapt=args.adapt,
-                                       adapt_passes=args.adapt_passes)  # fmt: skip
+                                       adapt_passes=args.adapt_passes, language=args.language,
+                                       task=args.task)  # fmt: skip
     write_results(rows, folder / "results.csv")
     summary = {"checkpoint": str(args.checkpoint), "data": settings.get("data"),
                "split": split_label(names, splits), "beam_size": args.beam_size,

@@ -1,0 +1,116 @@
+"""Beam search as openai-whisper's BeamSearchDecoder does it (book 7.1): every live beam
+proposes its beam_size + 1 best continuations; per window, the candidates are ranked by
+summed log-probability, those ending with the end token are finished, the beam_size best
+others live on (the KVCache reordered to follow them). A window is done when patience x
+beam_size candidates have finished; the finished (or, short of them, the live) sequences are
+then ranked by log-probability / length (or Google NMT's length penalty)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from lbdl_apps.asr.whisper_decode import Search, WhisperOptions
+
+Sequence = tuple[int, ...]
+
+
+def _step(
+    tokens: Tensor,
+    logits: Tensor,
+    sum_logprobs: Tensor,
+    k: int,
+    eot: int,
+) -> tuple[list[Sequence], list[int], list[dict[Sequence, float]]]:
+    """One step: the next live sequences (k per window), the beam each extends, and each
+    window's newly finished sequences with their scores. `sum_logprobs` is updated."""
+    logprobs = logits.log_softmax(-1)
+    top_logprobs, top_tokens = logprobs.topk(k + 1, dim=-1)
+    scores_all = (sum_logprobs[:, None] + top_logprobs).tolist()  # float32 sums, as Whisper's
+    prefixes, top = tokens.tolist(), top_tokens.tolist()
+    live: list[Sequence] = []
+    sources: list[int] = []
+    finished: list[dict[Sequence, float]] = []
+    for i in range(tokens.shape[0] // k):
+        scores: dict[Sequence, float] = {}
+        origin: dict[Sequence, int] = {}
+        for row in range(i * k, (i + 1) * k):
+            for score, token in zip(scores_all[row], top[row], strict=True):
+                sequence = (*prefixes[row], token)
+                scores[sequence], origin[sequence] = score, row
+        ended: dict[Sequence, float] = {}
+        saved = 0
+        for sequence in sorted(scores, key=scores.__getitem__, reverse=True):
+            if sequence[-1] == eot:
+                ended[sequence] = scores[sequence]
+                continue
+            sum_logprobs[len(live)] = scores[sequence]
+            live.append(sequence)
+            sources.append(origin[sequence])
+            saved += 1
+            if saved == k:
+                break
+        finished.append(ended)
+    return live, sources, finished
+
+
+def beam_search(
+    search: Search, tokens: Tensor, k: int, options: WhisperOptions
+) -> tuple[list[list[int]], list[float]]:
+    """Each window's best sequence (its sampled tokens) and summed log-probability; `tokens`
+    (B * k, prompt) holds each window's prompt k times (and search.audio its audio)."""
+    eot, begin = search.eot, tokens.shape[1]
+    wanted = round(k * options.patience)
+    sum_logprobs = torch.zeros(tokens.shape[0], device=tokens.device)
+    done: list[dict[Sequence, float]] = [{} for _ in range(tokens.shape[0] // k)]
+    for step in range(search.sample_len):
+        logits = search.logits(tokens, step)
+        live, sources, finished = _step(tokens, logits, sum_logprobs, k, eot)
+        tokens = torch.tensor(live, device=tokens.device)
+        if sources != list(range(len(sources))):
+            search.cache.reorder(torch.tensor(sources, device=tokens.device))
+        for previous, new in zip(done, finished, strict=True):
+            for sequence in sorted(new, key=new.__getitem__, reverse=True):
+                if len(previous) >= wanted:
+                    break
+                previous[sequence] = new[sequence]
+        if all(len(d) >= wanted for d in done) or search.done(tokens):
+            break
+    return _ranked(done, tokens, sum_logprobs, k, eot, begin, options.length_penalty)
+
+
+def _ranked(
+    done: list[dict[Sequence, float]],
+    tokens: Tensor,
+    sum_logprobs: Tensor,
+    k: int,
+    eot: int,
+    begin: int,
+    length_penalty: float | None,
+) -> tuple[list[list[int]], list[float]]:
+    """Whisper's finalize and MaximumLikelihoodRanker: windows short of k finished sequences
+    take their live ones (best first); the best by score / length wins."""
+    sums = sum_logprobs.cpu().numpy().reshape(-1, k)
+    rows = tokens.tolist()
+    best_tokens, best_sums = [], []
+    for i, sequences in enumerate(done):
+        if len(sequences) < k:
+            for j in list(np.argsort(sums[i]))[::-1]:
+                sequences[(*rows[i * k + j], eot)] = float(sums[i][j])
+                if len(sequences) >= k:
+                    break
+        candidates = [list(s[begin : s.index(eot, begin)]) for s in sequences]
+        logprobs = list(sequences.values())
+        scores = []
+        for logprob, candidate in zip(logprobs, candidates, strict=True):
+            length = len(candidate)
+            penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
+            scores.append(logprob / penalty)
+        chosen = int(np.argmax(scores))
+        best_tokens.append(candidates[chosen])
+        best_sums.append(logprobs[chosen])
+    return best_tokens, best_sums
