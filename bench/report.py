@@ -145,6 +145,29 @@ def diffusion_speed(r: dict) -> Figures:
     return [("Sampling speed / diffusers UNet2DModel", f"{r['ratio']:.2f}x")]
 
 
+def inference_speed(r: dict) -> Figures:
+    rows = [("CPU fp32 matmul peak (same run)", f"{r['peak_gflops_fp32']:.1f} GFLOP/s")]
+    for app, a in r["apps"].items():
+        v = a["variants"]
+        speeds = ", ".join(f"{k.replace('_', ' ')} {x['per_s']:.3g}/s"
+                           for k, x in v.items() if "per_s" in x)  # fmt: skip
+        accuracy = ", ".join(f"{k.replace('_', ' ')} {x['accuracy']:.4g}"
+                             for k, x in v.items() if "accuracy" in x)  # fmt: skip
+        int8 = f"{a['int8_speedup']:.2f}x" if a.get("int8_speedup") else "n/a"
+        ort = a.get("onnxruntime_over_torch_fp32")
+        rows.append((f"{app}: int8 / fp32, ONNX Runtime / PyTorch fp32",
+                     f"{int8}, {ort:.2f}x" if ort else f"{int8}, n/a"))  # fmt: skip
+        rows.append((f"{app}: throughput ({a['graph']}, batch {a['batch']})", speeds))
+        rows.append((f"{app}: {a['metric']}", accuracy))
+    return rows
+
+
+def zoo_speed(r: dict) -> Figures:
+    return [(f"{m['name']} / the publisher's model ({m['input']})",
+             f"{m['ratio']:.2f}x (outputs differ by {m['max_abs_diff']:.1e})")
+            for m in r["models"]]  # fmt: skip
+
+
 HEADLINES: dict[str, Callable[[dict], Figures]] = {
     f.__name__: f
     for f in (
@@ -152,6 +175,7 @@ HEADLINES: dict[str, Callable[[dict], Figures]] = {
         segment_membrane, segment_quality, segment_speed, detect_raccoon,
         detect_scenes, detect_speed, asr_fsdd, asr_speed, clip_fashion, clip_throughput,
         dqn_cartpole, dqn_speed, dqn_pong, diffusion_fashion, diffusion_speed, resume_signals,
+        inference_speed, zoo_speed,
     )
 }  # fmt: skip
 

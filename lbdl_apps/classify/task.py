@@ -31,6 +31,7 @@ from lbdl_apps.core.run import (
     override_config,
     run_training,
 )
+from lbdl_apps.core.state_dicts import keep_all_but
 from lbdl_apps.core.train_state import Monitor
 
 PRETRAINABLE = ("resnet18", "resnet34", "resnet50")
@@ -138,20 +139,6 @@ class ClassifyTask(SupervisedTask[TrainArgs, ClassifyData]):
             )
         self.say("test: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
         return {f"test_{k}": v for k, v in test.items()}
-
-
-# TODO(core): keep_all_but is the same in classify/task.py and segment/task.py:
-# core.run could hold it, keep_all_but(model, state, final, source) -> None.
-def keep_all_but(model: nn.Module, state: dict, final: tuple[str, ...], source: str) -> None:
-    """Load `state` into `model` but for the modules `final` (new for the run's classes)."""
-    drop = tuple(f"{name}." for name in final)
-    kept = {k: v for k, v in state.items() if not k.startswith(drop)}
-    try:
-        missing, unexpected = model.load_state_dict(kept, strict=False)
-    except RuntimeError as error:
-        raise LbdlError(f"--init {source}: its weights do not fit ({error})") from None
-    if unexpected or any(not k.startswith(drop) for k in missing):
-        raise LbdlError(f"--init {source}: its weights do not fit ({(unexpected or missing)[0]})")
 
 
 def train(args: TrainArgs, common: Common) -> dict[str, float]:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.zoo import Pretrained, PublisherFormat, Source, register, register_format
+from lbdl_apps.core.state_dicts import load_exactly, read_state_dict, state_dict_format
+from lbdl_apps.core.zoo import Pretrained, Source, register, register_format
 
 TASK = "classify"
 TORCH_HUB = "~/.cache/torch/hub/checkpoints"
@@ -44,7 +45,7 @@ def hash_prefix(file: str) -> str:
 
 def _converter(arch: str):
     def convert(files: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
-        return convert_state(read_state(files[0]), files[0], expect=arch)
+        return convert_state(read_state_dict(files[0]), files[0], expect=arch)
 
     convert.__doc__ = f"torchvision's {arch} IMAGENET1K_V1 file -> an lbdl classify checkpoint."
     return convert
@@ -145,91 +146,8 @@ def convert_state(
     config = config_of(arch, state)
     model = build_model(config)
     ours = to_lbdl(arch, state)
-    fill_batch_counts(model, ours)
     load_exactly(model, ours, path)
     return model.state_dict(), metadata(config)
-
-
-# TODO(core): read_state, looks_like_torch_file, fill_batch_counts and load_exactly are the
-# same in segment/zoo.py; core.zoo could hold them (read_state_dict(path) -> dict[str,
-# Tensor], load_exactly(model, state, source) -> None).
-
-
-def looks_like_torch_file(path: Path) -> bool:
-    """A zip archive (torch.save's format) or a pickle (its legacy format), by its first
-    bytes; or a safetensors file (one without lbdl metadata gets here)."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-    except OSError:
-        return False
-    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or path.suffix == ".safetensors"
-
-
-def read_state(path: Path) -> dict[str, Any]:
-    """A state dict file: safetensors, or a torch file read with weights_only (a file with
-    Python objects is refused in one line)."""
-    from lbdl_apps.core.checkpoint import load_tensors
-
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = load_tensors(path, "PyTorch weights file")
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise LbdlError(f"{path}: does not hold a state dict")
-    return state
-
-
-def fill_batch_counts(model: Any, state: dict[str, Any]) -> None:
-    """Files saved before BatchNorm counted its batches lack `num_batches_tracked`: zero, as
-    nn.BatchNorm2d itself fills it in."""
-    import torch
-
-    for key in model.state_dict():
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = torch.tensor(0)
-
-
-def load_exactly(model: Any, state: dict[str, Any], path: Path) -> None:
-    """Load every weight; a missing, unexpected or misshapen one is one line naming it."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        detail = " ".join(str(error).split())[:300]
-        raise LbdlError(f"{path}: weights do not fit the model ({detail})") from None
-
-
-def _matches(path: Path) -> bool:
-    """A torch file holding a state dict (converted, or refused in one line saying what it
-    is, by `_convert`), or a safetensors file of a torchvision classifier's keys."""
-    if not path.is_file() or not looks_like_torch_file(path):
-        return False
-    if path.suffix == ".safetensors":
-        try:
-            return identify(_cached(path)) is not None
-        except Exception:  # not readable as safetensors: read_checkpoint says so
-            return False
-    _cached(path)  # a file with Python objects, or unreadable: its one line
-    return True
-
-
-_LAST: dict[tuple[str, float], dict[str, Any]] = {}
-
-
-def _cached(path: Path) -> dict[str, Any]:
-    """The state dict of `path`, read once for `_matches` and `_convert`."""
-    key = (str(path.resolve()), path.stat().st_mtime)
-    if key not in _LAST:
-        _LAST.clear()
-        _LAST[key] = read_state(path)
-    return _LAST[key]
-
-
-def _convert(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    state = _cached(path)
-    _LAST.clear()
-    return convert_state(state, path)
 
 
 for _name, (_arch, _file, _what) in MODELS.items():
@@ -244,4 +162,6 @@ for _name, (_arch, _file, _what) in MODELS.items():
             look_in=(TORCH_HUB,),
         )
     )
-register_format(PublisherFormat("torchvision classifier state dict", TASK, _matches, _convert))
+register_format(
+    state_dict_format("torchvision classifier state dict", TASK, identify, convert_state)
+)

@@ -52,7 +52,9 @@ class Pretrained:
 
     @property
     def size(self) -> int:
-        return sum(s.size for s in self.sources)
+        """Bytes to download; 0 when a source's size is not known."""
+        sizes = [s.size for s in self.sources]
+        return sum(sizes) if all(sizes) else 0
 
 
 @dataclass(frozen=True)

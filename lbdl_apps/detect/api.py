@@ -18,9 +18,11 @@ from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.data import convert_image, load_image
 from lbdl_apps.core.device import resolve_device
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.detect.boxes import postprocess
+from lbdl_apps.core.options import Inference
+from lbdl_apps.core.runtime import deploy
+from lbdl_apps.detect.boxes import select
 from lbdl_apps.detect.data import Preprocessing
-from lbdl_apps.detect.model import SSDConfig, build_model
+from lbdl_apps.detect.model import DecodedSSD, SSDConfig, build_model
 
 TASK = "detect"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -79,10 +81,13 @@ def draw(image: np.ndarray, found: Detections, num_classes: int) -> np.ndarray:
 class Detector:
     """A trained SSD with its classes, preprocessing and candidate selection (the best 1000
     pairs of all classes before NMS, or as the checkpoint's "postprocessing" says: the best
-    `pre_nms` of each class for torchvision's models)."""
+    `pre_nms` of each class for torchvision's models). `network` is what inference runs:
+    images -> (boxes, probabilities), the SSD with its box decoding (`DecodedSSD`) or what
+    `core.runtime.deploy` put in its place (ONNX Runtime, int8)."""
 
     def __init__(self, model: nn.Module, meta: dict, device: torch.device) -> None:
         self.model = model.to(device).eval()
+        self.network: nn.Module = DecodedSSD(self.model).eval()
         self.meta = meta
         self.labels: list[str] = meta["labels"]
         self.config: SSDConfig = meta["config"]
@@ -126,11 +131,8 @@ class Detector:
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(boxes in pixels, scores, classes) of RGB uint8 arrays (H, W, 3)."""
         batch = torch.stack([self._input(image) for image in images]).to(self.device)
-        offsets, logits = self.model(batch)
-        priors = self.model.priors
-        found_all = postprocess(
-            offsets, logits, priors, conf, iou, max_det, classes, self.pre_nms, self.per_class
-        )
+        boxes, probs = self.network(batch)
+        found_all = select(boxes, probs, conf, iou, max_det, classes, self.pre_nms, self.per_class)
         results = []
         for image, found in zip(images, found_all, strict=True):
             height, width = image.shape[:2]
@@ -258,8 +260,15 @@ def yolo_lines(found: Detections) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Detector:
+def load(
+    checkpoint: str | Path, device: str | torch.device = "cpu", inference: Inference | None = None
+) -> Detector:
     """Load a `lbdl detect` checkpoint: a .safetensors file, a run folder, a registry name
-    (coco:ssd300, coco:ssdlite320) or a torchvision SSD state dict (.pth)."""
+    (coco:ssd300, coco:ssdlite320) or a torchvision SSD state dict (.pth); its network run
+    as `inference` says (default: PyTorch)."""
+    from lbdl_apps.detect.export import deployment
+
     model, meta = load_model(checkpoint, TASK, build_model, SSDConfig)
-    return Detector(model, meta, resolve_device(device))
+    detector = Detector(model, meta, resolve_device(device))
+    deploy(deployment(detector), inference, detector.device)
+    return detector

@@ -3,21 +3,18 @@ verb's options are the fields of its dataclass below."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import typer
 
 from lbdl_apps.core import options
-from lbdl_apps.core.options import Common, option
+from lbdl_apps.core.options import Common, Options, option
 from lbdl_apps.core.verbs import verb
 
 app = typer.Typer(
     help="Object detection (book 6.3): SSD on a ResNet backbone, or torchvision's COCO SSDs "
     "by name (coco:ssd300, coco:ssdlite320)."
 )
-EXPORT_FORMATS = ("torchscript", "onnx")
 
 
 @dataclass(kw_only=True)
@@ -65,7 +62,7 @@ class TrainArgs(options.TrainArgs):
 
 
 @dataclass(kw_only=True)
-class EvaluateArgs(options.EvaluateArgs):
+class EvaluateArgs(options.Inference, options.EvaluateArgs):
     """The options of `lbdl detect evaluate`."""
 
     format: str | None = None
@@ -75,17 +72,24 @@ class EvaluateArgs(options.EvaluateArgs):
 
 
 @dataclass(kw_only=True)
-class PredictArgs(options.PredictArgs):
+class Selection(Options):
+    """Which detections are kept of the network's boxes (book 6.3): score threshold, per-class
+    non-maximum suppression, the best per image."""
+
+    conf: float = option(0.25, min=0.0, max=1.0, panel="Selection")
+    """Score threshold."""
+    iou: float = option(0.45, min=0.0, max=1.0, panel="Selection")
+    """NMS IoU threshold."""
+    max_det: int = option(100, min=1, panel="Selection")
+    """Most detections per image."""
+
+
+@dataclass(kw_only=True)
+class PredictArgs(options.Inference, Selection, options.PredictArgs):
     """The options of `lbdl detect predict`."""
 
     inputs: list[str] = option(argument=True)
     """Image or video files, folders or globs."""
-    conf: float = option(0.25, min=0.0, max=1.0)
-    """Score threshold."""
-    iou: float = option(0.45, min=0.0, max=1.0)
-    """NMS IoU threshold."""
-    max_det: int = option(100, min=1)
-    """Most detections per image."""
     classes: str | None = None
     """Only these classes (names or indices, comma separated)."""
     save_txt: bool = False
@@ -95,25 +99,13 @@ class PredictArgs(options.PredictArgs):
 
 
 @dataclass(kw_only=True)
-class ExportArgs(options.OutputArgs):
-    """The options of `lbdl detect export`."""
+class ExportArgs(Selection, options.ExportArgs):
+    """The options of `lbdl detect export` (--conf, --iou and --max-det: with --nms, the
+    selection inside the graph)."""
 
-    checkpoint: str = option(argument=True)
-    """A detect checkpoint: a .safetensors file or a run folder."""
-    out: Path | None = None
-    """Output folder (default: a new export, export2, ... in the checkpoint's run folder)."""
-    format: list[str] = option(factory=lambda: ["torchscript"])
-    """torchscript and/or onnx (repeat the option)."""
-    batch: int = option(1, min=1)
-    """Batch size of the example input."""
-
-    def __post_init__(self) -> None:
-        from lbdl_apps.core.errors import LbdlError
-
-        super().__post_init__()
-        for name in self.format:
-            if name not in EXPORT_FORMATS:
-                raise LbdlError(f"--format {name}: choose {' or '.join(EXPORT_FORMATS)}")
+    nms: bool = False
+    """Also put the selection in the graph (--conf, per-class NMS at --iou, the best
+    --max-det): outputs boxes, scores, labels padded to --max-det and their count."""
 
 
 @verb(app)
@@ -153,14 +145,12 @@ def predict(args: PredictArgs, common: Common) -> int:
 
 @verb(app)
 def export(args: ExportArgs, common: Common) -> None:
-    """Export the network and box decoding (TorchScript, or ONNX with the onnx package);
-    thresholding and NMS stay outside the graph, as the .json beside the file says."""
-    from lbdl_apps.core.outputs import output_folder
+    """Export the network and its box decoding (with --nms the whole selection too) to ONNX
+    (int8 with --quantize), TorchScript or an ExportedProgram, checked against PyTorch, with
+    model.json beside it."""
+    from lbdl_apps.core.export import run_export
     from lbdl_apps.detect.api import load
-    from lbdl_apps.detect.export import export as write
+    from lbdl_apps.detect.export import deployment
 
-    folder = output_folder(args.checkpoint, args.out, "export", args.exist_ok)
-    detector = load(args.checkpoint, "cpu")
-    for path in write(detector, folder, args.format, args.batch):
-        print(f"wrote {path} and {path.with_suffix('.json').name}")
-    print(json.dumps(detector.labels))
+    nms = args if args.nms else None
+    run_export(args, lambda checkpoint: deployment(load(checkpoint), nms))

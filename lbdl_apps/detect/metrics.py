@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from lbdl_apps.core.outputs import atomic_path
-from lbdl_apps.detect.boxes import postprocess
+from lbdl_apps.detect.boxes import select
+from lbdl_apps.detect.model import SSD, DecodedSSD
 
 EVAL_CONF = 0.01  # low score threshold: mAP integrates over every operating point
 EVAL_IOU = 0.5
@@ -50,13 +51,16 @@ def detect_batches(
     device: torch.device,
     postprocessing: dict[str, Any] | None = None,
 ) -> Iterable[tuple[list[dict], list[dict]]]:
-    """(detections, targets) per batch, boxes in pixels of the model's input."""
-    model.eval()
+    """(detections, targets) per batch, boxes in pixels of the model's input; `model` is an
+    SSD or what the app runs at inference in its place (images -> boxes, probabilities:
+    `DecodedSSD`, or its export through ONNX Runtime)."""
+    network = DecodedSSD(model) if isinstance(model, SSD) else model
+    network.eval()
     chosen = selection(postprocessing)
     for images, targets in batches:
         images = images.to(device)
-        offsets, logits = model(images)
-        found = postprocess(offsets, logits, model.priors, **chosen)
+        boxes, probs = network(images)
+        found = select(boxes, probs, **chosen)
         scale = torch.tensor(images.shape[-2:][::-1], device=device).repeat(2).float()
         yield (
             [{k: v.cpu() for k, v in {**d, "boxes": d["boxes"] * scale}.items()} for d in found],

@@ -21,7 +21,13 @@ from lbdl_apps.core.backbones.mobilenet import MobileNetV3, conv_bn
 from lbdl_apps.core.backbones.resnet import resnet18, resnet34, resnet50, resnet_small
 from lbdl_apps.core.backbones.vgg import SSDVGG16
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.detect.boxes import boxes_per_location, default_boxes, default_scales, per_map
+from lbdl_apps.detect.boxes import (
+    boxes_per_location,
+    decode,
+    default_boxes,
+    default_scales,
+    per_map,
+)
 
 BACKBONES = ("resnet-small", "resnet18", "resnet34", "resnet50")  # the choices of --backbone
 PRETRAINABLE = ("resnet18", "resnet34", "resnet50")
@@ -333,6 +339,22 @@ class SSD(nn.Module):
             none = scores.index_select(-1, self.none_columns).logsumexp(-1, keepdim=True)
             scores = torch.cat([none, scores.index_select(-1, self.class_columns)], -1)
         return torch.cat(offsets, 1), scores  # (B, N, 4), (B, N, C+1)
+
+
+class DecodedSSD(nn.Module):
+    """The SSD with its default boxes inside, as the app runs it at inference (book 6.3):
+    images (B, 3, S, S) -> boxes (B, N, 4) x1 y1 x2 y2 clamped to [0, 1] and class
+    probabilities (B, N, C), the softmax without its "no object" column."""
+
+    def __init__(self, model: SSD) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("priors", model.priors, persistent=False)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        offsets, logits = self.model(images)
+        boxes = decode(offsets, self.priors).clamp(0.0, 1.0)
+        return boxes, logits.float().softmax(-1)[..., 1:]
 
 
 def build_model(config: SSDConfig) -> SSD:

@@ -127,7 +127,7 @@ class Outputs:
 def run_prediction(args: PredictArgs, common: Common) -> int:
     """Detect objects in every input; returns the batch exit code (3 if a file failed)."""
     folder = batch_folder(TASK, "predict", args.out, args.exist_ok)
-    detector = load(args.checkpoint, common.torch_device())
+    detector = load(args.checkpoint, common.torch_device(), args)
     listed = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
     chosen = detector.class_indices(None if listed is None else [c for c in listed if c])
     paths = expand_media(args.inputs)

@@ -297,7 +297,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     (core.evaluation.split_names) of its own data or of --data; writes metrics.json and
     pr_curve.png."""
     folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
-    detector = load(args.checkpoint, common.torch_device())
+    detector = load(args.checkpoint, common.torch_device(), args)
     data = _evaluation_data(args, detector.meta, detector.labels)
     source = args.data if args.data is not None else detector.meta.get("data")
     described = source or "the built-in scenes"
@@ -306,7 +306,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     chosen = ConcatDataset([data.eval_set(detector.image_size, name, pre) for name in names])
     loader = DataLoader(chosen, batch_size=args.batch_size, collate_fn=eval_collate)
     result = evaluate_detector(
-        detector.model, loader, detector.device, True, detector.postprocessing
+        detector.network, loader, detector.device, True, detector.postprocessing
     )
     scores = summary(result)
     per_class = per_class_ap(result, detector.labels)

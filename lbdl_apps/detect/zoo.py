@@ -17,7 +17,6 @@ as a local file is recognised by its keys and shapes and converted the same way.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 from dataclasses import asdict
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.state_dicts import file_kind, read_state_dict
 from lbdl_apps.core.zoo import Pretrained, PublisherFormat, Source, register, register_format
 
 TORCH_HUB = "~/.cache/torch/hub/checkpoints"
@@ -176,42 +176,8 @@ def convert_state(state: dict[str, Any], what: str) -> tuple[dict[str, Any], dic
     return weights, meta
 
 
-def file_kind(path: Path) -> str | None:
-    """What a weights file is by its first bytes: "torch" for a zip archive (torch.save) or
-    a pickle (the legacy format), "safetensors" for an 8-byte header length then JSON."""
-    if not path.is_file():
-        return None
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return "torch"
-    return "safetensors" if len(head) == 9 and head[8:9] == b"{" else None
-
-
-@functools.lru_cache(maxsize=1)
-def _read(path: Path, stamp: tuple[int, int]) -> Any:
-    """A weights file's tensors, cached so that recognising it and converting it read it
-    once. Torch files are read with weights_only (Python objects are refused)."""
-    from lbdl_apps.core.checkpoint import load_tensors
-
-    if file_kind(path) == "safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError, ValueError) as error:
-            raise LbdlError(f"{path}: unreadable safetensors file ({error})") from None
-    return load_tensors(path, "PyTorch weights file")
-
-
-def read_weights(path: Path) -> Any:
-    stat = path.stat()
-    return _read(path.resolve(), (stat.st_mtime_ns, stat.st_size))
-
-
 def convert_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    return convert_state(read_weights(path), str(path))
+    return convert_state(read_state_dict(path), str(path))
 
 
 def convert_ssd300(files: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -226,7 +192,7 @@ def convert_ssdlite320(files: list[Path]) -> tuple[dict[str, Any], dict[str, Any
 
 def _matches(kind: str) -> Callable[[Path], bool]:
     def matches(path: Path) -> bool:
-        return file_kind(path) is not None and kind_of(read_weights(path)) == kind
+        return file_kind(path) is not None and kind_of(read_state_dict(path)) == kind
 
     return matches
 

@@ -17,6 +17,7 @@ from lbdl_apps.core.options import Common
 from lbdl_apps.core.outputs import output_folder, write_json
 from lbdl_apps.core.plots import plot_confusion
 from lbdl_apps.core.run import SupervisedTask, TrainingSets, override_config, run_training
+from lbdl_apps.core.state_dicts import keep_all_but
 from lbdl_apps.core.train_state import Monitor
 from lbdl_apps.segment.api import TASK, Segmenter, load
 from lbdl_apps.segment.cli import EvaluateArgs, TrainArgs
@@ -140,20 +141,6 @@ class SegmentTask(SupervisedTask[TrainArgs, SegData]):
     def metadata(self, args: TrainArgs, data: SegData) -> dict[str, Any]:
         return {"labels": data.labels, "preprocessing": data.preprocessing(), "scenes": args.scenes,
                 "init": args.init}  # fmt: skip
-
-
-# TODO(core): keep_all_but is the same in classify/task.py and segment/task.py:
-# core.run could hold it, keep_all_but(model, state, final, source) -> None.
-def keep_all_but(model: nn.Module, state: dict, final: tuple[str, ...], source: str) -> None:
-    """Load `state` into `model` but for the modules `final` (new for the run's classes)."""
-    drop = tuple(f"{name}." for name in final)
-    kept = {k: v for k, v in state.items() if not k.startswith(drop)}
-    try:
-        missing, unexpected = model.load_state_dict(kept, strict=False)
-    except RuntimeError as error:
-        raise LbdlError(f"--init {source}: its weights do not fit ({error})") from None
-    if unexpected or any(not k.startswith(drop) for k in missing):
-        raise LbdlError(f"--init {source}: its weights do not fit ({(unexpected or missing)[0]})")
 
 
 def train(args: TrainArgs, common: Common) -> dict[str, float]:

@@ -94,7 +94,9 @@ def test_end_to_end_in_a_subprocess(tmp_path: Path) -> None:
     lines = (out / "labels" / "clip_2.txt").read_text().splitlines()
     assert all(len(line.split()) == 6 for line in lines)
 
-    export = lbdl_subprocess("detect", "export", "run", "--out", "exp", cwd=tmp_path)
+    export = lbdl_subprocess(
+        "detect", "export", "run", "--format", "torchscript", "--out", "exp", cwd=tmp_path
+    )
     assert export.returncode == 0, export.stderr
     assert (tmp_path / "exp" / "model.pt").is_file() and (tmp_path / "exp" / "model.json").is_file()
 
