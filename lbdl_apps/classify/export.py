@@ -72,9 +72,7 @@ def describe(classifier: Classifier) -> dict[str, Any]:
     }
 
 
-def calibration(
-    classifier: Classifier, data: str | None, sample: Tensor
-) -> list[tuple[Tensor]]:
+def calibration(classifier: Classifier, data: str | None, sample: Tensor) -> list[tuple[Tensor]]:
     """Images of --calibrate DATA (any data `classify train --data` reads; default: the
     built-in shapes) prepared as the checkpoint's evaluation prepares them, a seeded sample
     of CALIBRATION_INPUTS of them, fewer for a network whose activations would not fit."""

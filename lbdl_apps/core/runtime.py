@@ -46,11 +46,12 @@ def deploy(deployment: Deployment, inference: Inference | None, device: torch.de
 
 
 def runtime_of(graph: Graph, inference: Inference) -> str:
-    """The runtime of one graph: the one asked for, or torch unless int8 of a convolutional
-    network (which only ONNX Runtime runs here)."""
+    """The runtime of one graph: the one asked for, else ONNX Runtime for int8 (static int8
+    of convolutions runs only there, and its dynamic int8 of linear layers is the fastest
+    on a CPU: torchao's is slower than fp32 without torch.compile), else torch."""
     if inference.runtime is not None:
         return inference.runtime
-    return "onnxruntime" if inference.quantize and graph.convolutional else "torch"
+    return "onnxruntime" if inference.quantize else "torch"
 
 
 def torch_module(graph: Graph, inference: Inference, device: torch.device) -> nn.Module:

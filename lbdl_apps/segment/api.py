@@ -16,6 +16,8 @@ from lbdl_apps.core.batch import BatchReport, read_each
 from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.data import convert_image, load_image, save_image
 from lbdl_apps.core.device import resolve_device
+from lbdl_apps.core.options import Inference
+from lbdl_apps.core.runtime import deploy
 from lbdl_apps.segment.metrics import sliding_logits
 from lbdl_apps.segment.model import SegmenterConfig, build_model, size_multiple
 from lbdl_apps.segment.transforms import preprocess_image
@@ -150,9 +152,17 @@ class Segmenter:
 
 
 def load(
-    checkpoint: str | Path, device: str | torch.device = "cpu", tta: bool = False
+    checkpoint: str | Path,
+    device: str | torch.device = "cpu",
+    inference: Inference | None = None,
+    tta: bool = False,
 ) -> Segmenter:
-    """Load a `lbdl segment` checkpoint (a .safetensors file or a run folder); `tta` makes
-    every prediction the average over the image's four flips (4x the compute)."""
+    """Load a `lbdl segment` checkpoint (a .safetensors file, a run folder or a model name),
+    its network run as `inference` says (default: PyTorch; book 8.2); `tta` makes every
+    prediction the average over the image's four flips (4x the compute)."""
+    from lbdl_apps.segment.export import deployment
+
     model, meta = load_model(checkpoint, TASK, build_model, SegmenterConfig)
-    return Segmenter(model, meta, resolve_device(device), tta)
+    segmenter = Segmenter(model, meta, resolve_device(device), tta)
+    deploy(deployment(segmenter), inference, segmenter.device)
+    return segmenter

@@ -62,7 +62,7 @@ class TrainArgs(options.TrainArgs):
 
 
 @dataclass(kw_only=True)
-class EvaluateArgs(options.EvaluateArgs):
+class EvaluateArgs(options.Inference, options.EvaluateArgs):
     """The options of `lbdl segment evaluate`."""
 
     tile: int | None = option(None, min=8)
@@ -72,7 +72,7 @@ class EvaluateArgs(options.EvaluateArgs):
 
 
 @dataclass(kw_only=True)
-class PredictArgs(options.PredictArgs):
+class PredictArgs(options.Inference, options.PredictArgs):
     """The options of `lbdl segment predict`."""
 
     raw: bool = False
@@ -123,7 +123,7 @@ def predict(args: PredictArgs, common: Common) -> int:
     from lbdl_apps.segment.api import TASK, load
 
     folder = batch_folder(TASK, "predict", args.out, args.exist_ok)
-    segmenter = load(args.checkpoint, common.torch_device(), args.tta)
+    segmenter = load(args.checkpoint, common.torch_device(), args, tta=args.tta)
     size = args.tile or segmenter.preprocessing["image_size"]
     if args.overlap is not None and args.overlap >= size // 2 + 1:
         raise LbdlError(f"--overlap {args.overlap}: must be below half the tile ({size})")
@@ -137,3 +137,14 @@ def predict(args: PredictArgs, common: Common) -> int:
         console.print(f"{result.path}: " + ", ".join(f"{n} {s:.1%}" for n, s in shares))
         report.ok()
     return report.finish("images", folder)
+
+
+@verb(app)
+def export(args: options.ExportArgs, common: Common) -> None:
+    """Export the segmenter to ONNX (int8 with --quantize), TorchScript or an
+    ExportedProgram, checked against PyTorch, with model.json beside it."""
+    from lbdl_apps.core.export import run_export
+    from lbdl_apps.segment.api import load
+    from lbdl_apps.segment.export import deployment
+
+    run_export(args, lambda checkpoint: deployment(load(checkpoint)))

@@ -165,7 +165,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     --data: full-size images, sliding window (with --tta, averaged over flips); write
     metrics.json and confusion_matrix.png."""
     folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
-    segmenter = load(args.checkpoint, common.torch_device())
+    segmenter = load(args.checkpoint, common.torch_device(), args)
     meta, given = segmenter.meta, args.data is not None
     if not given and meta.get("source"):
         raise LbdlError(

@@ -155,7 +155,8 @@ def test_runtime_defaults_and_torch_int8(tmp_path: Path) -> None:
     conv, linear = conv_graph({}), mlp_graph({})
     assert runtime_of(conv, Inference()) == "torch"
     assert runtime_of(conv, Inference(quantize="int8")) == "onnxruntime"
-    assert runtime_of(linear, Inference(quantize="int8")) == "torch"
+    assert runtime_of(linear, Inference(quantize="int8")) == "onnxruntime"
+    assert runtime_of(linear, Inference(quantize="int8", runtime="torch")) == "torch"
     holder: dict = {}
     deploy(
         Deployment("toy", source, [mlp_graph(holder)], {}),
