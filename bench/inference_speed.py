@@ -13,6 +13,9 @@ trains within a budget (or one found in --checkpoints DIR) and how to score it.
     python bench/inference_speed.py                  # writes bench/results/inference_speed.json
     python bench/inference_speed.py --quick          # a check that it runs, prints only
     python bench/inference_speed.py --only denoise --checkpoints runs/
+
+With --only, the apps measured replace theirs in the JSON and the others are kept (each
+app's row holds the peak of its own run).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import environment, write_result
+from common import environment, read_result, write_result
 from inference_common import Case, repeated
 
 from lbdl_apps.core.errors import LbdlError
@@ -161,6 +164,9 @@ def main() -> None:
             print(f"{app}:", flush=True)
             case = module.case(Path(scratch) / app, args.quick, args.checkpoints)
             apps[app] = measure_case(case, peak, 0.5 if args.quick else args.seconds)
+            apps[app]["peak_gflops_fp32"] = peak / 1e9
+    earlier = read_result("inference_speed") if args.only and not args.quick else None
+    apps = {**(earlier or {}).get("apps", {}), **apps}
     fast = [a for a, r in apps.items() if (r.get("int8_speedup") or 0) >= 2.0]
     summary = {
         "benchmark": "inference_speed",

@@ -14,12 +14,16 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 
 from lbdl_apps.classify.api import TASK, Classifier
-from lbdl_apps.core.export import CALIBRATION_INPUTS, Deployment, Graph, calibration_batches
+from lbdl_apps.core.export import (
+    Deployment,
+    Graph,
+    affordable,
+    calibration_batches,
+)
 
 SAMPLE_BATCH = 2  # torch.export fixes an axis of size 1
 # ONNX Runtime's calibrator holds the activations of every calibration input at once: fewer
 # inputs than CALIBRATION_INPUTS for a large network (an ImageNet ResNet at 224: ~100)
-CALIBRATION_MEMORY = 2 << 30  # bytes
 FEWEST_CALIBRATION_INPUTS = 32
 
 
@@ -79,7 +83,7 @@ def calibration(classifier: Classifier, data: str | None, sample: Tensor) -> lis
     from lbdl_apps.classify.data import load_classify_data
 
     pre = classifier.preprocessing
-    count = affordable(classifier.model, sample)
+    count = affordable(classifier.model, sample, FEWEST_CALIBRATION_INPUTS)
     found = load_classify_data(
         data, int(pre["image_size"]), val_fraction=0.0, seed=0, preprocessing=pre,
         builtin_sizes=(count, 1, 1),
@@ -88,25 +92,3 @@ def calibration(classifier: Classifier, data: str | None, sample: Tensor) -> lis
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     chosen = Subset(images, order[:count].tolist())
     return calibration_batches(chosen, lambda batch: (batch[0],), count)
-
-
-# TODO(core): ONNX Runtime's calibrator can bound its memory itself (extra_options
-# CalibMaxIntermediateOutputs in quantize_static); then every network gets 256 inputs.
-def affordable(model: nn.Module, sample: Tensor, most: int = CALIBRATION_INPUTS) -> int:
-    """How many calibration inputs fit in CALIBRATION_MEMORY: the bytes of the inputs and
-    outputs of every convolution and linear layer, measured on the sample batch."""
-    floats = [0]
-
-    def count(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        floats[0] += inputs[0].numel() + output.numel()
-
-    layers = [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    hooks = [m.register_forward_hook(count) for m in layers]
-    try:
-        with torch.no_grad():
-            model(sample)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    per_input = max(4 * floats[0] // len(sample), 1)
-    return max(FEWEST_CALIBRATION_INPUTS, min(most, CALIBRATION_MEMORY // per_input))

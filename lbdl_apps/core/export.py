@@ -31,6 +31,7 @@ CALIBRATION_INPUTS = 256  # static int8: inputs whose activations set the ranges
 # static int8 quantizes the products only: Q/DQ around every other operation (norms,
 # activations, additions) cost more than int8 saves on this CPU
 STATIC_INT8_OPS = ["Conv", "MatMul", "Gemm"]
+CALIBRATION_MEMORY = 2 << 30  # bytes: the activations ONNX Runtime's calibrator may hold
 Inputs = tuple[Tensor, ...]
 
 
@@ -215,6 +216,29 @@ def quantize_onnx(graph: Graph, path: Path, calibrate: str | None) -> None:
         )  # fmt: skip
     finally:
         fp32.unlink(missing_ok=True)
+
+
+def affordable(
+    model: nn.Module, sample: Tensor, fewest: int, most: int = CALIBRATION_INPUTS
+) -> int:
+    """How many calibration inputs (at least `fewest`) fit in CALIBRATION_MEMORY: the bytes
+    of the inputs and outputs of every convolution and linear layer, measured on `sample`.
+    (ONNX Runtime's CalibMaxIntermediateOutputs could bound it in the calibrator instead.)"""
+    floats = [0]
+
+    def count(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        floats[0] += inputs[0].numel() + output.numel()
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in layers]
+    try:
+        with torch.no_grad():
+            model(sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    per_input = max(4 * floats[0] // len(sample), 1)
+    return max(fewest, min(most, CALIBRATION_MEMORY // per_input))
 
 
 def calibration_batches(

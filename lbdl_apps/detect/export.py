@@ -27,7 +27,12 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.ops import nms
 
-from lbdl_apps.core.export import CALIBRATION_INPUTS, Deployment, Graph, calibration_batches
+from lbdl_apps.core.export import (
+    Deployment,
+    Graph,
+    affordable,
+    calibration_batches,
+)
 from lbdl_apps.detect.api import TASK, Detector
 from lbdl_apps.detect.cli import Selection
 from lbdl_apps.detect.data import load_detect_data
@@ -37,7 +42,6 @@ SAMPLE_BATCH = 2  # torch.export fixes an axis of size 1
 SAMPLE_SEED = 2718  # the sample inputs: built-in scenes of another stream than training's
 # ONNX Runtime's calibrator holds the activations of every calibration input at once: fewer
 # inputs than CALIBRATION_INPUTS for a large network (SSD300 at 300 px: 16, SSDLite: 26)
-CALIBRATION_MEMORY = 2 << 30  # bytes
 FEWEST_CALIBRATION_INPUTS = 16
 
 
@@ -233,31 +237,9 @@ def calibration(detector: Detector, data: str | None, sample: Tensor) -> list[tu
     COCO; default: the built-in scenes at the model's input size) prepared as the
     checkpoint's preprocessing says, CALIBRATION_INPUTS of them, fewer for a network whose
     activations would not fit in CALIBRATION_MEMORY."""
-    count = affordable(detector.network, sample)
+    count = affordable(detector.network, sample, FEWEST_CALIBRATION_INPUTS)
     found = load_detect_data(
         data, val_fraction=0.0, seed=0, scenes=count, scene_size=detector.image_size
     )
     images = _Images(found.eval_set(detector.image_size, "train", detector.preprocessing))
     return calibration_batches(images, lambda batch: (batch[0],), count)
-
-
-# TODO(core): the same as classify's (ONNX Runtime's calibrator can bound its memory itself,
-# extra_options CalibMaxIntermediateOutputs in quantize_static; then one place for it).
-def affordable(model: nn.Module, sample: Tensor, most: int = CALIBRATION_INPUTS) -> int:
-    """How many calibration inputs fit in CALIBRATION_MEMORY: the bytes of the inputs and
-    outputs of every convolution, measured on the sample batch."""
-    floats = [0]
-
-    def count(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        floats[0] += inputs[0].numel() + output.numel()
-
-    layers = [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    hooks = [m.register_forward_hook(count) for m in layers]
-    try:
-        with torch.no_grad():
-            model(sample)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    per_input = max(4 * floats[0] // len(sample), 1)
-    return max(FEWEST_CALIBRATION_INPUTS, min(most, CALIBRATION_MEMORY // per_input))

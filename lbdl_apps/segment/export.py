@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lbdl_apps.core.export import Deployment, Graph, calibration_batches
+from lbdl_apps.core.export import Deployment, Graph, affordable, calibration_batches
 from lbdl_apps.core.tiles import pad_to
 from lbdl_apps.segment.api import TASK, Segmenter
 
@@ -74,13 +74,12 @@ def calibration(segmenter: Segmenter, data: str | None) -> list[tuple[Tensor]]:
     cut from the training images of --calibrate DATA (any data `segment train --data`
     reads, normalized as the checkpoint's) or of the built-in scenes, as many as fit in
     the calibrator's memory (at most CALIBRATION_INPUTS)."""
-    from lbdl_apps.classify.export import affordable  # TODO(core): a core.export helper
     from lbdl_apps.segment.data import load_segment_data
 
     pre, multiple = segmenter.preprocessing, segmenter.multiple
     side = max(multiple, (segmenter.tile() or int(pre["image_size"])) // multiple * multiple)
     probe = torch.zeros(2, int(pre["in_channels"]), side, side, device=segmenter.device)
-    count = affordable(segmenter.model, probe)
+    count = affordable(segmenter.model, probe, fewest=32)
     found = load_segment_data(
         data, val_fraction=0.0, seed=0, preprocessing=pre, scenes=count,
         labels=segmenter.labels if data is not None else None,
