@@ -294,6 +294,8 @@ class Quantization(Options):
         super().__post_init__()
         if self.quantize not in (None, "int8"):
             raise LbdlError(f"--quantize {self.quantize}: the one quantization is int8")
+        if self.calibrate is not None and not self.quantize:
+            raise LbdlError("--calibrate: it calibrates int8, so only with --quantize int8")
 
 
 @dataclass(kw_only=True)

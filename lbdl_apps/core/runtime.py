@@ -23,6 +23,7 @@ from lbdl_apps.core.export import (
     Deployment,
     Graph,
     OnnxModule,
+    check_calibration,
     export_graph,
     need,
     quiet,
@@ -35,6 +36,8 @@ def deploy(deployment: Deployment, inference: Inference | None, device: torch.de
     """Put each graph of `deployment` where `inference` runs it, through its `attach`."""
     if inference is None:
         inference = Inference()
+    if inference.quantize:
+        check_calibration(deployment, inference.calibrate)
     for graph in deployment.graphs:
         if graph.attach is None:
             continue
@@ -74,7 +77,8 @@ def torch_module(graph: Graph, inference: Inference, device: torch.device) -> nn
 def torch_int8(module: nn.Module) -> nn.Module:
     """A copy of `module` whose linear layers compute in int8 (torchao: int8 weights per
     channel, activations quantized per token on the fly)."""
-    torchao = need("torchao.quantization")
+    with quiet():  # torchao's import warns about torch internals
+        torchao = need("torchao.quantization")
     quantized = copy.deepcopy(module).cpu()
     with quiet():
         torchao.quantize_(quantized, torchao.Int8DynamicActivationInt8WeightConfig())

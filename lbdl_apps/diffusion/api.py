@@ -238,5 +238,6 @@ def load(
         raise LbdlError(f"{path}: is a noised CLIP (for --clip-guide), not a diffusion model")
     model, meta = load_model(path, TASK, build_model, DiffusionConfig)
     diffuser = Diffuser(model, meta, resolve_device(device))
-    deploy(deployment(diffuser), inference, diffuser.device)
+    deployed = deployment(diffuser)
+    deploy(deployed, inference, diffuser.device)
     return diffuser

@@ -108,19 +108,13 @@ class Sampling(Options):
     """Samples per batch."""
 
 
-@dataclass(kw_only=True)
-class Calibration(Options):
-    """What --calibrate means for diffusion (book 8.2): the images whose noised versions
-    calibrate static int8 of the U-Net."""
-
-    calibrate: str | None = option(None, panel="Inference")
-    """Images read as `train --data` reads them, noised to time indices spread over the
-    schedule, with their conditions: 256 of them calibrate static int8 (default: the
-    model's training data, else the built-in scenes)."""
+# --calibrate DATA (core's options.Quantization): images read as `train --data` reads them,
+# noised over the schedule, calibrate static int8 of the U-Net; default: the model's
+# training data when it is still there, else the built-in scenes (diffusion/export.py).
 
 
 @dataclass(kw_only=True)
-class SampleArgs(Calibration, options.Inference, Sampling, options.OutputArgs):
+class SampleArgs(options.Inference, Sampling, options.OutputArgs):
     """The options of `lbdl diffusion sample` (and `predict`)."""
 
     checkpoint: str = option(argument=True)
@@ -136,7 +130,7 @@ class SampleArgs(Calibration, options.Inference, Sampling, options.OutputArgs):
 
 
 @dataclass(kw_only=True)
-class EvaluateArgs(Calibration, options.Inference, Sampling, options.EvaluateArgs):
+class EvaluateArgs(options.Inference, Sampling, options.EvaluateArgs):
     """The options of `lbdl diffusion evaluate`."""
 
     checkpoint: str = option(argument=True)
@@ -152,11 +146,6 @@ class EvaluateArgs(Calibration, options.Inference, Sampling, options.EvaluateArg
     n_real: int = option(2000, min=2)
     """Real images to compare with."""
     batch_size: int = 100
-
-
-@dataclass(kw_only=True)
-class ExportArgs(Calibration, options.ExportArgs):
-    """The options of `lbdl diffusion export`."""
 
 
 @verb(app)
@@ -224,12 +213,18 @@ def evaluate(args: EvaluateArgs, common: Common) -> None:
 
 
 @verb(app)
-def export(args: ExportArgs, common: Common) -> None:
+def export(args: options.ExportArgs, common: Common) -> None:
     """Export the denoiser for one step to ONNX (int8 with --quantize), TorchScript or an
     ExportedProgram, checked against PyTorch, with model.json saying the schedule, the
     prediction, the conditioning inputs and the image range."""
-    from lbdl_apps.core.export import run_export
+    from lbdl_apps.core.export import Deployment, run_export
     from lbdl_apps.diffusion.api import load
-    from lbdl_apps.diffusion.export import deployment
+    from lbdl_apps.diffusion.export import calibration_note, deployment
 
-    run_export(args, lambda checkpoint: deployment(load(checkpoint)))
+    def deployed(checkpoint: str) -> Deployment:
+        diffuser = load(checkpoint)
+        found = deployment(diffuser)
+        found.description["calibration"] = calibration_note(diffuser, args)
+        return found
+
+    run_export(args, deployed)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.export import CALIBRATION_INPUTS, Deployment, Graph, calibration_batches
+from lbdl_apps.core.options import Quantization
 from lbdl_apps.diffusion.api import DEFAULT_GUIDANCE, TASK, Diffuser
 from lbdl_apps.diffusion.data import load_diffusion_data
 from lbdl_apps.diffusion.model import DiffusionUNet
@@ -87,7 +88,7 @@ def deployment(diffuser: Diffuser) -> Deployment:
     graph = Graph(
         "denoiser",
         step,
-        sample_inputs(diffuser),
+        tuple(t.to(diffuser.device) for t in sample_inputs(diffuser)),  # where the model is
         names,
         ["prediction"],
         dynamic={name: batch for name in [*names, "prediction"]},
@@ -119,9 +120,7 @@ def calibration(
     to time indices spread evenly over the schedule (seeded), with their conditions (class
     labels, or the captions' CLIP embeddings), every other row null."""
     meta, (channels, size, _) = diffuser.meta, diffuser.shape
-    source = data if data is not None else meta.get("data")
-    if source is not None and not Path(source).expanduser().exists() and data is None:
-        source = None  # the training data is gone: the built-in scenes
+    source = calibration_data(diffuser, data)
     if source is None and channels != 3:
         raise LbdlError(
             "--quantize int8: this model's training data is not here and the built-in scenes "
@@ -148,6 +147,26 @@ def calibration(
         null = torch.arange(len(images)) % 2 == 1
         inputs.append((x_t, t, _conditions(diffuser, step, conditions, len(images)), null))
     return inputs
+
+
+def calibration_data(diffuser: Diffuser, data: str | None) -> str | None:
+    """The images that calibrate static int8: --calibrate DATA, else the model's training
+    data when it is still there; None: the built-in scenes."""
+    if data is not None and not Path(data).expanduser().exists():
+        raise LbdlError(f"--calibrate {data}: no such file or folder")
+    source = data if data is not None else diffuser.meta.get("data")
+    if source is not None and not Path(source).expanduser().exists():
+        return None  # the training data is gone: the built-in scenes
+    return source
+
+
+def calibration_note(diffuser: Diffuser, quantization: Quantization) -> str | None:
+    """model.json's `calibration`: what calibrated static int8 (None without int8).
+    TODO(core): core writes "built-in data" for every default; let the deployment say."""
+    if not quantization.quantize:
+        return None
+    source = calibration_data(diffuser, quantization.calibrate) or "the built-in scenes"
+    return f"{CALIBRATION_INPUTS} images of {source} noised over the schedule, with conditions"
 
 
 def _conditions(diffuser: Diffuser, step: DenoiserStep, conditions: Any, count: int) -> Tensor:

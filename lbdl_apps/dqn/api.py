@@ -89,7 +89,8 @@ def load(
     if env is not None and env != settings.env_id:
         settings = other_env(settings, env, meta["config"], checkpoint)
     agent = Agent(model, settings, meta, device)
-    deploy(deployment(agent, describe=False), inference, agent.device)
+    deployed = deployment(agent, describe=False)
+    deploy(deployed, inference, agent.device)
     return agent
 
 

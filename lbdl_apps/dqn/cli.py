@@ -11,7 +11,7 @@ import typer
 
 from lbdl_apps.core import options
 from lbdl_apps.core.errors import LbdlError
-from lbdl_apps.core.options import Common, Options, OutputArgs, RunArgs, option
+from lbdl_apps.core.options import Common, OutputArgs, RunArgs, option
 from lbdl_apps.core.verbs import verb
 
 app = typer.Typer(help="Deep Q-learning (book 6.7) on Atari games and classic control.")
@@ -130,20 +130,16 @@ class TrainArgs(RunArgs):
         return None if self.hidden is None else layer_widths(self.hidden)
 
 
-@dataclass(kw_only=True)
-class Calibration(Options):
-    """What --calibrate means for dqn (book 8.2): where the observations that calibrate
-    static int8 of an Atari Q-network come from."""
-
-    calibrate: str | None = option(None, panel="Inference")
-    """An environment id (same actions and observations as the checkpoint's) that the loaded
-    agent plays for 256 steps, epsilon 0.05, seeded, with the checkpoint's preprocessing:
-    its observations calibrate static int8 of an Atari Q-network (default: the checkpoint's
-    own environment; a classic-control MLP takes dynamic int8, without calibration)."""
+# --calibrate (core's options.Quantization) is, for dqn, an environment id with the
+# checkpoint's actions and observations, played by the agent to calibrate static int8 (of
+# the Atari Nature CNN; the MLPs take dynamic int8, without calibration: dqn/export.py).
+# TODO(core): its help is core's ("Data whose inputs calibrate ..."); let an app word the
+# help of an inherited option (e.g. `help_overrides: ClassVar[dict[str, str]]` on the options
+# dataclass, read by options.help_texts) instead of re-declaring it.
 
 
 @dataclass(kw_only=True)
-class EvaluateArgs(Calibration, options.Inference, OutputArgs):
+class EvaluateArgs(options.Inference, OutputArgs):
     """The options of `lbdl dqn evaluate`."""
 
     checkpoint: str = option(argument=True)
@@ -163,7 +159,7 @@ class EvaluateArgs(Calibration, options.Inference, OutputArgs):
 
 
 @dataclass(kw_only=True)
-class PlayArgs(Calibration, options.Inference):
+class PlayArgs(options.Inference):
     """The options of `lbdl dqn play` (also `lbdl dqn predict`)."""
 
     checkpoint: str = option(argument=True)
@@ -195,7 +191,7 @@ class PlayArgs(Calibration, options.Inference):
 
 
 @dataclass(kw_only=True)
-class ExportArgs(Calibration, options.ExportArgs):
+class ExportArgs(options.ExportArgs):
     """The options of `lbdl dqn export`."""
 
     env: str | None = None
@@ -238,8 +234,14 @@ def export(args: ExportArgs, common: Common) -> None:
     """Export the Q-network to ONNX (int8 with --quantize), TorchScript or an ExportedProgram,
     checked against PyTorch, with model.json saying how observations are made and what the
     actions mean."""
-    from lbdl_apps.core.export import run_export
+    from lbdl_apps.core.export import Deployment, run_export
     from lbdl_apps.dqn.api import load
-    from lbdl_apps.dqn.export import deployment
+    from lbdl_apps.dqn.export import calibration_note, deployment
 
-    run_export(args, lambda checkpoint: deployment(load(checkpoint, env=args.env)))
+    def deployed(checkpoint: str) -> Deployment:
+        agent = load(checkpoint, env=args.env)
+        found = deployment(agent)
+        found.description["calibration"] = calibration_note(agent, found.graphs[0], args)
+        return found
+
+    run_export(args, deployed)

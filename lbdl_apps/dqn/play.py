@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -122,13 +123,24 @@ def _frames(
                 )
                 steps += 1
                 if recording:
-                    image = env.render()
+                    image = _render(env)
                     yield _with_overlay(image, q, action, total, actions) if overlay else image
             returns.append(total)
             if max_steps is not None and steps >= max_steps:
                 break
     finally:
         env.close()
+
+
+def _render(env: Any) -> np.ndarray:
+    """The environment's frame; a renderer that is not installed (pygame for classic
+    control) is one line saying what to install."""
+    from gymnasium.error import DependencyNotInstalled
+
+    try:
+        return env.render()
+    except DependencyNotInstalled as error:
+        raise LbdlError(f"--record: {error}") from None
 
 
 def _with_overlay(
