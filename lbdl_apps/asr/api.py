@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +22,10 @@ from lbdl_apps.core.batch import BatchReport, read_batches, read_each
 from lbdl_apps.core.checkpoint import load_model
 from lbdl_apps.core.device import resolve_device
 from lbdl_apps.core.errors import LbdlError
+from lbdl_apps.core.options import Inference
+
+if TYPE_CHECKING:
+    from lbdl_apps.asr.whisper_transcribe import LongForm
 
 TASK = "asr"
 WINDOW_S = 30.0  # the longest audio the encoder sees at once, as Whisper
@@ -35,31 +41,56 @@ def windows(wave: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 
 
 @dataclass
+class Word:
+    """One word of a segment (Whisper's word timestamps), from `start` to `end` seconds."""
+
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass
 class Segment:
-    """The text of one window of audio, from `start` to `end` seconds."""
+    """The text of a stretch of audio, from `start` to `end` seconds: a 30-s window for lbdl's
+    own models; for Whisper models one of its timestamped segments, with its tokens
+    (timestamps included), the temperature that decoded it and, with word timestamps, its
+    words."""
 
     start: float
     end: float
     text: str
     avg_logprob: float
     no_speech_prob: float
+    tokens: list[int] = field(default_factory=list)
+    temperature: float = 0.0
+    compression_ratio: float = 0.0
+    words: list[Word] | None = None
 
 
 @dataclass
 class Transcript:
-    """The transcription of one file: its text and its 30-second segments."""
+    """The transcription of one file: its text, its segments, its language (Whisper)."""
 
     path: str
     text: str
     duration: float
     segments: list[Segment] = field(default_factory=list)
+    language: str | None = None
 
 
-def _no_languages(language: str | None, task: str) -> None:
-    """lbdl's own models know neither languages nor tasks (Whisper models do)."""
+def _no_languages(language: str | None, task: str, long_form: LongForm | None = None) -> None:
+    """lbdl's own models know neither languages nor tasks, prompts, word timestamps or VAD
+    (Whisper models do: whisper_transcribe.LongForm)."""
+    from lbdl_apps.asr.whisper_transcribe import current_long_form, whisper_only
+
     if language is not None or task != "transcribe":
         what = f"--language {language}" if language is not None else f"--task {task}"
         raise LbdlError(f"{what}: for Whisper models; this model only transcribes")
+    chosen = long_form or current_long_form()
+    flag = whisper_only(chosen) if chosen is not None else None
+    if flag is not None:
+        raise LbdlError(f"{flag}: for Whisper models, not lbdl's own")
 
 
 class Recognizer:
@@ -98,10 +129,12 @@ class Recognizer:
         no_speech_threshold: float = 0.6,
         language: str | None = None,
         task: str = "transcribe",
+        long_form: LongForm | None = None,
     ) -> list[list[Segment]]:
         """Segments of each 16 kHz waveform: 30-second windows decoded in batches. A window
-        whose no-speech probability exceeds the threshold gets no text."""
-        _no_languages(language, task)
+        whose no-speech probability exceeds the threshold gets no text. (`long_form`: only
+        Whisper models follow its options.)"""
+        _no_languages(language, task, long_form)
         pieces = [(i, start, p) for i, wave in enumerate(waves) for start, p in windows(wave)]
         segments: list[list[Segment]] = [[] for _ in waves]
         for first in range(0, len(pieces), batch_size):
@@ -163,11 +196,12 @@ class Recognizer:
         adapt_passes: int = 0,
         language: str | None = None,
         task: str = "transcribe",
+        long_form: LongForm | None = None,
     ) -> list[Transcript]:
         """Transcripts of audio files; unreadable files go to `report` (or raise). With
         `adapt` or `adapt_passes`, the model is first adapted to all the readable files (see
         `adapt`)."""
-        _no_languages(language, task)
+        _no_languages(language, task, long_form)
         paths = list(paths)
         if adapt or adapt_passes:
             self.adapt(self._readable(paths), batch_size, adapt_passes)
@@ -200,13 +234,33 @@ def resolve(checkpoint: str | Path) -> str | Path:
     return publisher_file(checkpoint)
 
 
-def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> Recognizer:
+def load(
+    checkpoint: str | Path, device: str | torch.device = "cpu", inference: Inference | None = None
+) -> Recognizer:
     """Load an `lbdl asr` checkpoint (a .safetensors file, a run folder or a name such as
     whisper:tiny.en), or a Whisper model in its publisher's format (an openai-whisper .pt,
-    a transformers or CTranslate2 folder): a WhisperRecognizer for Whisper models."""
+    a transformers or CTranslate2 folder): a WhisperRecognizer for Whisper models. Its
+    networks run where `inference` says (export.py; default: PyTorch as trained)."""
+    from lbdl_apps.asr.export import deployment
+    from lbdl_apps.core.runtime import deploy
+
     model, meta = load_model(resolve(checkpoint), TASK, build_model, RecognizerConfig)
+    recognizer: Recognizer
     if meta["config"].architecture == "whisper":
         from lbdl_apps.asr.whisper_api import WhisperRecognizer
 
-        return WhisperRecognizer(model, meta, resolve_device(device))  # type: ignore[return-value,arg-type]
-    return Recognizer(model, meta, resolve_device(device))  # type: ignore[arg-type]
+        recognizer = WhisperRecognizer(model, meta, resolve_device(device))  # type: ignore[assignment,arg-type]
+    else:
+        recognizer = Recognizer(model, meta, resolve_device(device))  # type: ignore[arg-type]
+    deploy(deployment(recognizer), int8_runtime(inference), recognizer.device)
+    return recognizer
+
+
+def int8_runtime(inference: Inference | None) -> Inference | None:
+    """int8 runs on ONNX Runtime unless --runtime torch (or --compile) says otherwise: its
+    dynamic int8 is the fastest here for Whisper's encoder and decoder steps (torchao's is
+    slower on the one-token steps; bench/asr_whisper.py)."""
+    # TODO(core): Graph.int8_runtime, the runtime an app's graph prefers for int8
+    if inference is None or not inference.quantize or inference.runtime or inference.compile:
+        return inference
+    return dataclasses.replace(inference, runtime="onnxruntime")

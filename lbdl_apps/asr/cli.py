@@ -70,6 +70,20 @@ class TrainArgs(options.TrainArgs):
     """Random equalizer: band gains within +-this dB."""
     skip_bad: bool = False
     """Warn about bad audio files and train on the rest."""
+    init: str | None = None
+    """Fine-tune this Whisper model (whisper:tiny.en, an lbdl Whisper checkpoint, or a
+    publisher's file or folder) with its tokenizer and prompt format; the model and
+    tokenizer options are its own. Learning rates: ~1e-5 full, ~1e-3 with --lora."""
+    lora: int | None = option(None, min=1)
+    """With --init: train only low-rank adapters of this rank on the attention and MLP
+    projections (book 8.3); `lbdl asr merge-lora` folds them into the weights."""
+    lora_alpha: float | None = option(None, min=0.0)
+    """The adapters' update is scaled by alpha / rank (default: 2 x rank)."""
+    freeze_encoder: bool = False
+    """With --init: train the decoder only."""
+    encoder_window: float | None = option(None, min=0.02, max=30.0)
+    """With --init: the encoder sees the first SECONDS of Whisper's 30-s window (short
+    clips; the checkpoint decodes with the same window)."""
 
 
 @dataclass(kw_only=True)
@@ -80,9 +94,38 @@ class Decoding(options.Options):
     """Beam width (1: greedy decoding)."""
     language: str | None = None
     """Whisper models: the spoken language (en, de, fr, ...); default: English for .en
-    models, detected per 30-s window for multilingual ones."""
+    models, detected from each file's first 30 s for multilingual ones."""
     task: str = "transcribe"
     """Whisper models: transcribe, or translate (into English)."""
+    best_of: int = option(5, min=1)
+    """Whisper models: samples per window when decoding at a temperature above 0."""
+    patience: float = option(1.0, min=0.0)
+    """Whisper models, beam search: wait for patience x beam-size finished candidates."""
+    length_penalty: float | None = option(None, min=0.0, max=1.0)
+    """Whisper models: rank candidates by log-probability / ((5 + length) / 6) ** this
+    (default: / length)."""
+    temperature: float = option(0.0, min=0.0, max=1.0)
+    """Whisper models: the first decoding temperature (0: the likeliest tokens)."""
+    temperature_increment: float = option(0.2, min=0.0, max=1.0)
+    """Whisper models: decode a window again this much hotter, up to 1, while its text is
+    too repetitive or too unlikely (0: never)."""
+    compression_ratio_threshold: float | None = option(2.4, min=0.0)
+    """Whisper models: a text whose gzip compression ratio is above this is too repetitive."""
+    logprob_threshold: float | None = -1.0
+    """Whisper models: a text whose mean token log-probability is below this is too unlikely."""
+    no_speech_threshold: float = option(0.6, min=0.0, max=1.0)
+    """Above this no-speech probability (and, for Whisper models, below --logprob-threshold),
+    a window has no text."""
+    condition_on_previous_text: bool = True
+    """Whisper models: prompt each window with the text before it (not after a temperature
+    above 0.5)."""
+    initial_prompt: str | None = None
+    """Whisper models: text to prompt the first window with (names, spellings, style)."""
+    word_timestamps: bool = False
+    """Whisper models: the start and end of each word (cross-attention alignment), in the
+    json, srt and vtt files."""
+    vad: bool = False
+    """Whisper models: transcribe only the speech Silero VAD finds (no text on silence)."""
     adapt: bool = False
     """First adapt the batch norms to all the audio given (a new speaker or microphone)."""
     adapt_passes: int = option(0, min=0, max=100)
@@ -116,7 +159,26 @@ class ConvertArgs(options.Options):
 
 
 @dataclass(kw_only=True)
-class EvaluateArgs(Decoding, options.EvaluateArgs):
+class MergeLoraArgs(options.Options):
+    """The options of `lbdl asr merge-lora`."""
+
+    checkpoint: str = option(argument=True)
+    """A checkpoint trained with --lora (a .safetensors file or a run folder)."""
+    out: Path = option(argument=True)
+    """The plain checkpoint to write (.safetensors)."""
+    exist_ok: bool = False
+    """Overwrite OUT if it exists."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.out.suffix != ".safetensors":
+            raise LbdlError(f"{self.out}: an lbdl checkpoint ends with .safetensors")
+        if self.out.exists() and not self.exist_ok:
+            raise LbdlError(f"{self.out}: exists (--exist-ok overwrites it)")
+
+
+@dataclass(kw_only=True)
+class EvaluateArgs(Decoding, options.Inference, options.EvaluateArgs):
     """The options of `lbdl asr evaluate`."""
 
     show: int = option(10, min=0)
@@ -124,15 +186,13 @@ class EvaluateArgs(Decoding, options.EvaluateArgs):
 
 
 @dataclass(kw_only=True)
-class TranscribeArgs(Decoding, options.PredictArgs):
+class TranscribeArgs(Decoding, options.Inference, options.PredictArgs):
     """The options of `lbdl asr transcribe` (and `predict`)."""
 
     batch_size: int = option(16, min=1)
     """Batch size."""
     formats: str = option("txt,json,srt,vtt", flags=("--format",))
     """Comma-separated: txt, json, srt, vtt."""
-    no_speech_threshold: float = option(0.6, min=0.0, max=1.0)
-    """Above this no-speech probability, no text."""
 
 
 app = typer.Typer(
@@ -155,6 +215,7 @@ def transcribe(args: TranscribeArgs, common: Common) -> int:
     from lbdl_apps.asr.api import load
     from lbdl_apps.asr.audio import AUDIO_EXTENSIONS
     from lbdl_apps.asr.outputs import FORMATS, write_transcripts
+    from lbdl_apps.asr.whisper_transcribe import long_form_of
     from lbdl_apps.core.batch import BatchReport
     from lbdl_apps.core.data import expand_inputs
     from lbdl_apps.core.outputs import batch_folder
@@ -163,12 +224,12 @@ def transcribe(args: TranscribeArgs, common: Common) -> int:
     if not kinds or any(k not in FORMATS for k in kinds):
         raise LbdlError(f"--format {args.formats}: choose among {', '.join(FORMATS)}")
     folder = batch_folder("asr", "transcribe", args.out, args.exist_ok)
-    recognizer = load(args.checkpoint, common.torch_device())
+    recognizer = load(args.checkpoint, common.torch_device(), args)
     paths = expand_inputs(args.inputs, AUDIO_EXTENSIONS, "audio files")
     report = BatchReport(strict=args.strict)
     transcripts = recognizer.transcribe(
         paths, args.beam_size, args.batch_size, args.no_speech_threshold, report, args.adapt,
-        args.adapt_passes, args.language, args.task,
+        args.adapt_passes, args.language, args.task, long_form=long_form_of(args),
     )  # fmt: skip
     report.ok(len(transcripts))
     write_transcripts(transcripts, folder, kinds)
@@ -196,6 +257,16 @@ def convert(args: ConvertArgs, common: Common) -> None:
     print(f"{args.source} ({kind}) -> {args.out}")
 
 
+@verb(app, "merge-lora")
+def merge_lora(args: MergeLoraArgs, common: Common) -> None:
+    """Fold a --lora checkpoint's adapters into its weights: a plain checkpoint of the same
+    model (book 8.3), written atomically."""
+    from lbdl_apps.asr.finetune import merge_checkpoint
+
+    rank = merge_checkpoint(args.checkpoint, args.out)
+    print(f"{args.checkpoint} (adapters of rank {rank} merged) -> {args.out}")
+
+
 @verb(app)
 def evaluate(args: EvaluateArgs, common: Common) -> None:
     """Word and character error rates, results.csv per file, and the worst utterances."""
@@ -206,8 +277,10 @@ def evaluate(args: EvaluateArgs, common: Common) -> None:
 
     from lbdl_apps.asr.metrics import worst
     from lbdl_apps.asr.task import evaluate as run
+    from lbdl_apps.asr.whisper_transcribe import long_form_of, using
 
-    result = run(args, common)
+    with using(long_form_of(args)):  # Whisper models decode with these options
+        result = run(args, common)
     console = Console(quiet=common.quiet)
     if args.show:
         table = Table("file", "reference", "hypothesis", "WER", title="worst utterances")
@@ -217,3 +290,14 @@ def evaluate(args: EvaluateArgs, common: Common) -> None:
     scores = result.scores
     print(f"wer {scores['wer']:.4f} cer {scores['cer']:.4f} ({len(result.rows)} utterances)")
     console.print(f"results: {result.folder}")
+
+
+@verb(app)
+def export(args: options.ExportArgs, common: Common) -> None:
+    """Export the encoder, the decoder's cross-attention cache and its decoding step (ONNX,
+    TorchScript or an exported program; int8 with --quantize) with a model.json."""
+    from lbdl_apps.asr.api import load
+    from lbdl_apps.asr.export import deployment
+    from lbdl_apps.core.export import run_export
+
+    run_export(args, lambda checkpoint: deployment(load(checkpoint)))

@@ -44,6 +44,9 @@ class RecognizerConfig:
     dropout: float = 0.0
     frontend: str = "conv1d"
     architecture: str = "lbdl"  # or "whisper": OpenAI's Whisper (its weights load as they are)
+    encoder_window: float | None = None  # seconds the encoder sees (None: all; Whisper: 30)
+    lora_rank: int = 0  # low-rank adapters on the projections (lora.py, book 8.3); 0: none
+    lora_alpha: float = 0.0  # the adapters' update is scaled by lora_alpha / lora_rank
 
 
 def default_config(
@@ -211,7 +214,10 @@ class SpeechRecognizer(nn.Module):
                 module.reset_parameters()
 
     def encode(self, mel: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Audio features and their padding mask (None when nothing is padded)."""
+        """Audio features and their padding mask (None when nothing is padded). A model
+        trained on a shortened window (`encoder_window`) sees the first frames of it."""
+        if self.config.encoder_window is not None and frames is None:
+            mel = shorten_window(mel, self.config.encoder_window, strict=True)
         audio, padding = self.encoder(mel, frames)
         return audio, padding if padding is not None and padding.any() else None
 
@@ -222,6 +228,27 @@ class SpeechRecognizer(nn.Module):
 
 
 ARCHITECTURES = ("lbdl", "whisper")
+FRAMES_PER_SECOND = 100  # 10 ms log-mel frames
+
+
+def window_frames(seconds: float) -> int:
+    """The log-mel frames of an encoder window of `seconds`: an even count (the conv1d front
+    end halves it), at least 2."""
+    return max(2, 2 * round(seconds * FRAMES_PER_SECOND / 2))
+
+
+def shorten_window(mel: Tensor, seconds: float, strict: bool = False) -> Tensor:
+    """A shortened encoder window (issue 25): the first `seconds` of (..., n_mels, T) log-mel
+    windows (30-s Whisper windows, zero-padded as Whisper pads them), zero-padded up to that
+    length when shorter. The encoder slices its positional embedding to the frames it is
+    given, so a short clip costs ~seconds / 30 of the 30-s encoder. `strict`: an LbdlError
+    when audio (frames not zero) lies beyond the window, rather than dropping it."""
+    frames = window_frames(seconds)
+    if strict and mel.shape[-1] > frames and bool(mel[..., frames:].abs().amax() > 0):
+        raise LbdlError(f"audio longer than the model's {seconds:g}-s encoder window (it "
+                        "was fine-tuned on short clips: cut the audio to that length)")  # fmt: skip
+    mel = mel[..., :frames]
+    return F.pad(mel, (0, frames - mel.shape[-1])) if mel.shape[-1] < frames else mel
 
 
 def build_model(config: RecognizerConfig) -> SpeechRecognizer:
@@ -230,4 +257,9 @@ def build_model(config: RecognizerConfig) -> SpeechRecognizer:
         raise LbdlError(f"architecture {config.architecture!r}: not one this lbdl knows")
     if config.architecture == "whisper" and config.frontend != "conv1d":
         raise LbdlError(f"a Whisper model has the conv1d front end, not {config.frontend}")
-    return SpeechRecognizer(config)
+    model = SpeechRecognizer(config)
+    if config.lora_rank:
+        from lbdl_apps.asr.lora import add_lora
+
+        add_lora(model, config.lora_rank, config.lora_alpha)
+    return model

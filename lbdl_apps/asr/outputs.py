@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from lbdl_apps.asr.api import Transcript
+from lbdl_apps.asr.api import Transcript, Word
 from lbdl_apps.core.outputs import OutputNames, atomic_path, json_text
 
 FORMATS = ("txt", "json", "srt", "vtt")
@@ -20,18 +20,43 @@ def timestamp(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
+def cues(transcript: Transcript) -> list[tuple[float, float, str, list[Word]]]:
+    """The subtitle cues: one per segment with text, from its first word's start to its last
+    word's end when it has words (openai-whisper's writers), with its words."""
+    found = []
+    for s in transcript.segments:
+        text = s.text.strip().replace("-->", "->")
+        if not text:
+            continue
+        words = [w for w in s.words or [] if w.word.strip()]
+        start, end = (words[0].start, words[-1].end) if words else (s.start, s.end)
+        found.append((start, end, text, words))
+    return found
+
+
 def to_srt(transcript: Transcript) -> str:
-    cues = [s for s in transcript.segments if s.text]
     return "".join(
-        f"{n}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n{s.text}\n\n"
-        for n, s in enumerate(cues, 1)
+        f"{n}\n{timestamp(start, ',')} --> {timestamp(end, ',')}\n{text}\n\n"
+        for n, (start, end, text, _) in enumerate(cues(transcript), 1)
     )
 
 
+def karaoke(words: list[Word]) -> str:
+    """A cue's words with WebVTT cue timestamps: each word after the first preceded by
+    <hh:mm:ss.mmm>, its start."""
+    parts = [words[0].word.strip()]
+    for w in words[1:]:
+        space = " " if w.word.startswith(" ") else ""
+        parts.append(f"{space}<{timestamp(w.start, '.')}>{w.word.strip()}")
+    return "".join(parts).replace("-->", "->")
+
+
 def to_vtt(transcript: Transcript) -> str:
-    cues = [s for s in transcript.segments if s.text]
+    """WebVTT: one cue per segment; with word timestamps, each word's start inside it."""
     body = "".join(
-        f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{s.text}\n\n" for s in cues
+        f"{timestamp(start, '.')} --> {timestamp(end, '.')}\n"
+        f"{karaoke(words) if words else text}\n\n"
+        for start, end, text, words in cues(transcript)
     )
     return f"WEBVTT\n\n{body}"
 
@@ -40,7 +65,11 @@ def render(transcript: Transcript, kind: str) -> str:
     if kind == "txt":
         return transcript.text + "\n"
     if kind == "json":
-        return json_text(asdict(transcript), indent=1) + "\n"
+        record = asdict(transcript)
+        for segment in record["segments"]:
+            if segment.get("words") is None:
+                segment.pop("words", None)  # no word timestamps asked for
+        return json_text(record, indent=1) + "\n"
     return to_srt(transcript) if kind == "srt" else to_vtt(transcript)
 
 

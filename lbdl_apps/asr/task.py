@@ -10,21 +10,23 @@ from typing import Any
 
 from torch import nn
 
+from lbdl_apps.asr import finetune
 from lbdl_apps.asr.adapt import token_prior
 from lbdl_apps.asr.api import TASK, load
 from lbdl_apps.asr.audio import HOP, N_FFT, N_MELS, NORMALIZATIONS, SAMPLE_RATE
 from lbdl_apps.asr.augment import Augment
 from lbdl_apps.asr.cli import EvaluateArgs, TrainArgs
 from lbdl_apps.asr.data import SpeechData, SpeechDataset, data_for, make_collate
-from lbdl_apps.asr.loss import speech_loss
+from lbdl_apps.asr.loss import speech_loss, whisper_loss
 from lbdl_apps.asr.metrics import Scored, evaluate_utterances, validation_fn, write_results
 from lbdl_apps.asr.model import RecognizerConfig, build_model, default_config
 from lbdl_apps.asr.tokenizer import TextTokenizer
+from lbdl_apps.asr.whisper_tokenizer import WhisperTokenizer
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.evaluation import split_label, split_names
 from lbdl_apps.core.options import Common
 from lbdl_apps.core.outputs import output_folder, write_json
-from lbdl_apps.core.run import Finished, SupervisedTask, TrainingSets, run_training
+from lbdl_apps.core.run import Finished, Phase, SupervisedTask, TrainingSets, run_training
 from lbdl_apps.core.train_state import Monitor
 
 # What a checkpoint keeps to rebuild its data's splits, beside the data, seed and val_fraction.
@@ -36,17 +38,23 @@ class AsrData:
     """The utterances of a run and the tokenizer learnt on its training transcripts."""
 
     speech: SpeechData
-    tokenizer: TextTokenizer
+    tokenizer: TextTokenizer | WhisperTokenizer
 
 
 class AsrTask(SupervisedTask[TrainArgs, AsrData]):
     """Teacher-forced cross-entropy of the transcripts' tokens; the best epoch has the lowest
-    validation WER (a tie going to the lower validation loss)."""
+    validation WER (a tie going to the lower validation loss). With --init, a Whisper model
+    fine-tuned (finetune.py)."""
 
     name = TASK
     monitor = Monitor("val_wer", "min")
+    start: finetune.Start | None = None
+    """The Whisper model a fine-tuning run starts from (--init)."""
 
     def check(self, args: TrainArgs) -> None:
+        finetune.check_args(args)
+        if args.init is not None:
+            return
         default_config(args.model, 0, frontend=args.frontend)  # an unknown model or front end
         if args.normalization not in NORMALIZATIONS:
             raise LbdlError(
@@ -56,6 +64,8 @@ class AsrTask(SupervisedTask[TrainArgs, AsrData]):
             raise LbdlError(f"--split-by {args.split_by}: choose random or speaker")
 
     def load_data(self, args: TrainArgs, seed: int) -> AsrData:
+        if args.init is not None:  # a wrong --init before any data is read
+            self.start = finetune.read_start(args.init)
         speech = data_for(asdict(args), seed, args.skip_bad)
         if not speech.train:
             raise LbdlError(f"{speech.source}: no training utterances")
@@ -64,10 +74,15 @@ class AsrTask(SupervisedTask[TrainArgs, AsrData]):
             f"data: {speech.source}; {len(speech.train)} train, {len(speech.val)} val, "
             f"{len(speech.test)} test utterances{held}"
         )
+        if self.start is not None:
+            self.say(f"fine-tuning {args.init} ({self.start.config.name})")
+            return AsrData(speech, self.start.tokenizer)
         tokenizer = TextTokenizer.train((u.text for u in speech.train), args.vocab_size)
         return AsrData(speech, tokenizer)
 
     def model_config(self, args: TrainArgs, data: AsrData) -> RecognizerConfig:
+        if self.start is not None:
+            return finetune.config_for(self.start, args)
         config = default_config(args.model, data.tokenizer.vocab_size, args.max_tokens,
                                 args.frontend)  # fmt: skip
         overrides = {"dim": args.width, "heads": args.heads}
@@ -80,24 +95,60 @@ class AsrTask(SupervisedTask[TrainArgs, AsrData]):
 
     build_model = staticmethod(build_model)
 
+    def initialize(self, model: nn.Module, args: TrainArgs, data: AsrData) -> None:
+        if self.start is not None:
+            finetune.initialize(model, self.start)
+
+    def phases(self, args: TrainArgs, model: nn.Module) -> list[Phase]:
+        """With --init: the parameters that train chosen (--lora, --freeze-encoder)."""
+        if args.init is None:
+            return [Phase(args)]
+
+        def prepare(model: nn.Module) -> None:
+            self.say(finetune.freeze(model, args.lora is not None, args.freeze_encoder))
+
+        return [Phase(args, prepare=prepare)]
+
     def datasets(self, args: TrainArgs, data: AsrData, model: nn.Module) -> TrainingSets:
         tokenizer, speech = data.tokenizer, data.speech
         augment = Augment(
             args.speed, args.noise_snr, args.freq_masks, args.time_masks, args.stretch,
             args.warp, args.eq,
         )  # fmt: skip
+        if isinstance(tokenizer, WhisperTokenizer):
+            return self._whisper_sets(data, model.config, augment)  # type: ignore[arg-type]
         train = SpeechDataset(speech.train, tokenizer, augment if augment != Augment() else None,
                               args.normalization)  # fmt: skip
         val = SpeechDataset(speech.val, tokenizer, None, args.normalization) if speech.val else None
         return TrainingSets(train, val, make_collate(tokenizer.sot, tokenizer.pad))
 
+    def _whisper_sets(self, data: AsrData, config: RecognizerConfig,
+                      augment: Augment) -> TrainingSets:  # fmt: skip
+        """Whisper's log-mel windows and token sequences (waveform augmentation only)."""
+        speech, tokenizer = data.speech, data.tokenizer
+        assert isinstance(tokenizer, WhisperTokenizer)
+        finetune.check_clips(speech.train + speech.val + speech.test, config.encoder_window)
+        waves = Augment(speed=augment.speed, noise_snr=augment.noise_snr)
+        train = finetune.WhisperSpeechDataset(speech.train, tokenizer, config,
+                                              waves if waves != Augment() else None,
+                                              finetune.TIMESTAMPED)  # fmt: skip
+        val = finetune.WhisperSpeechDataset(speech.val, tokenizer, config) if speech.val else None
+        return TrainingSets(train, val, finetune.make_collate(tokenizer.eot))
+
     def loss(self, args: TrainArgs, data: AsrData):
-        return partial(speech_loss, label_smoothing=args.label_smoothing)
+        loss = whisper_loss if args.init is not None else speech_loss
+        return partial(loss, label_smoothing=args.label_smoothing)
 
     def evaluator(self, args: TrainArgs, data: AsrData, model: nn.Module):
-        return validation_fn(data.tokenizer, args.max_tokens)
+        if self.start is not None:
+            return finetune.validation_fn(self.start.tokenizer, self.start.suppress)
+        return validation_fn(data.tokenizer, args.max_tokens)  # type: ignore[arg-type]
 
     def metadata(self, args: TrainArgs, data: AsrData) -> dict[str, Any]:
+        if self.start is not None:
+            window = finetune.config_for(self.start, args).encoder_window
+            settings = {k: getattr(args, k) for k in SPLIT_SETTINGS}
+            return {**finetune.metadata(self.start, window), **settings, "init": self.start.name}
         preprocessing = {"sample_rate": SAMPLE_RATE, "n_mels": N_MELS, "n_fft": N_FFT,
                          "hop": HOP, "normalization": args.normalization}  # fmt: skip
         return {
@@ -138,9 +189,10 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     results.csv (one row per file). --data is read whole: no test or validation share is
     split off it (its utterances are all in "train")."""
     folder = output_folder(args.checkpoint, args.out, exist_ok=args.exist_ok)
-    recognizer = load(args.checkpoint, common.torch_device())
+    recognizer = load(args.checkpoint, common.torch_device(), args)
     meta = recognizer.meta
-    if args.data is None and "whisper" in meta:
+    fine_tuned = "init" in meta.get("whisper", {})  # a Whisper model trained here has data
+    if args.data is None and "whisper" in meta and not fine_tuned:
         raise LbdlError(f"{args.checkpoint}: a Whisper model has no data of its own: give --data")
     settings: dict[str, Any] = dict(meta)
     if args.data is not None:

@@ -1,12 +1,14 @@
 """A Whisper model ready to transcribe (book 6.5): the same interface as the `Recognizer` of
-lbdl's own models (api.py), with Whisper's front end (whisper_log_mel, 30-s windows) and
-Whisper's decoding (whisper_decode.py). Files are cut into consecutive 30-s windows, decoded
-in batches across files; a window Whisper would call silent (no-speech probability above
-the threshold and average log-probability below -1) gets no text."""
+lbdl's own models (api.py), with Whisper's front end (whisper_log_mel) and Whisper's
+decoding: each file transcribed as openai-whisper's transcribe() does (whisper_transcribe.py:
+30-s windows read at `seek`, timestamp segments, temperature fallback, the previous text as
+prompt), the files' windows decoded in batches; word timestamps (whisper_timing.py) and
+Silero VAD (vad.py) on request."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +16,20 @@ import torch
 from torch import Tensor
 
 from lbdl_apps.asr.api import Segment, Transcript
-from lbdl_apps.asr.audio import HOP, N_FFT, SAMPLE_RATE, WINDOW_FRAMES, pad_frames, read_audio
+from lbdl_apps.asr.audio import HOP, N_FFT, SAMPLE_RATE, read_audio
 from lbdl_apps.asr.model import SpeechRecognizer
 from lbdl_apps.asr.normalize import normalize_english
 from lbdl_apps.asr.whisper_decode import Decoded, WhisperOptions, decode
 from lbdl_apps.asr.whisper_tokenizer import WhisperTokenizer
+from lbdl_apps.asr.whisper_transcribe import (
+    BEST_OF,
+    LongForm,
+    Stream,
+    detect_languages,
+    run_streams,
+)
 from lbdl_apps.core.batch import BatchReport, read_batches
 from lbdl_apps.core.errors import LbdlError
-
-LOGPROB_THRESHOLD = -1.0  # openai-whisper's: a window this confident is never silent
 
 
 def whisper_mel(wave: np.ndarray, n_mels: int) -> Tensor:
@@ -32,6 +39,15 @@ def whisper_mel(wave: np.ndarray, n_mels: int) -> Tensor:
 
     padded = wave if len(wave) >= N_FFT else np.pad(wave, (0, N_FFT - len(wave)))
     return whisper_log_mel(padded, n_mels)[:, : len(wave) // HOP]
+
+
+def clip_times(segments: list[Segment], duration: float) -> None:
+    """Times past the end of the audio (a last window's timestamps may run on to 30 s) set
+    to its end."""
+    for segment in segments:
+        segment.start, segment.end = min(segment.start, duration), min(segment.end, duration)
+        for word in segment.words or []:
+            word.start, word.end = min(word.start, duration), min(word.end, duration)
 
 
 class WhisperRecognizer:
@@ -46,6 +62,7 @@ class WhisperRecognizer:
         self.tokenizer = WhisperTokenizer.from_json(meta["tokenizer"])
         info = meta.get("whisper", {})
         self.suppress = list(info.get("suppress_tokens") or self.tokenizer.suppress_tokens())
+        self.alignment_heads = [tuple(h) for h in info.get("alignment_heads") or []]
         self.n_mels = model.config.n_mels
 
     def options(
@@ -60,6 +77,29 @@ class WhisperRecognizer:
         mel = torch.stack(windows).to(self.device)
         return decode(self.model, self.tokenizer, mel, self.suppress, options)
 
+    def long_form(
+        self,
+        beam_size: int = 1,
+        no_speech_threshold: float = 0.6,
+        language: str | None = None,
+        task: str = "transcribe",
+        long_form: LongForm | None = None,
+    ) -> LongForm:
+        """`long_form`, or openai-whisper's defaults with these options; checked."""
+        if long_form is None:
+            from lbdl_apps.asr.whisper_transcribe import current_long_form
+
+            long_form = current_long_form() or LongForm(
+                decoding=WhisperOptions(
+                    language=language, task=task, beam_size=beam_size, best_of=BEST_OF
+                ),
+                no_speech_threshold=no_speech_threshold,
+            )
+        long_form.decoding.check(self.tokenizer)
+        if long_form.word_timestamps and not self.alignment_heads:
+            raise LbdlError("--word-timestamps: the checkpoint names no alignment heads")
+        return long_form
+
     def transcribe_waves(
         self,
         waves: list[np.ndarray],
@@ -68,28 +108,50 @@ class WhisperRecognizer:
         no_speech_threshold: float = 0.6,
         language: str | None = None,
         task: str = "transcribe",
+        long_form: LongForm | None = None,
     ) -> list[list[Segment]]:
-        """Segments of each 16 kHz waveform: consecutive 30-s windows of its log-mel
-        spectrogram, decoded in batches across waveforms."""
-        options = self.options(beam_size, language, task)
-        pieces = []  # (waveform, first frame, window)
-        for i, wave in enumerate(waves):
-            mel = whisper_mel(wave, self.n_mels)
-            for first in range(0, mel.shape[-1], WINDOW_FRAMES):
-                pieces.append((i, first, pad_frames(mel[:, first : first + WINDOW_FRAMES])))
-        segments: list[list[Segment]] = [[] for _ in waves]
-        for start in range(0, len(pieces), batch_size):
-            chunk = pieces[start : start + batch_size]
-            found = self.decode([window for *_, window in chunk], options)
-            for (i, first, _), result in zip(chunk, found, strict=True):
-                silent = (result.no_speech_prob > no_speech_threshold
-                          and result.avg_logprob < LOGPROB_THRESHOLD)  # fmt: skip
-                begin, samples = first * HOP / SAMPLE_RATE, len(waves[i]) / SAMPLE_RATE
-                end = min(samples, (first + WINDOW_FRAMES) * HOP / SAMPLE_RATE)
-                text = "" if silent else result.text
-                segments[i].append(Segment(begin, end, text, result.avg_logprob,
-                                           result.no_speech_prob))  # fmt: skip
-        return segments
+        """Segments of each 16 kHz waveform, each transcribed as openai-whisper's
+        transcribe(), the windows of all of them decoded in batches (`long_form`, when given,
+        replaces the other options)."""
+        return [t.segments for t in self.transcribe_audio(
+            waves, batch_size, self.long_form(beam_size, no_speech_threshold, language, task,
+                                              long_form))]  # fmt: skip
+
+    def transcribe_audio(
+        self, waves: list[np.ndarray], batch_size: int, long_form: LongForm
+    ) -> list[Transcript]:
+        """Transcripts (no path) of 16 kHz waveforms; with `long_form.vad`, of their speech
+        only, the times mapped back onto the whole waveforms."""
+        maps = None
+        if long_form.vad:
+            from lbdl_apps.asr.vad import speech_only
+
+            waves, maps = speech_only(waves)
+        language = long_form.decoding.language
+        streams = [Stream(whisper_mel(w, self.n_mels), self.tokenizer, long_form, language)
+                   for w in waves]  # fmt: skip
+        detect_languages(self.model, self.tokenizer, streams)
+        align = None
+        if long_form.word_timestamps:
+            from lbdl_apps.asr.whisper_timing import Aligner
+
+            align = Aligner(
+                self.model,
+                self.tokenizer,
+                self.alignment_heads,
+                long_form.prepend_punctuations,
+                long_form.append_punctuations,
+            )
+        run_streams(streams, self.decode, batch_size, align)
+        results = []
+        for i, (wave, stream) in enumerate(zip(waves, streams, strict=True)):
+            segments = stream.segments
+            duration = len(wave) / SAMPLE_RATE
+            if maps is not None:
+                segments, duration = maps[i].restore(segments), maps[i].duration
+            clip_times(segments, duration)
+            results.append(Transcript("", stream.text(), duration, segments, stream.language))
+        return results
 
     def transcribe(
         self,
@@ -102,18 +164,17 @@ class WhisperRecognizer:
         adapt_passes: int = 0,
         language: str | None = None,
         task: str = "transcribe",
+        long_form: LongForm | None = None,
     ) -> list[Transcript]:
         """Transcripts of audio files; unreadable files go to `report` (or raise)."""
         if adapt or adapt_passes:
             self.adapt([], batch_size, adapt_passes)
-        self.options(beam_size, language, task)  # bad options: before any file is read
+        chosen = self.long_form(beam_size, no_speech_threshold, language, task, long_form)
         results = []
         for names, waves in read_batches(list(paths), read_audio, batch_size, report):
-            found = self.transcribe_waves(waves, beam_size, batch_size, no_speech_threshold,
-                                          language, task)  # fmt: skip
-            for name, wave, segments in zip(names, waves, found, strict=True):
-                text = " ".join(s.text for s in segments if s.text)
-                results.append(Transcript(str(name), text, len(wave) / SAMPLE_RATE, segments))
+            for name, found in zip(names, self.transcribe_audio(waves, batch_size, chosen),
+                                   strict=True):  # fmt: skip
+                results.append(replace(found, path=str(name)))
         return results
 
     def adapt(self, waves: Iterable[np.ndarray], batch_size: int = 16, passes: int = 0) -> int:

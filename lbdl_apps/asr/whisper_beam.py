@@ -105,12 +105,20 @@ def _ranked(
                     break
         candidates = [list(s[begin : s.index(eot, begin)]) for s in sequences]
         logprobs = list(sequences.values())
-        scores = []
-        for logprob, candidate in zip(logprobs, candidates, strict=True):
-            length = len(candidate)
-            penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
-            scores.append(logprob / penalty)
-        chosen = int(np.argmax(scores))
+        chosen = ranked_best(candidates, logprobs, length_penalty)
         best_tokens.append(candidates[chosen])
         best_sums.append(logprobs[chosen])
     return best_tokens, best_sums
+
+
+def ranked_best(
+    candidates: list[list[int]], logprobs: list[float], length_penalty: float | None
+) -> int:
+    """The index of the best candidate by Whisper's MaximumLikelihoodRanker: summed
+    log-probability / length, or / Google NMT's ((5 + length) / 6) ** length_penalty."""
+    scores = []
+    for logprob, candidate in zip(logprobs, candidates, strict=True):
+        length = len(candidate)
+        penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
+        scores.append(logprob / penalty)
+    return int(np.argmax(scores))

@@ -1,38 +1,47 @@
 """Decoding a Whisper model as openai-whisper's `decode` does (book 6.5, 7.1), on a batch of
-30-second windows: the prompt (start of transcript, language, task, no-timestamps), language
-detection for multilingual models, the logit filters (blank and Whisper's suppressed tokens),
-then greedy or beam search on the core KVCache, ranked as Whisper ranks (sum of
-log-probabilities / length). Ties and the order of candidates follow Whisper's code, so the
-same weights give the same tokens."""
+30-second windows: the prompt (the previous text after <|startofprev|>, start of transcript,
+language, task, no-timestamps), language detection for multilingual models, the logit
+filters (whisper_filters.py: blank, suppressed tokens, timestamp rules), then greedy
+decoding, sampling at a temperature (best of N), or beam search on the core KVCache, ranked
+as Whisper ranks (sum of log-probabilities / length). Ties and the order of candidates follow
+Whisper's code, so the same weights give the same tokens."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from lbdl_apps.asr.model import SpeechRecognizer
+from lbdl_apps.asr.whisper_filters import Filters, TimestampRules
 from lbdl_apps.asr.whisper_tokenizer import WhisperTokenizer
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.layers import KVCache
 
 TASKS = ("transcribe", "translate")
+SEED = 0  # of the sampling at temperatures above 0
+CHUNK_S = 30.0  # a window's seconds: timestamps are in steps of CHUNK_S / encoder positions
 
 
 @dataclass(frozen=True)
 class WhisperOptions:
-    """How a window is decoded (the part of openai-whisper's DecodingOptions used here)."""
+    """How a window is decoded (openai-whisper's DecodingOptions, less its prefix)."""
 
     language: str | None = None  # None: English (.en models) or detected (multilingual)
     task: str = "transcribe"  # or translate (into English)
-    beam_size: int = 1  # 1: greedy
+    temperature: float = 0.0  # 0: the likeliest token; above: sampled at this temperature
+    best_of: int | None = None  # temperature > 0: samples per window, the likeliest kept
+    beam_size: int = 1  # temperature 0: 1 is greedy, more a beam search
     patience: float = 1.0  # beam search: finished candidates to wait for, x beam_size
     length_penalty: float | None = None  # None: rank by log-probability / length
     sample_len: int | None = None  # most tokens to write (default: half the text context)
+    prompt: tuple[int, ...] = ()  # the previous text's tokens, after <|startofprev|>
     suppress_blank: bool = True  # no space or end of text as the first token
     suppress_tokens: tuple[int, ...] | None = None  # None: the model's (Whisper's "-1")
     without_timestamps: bool = True  # the <|notimestamps|> prompt: text tokens only
+    max_initial_timestamp: float | None = 1.0  # the first timestamp at most this (seconds)
 
     def check(self, tokenizer: WhisperTokenizer) -> None:
         """LbdlErrors for options the model cannot follow."""
@@ -44,13 +53,21 @@ class WhisperOptions:
             raise LbdlError(f"{what}: an English-only (.en) Whisper model transcribes English")
         if self.language is not None:
             tokenizer.language_token(self.language)  # an unknown language
-        if not self.without_timestamps:
-            raise LbdlError("timestamp tokens are not decoded yet")  # long-form decoding's
+        if self.length_penalty is not None and not 0 <= self.length_penalty <= 1:
+            raise LbdlError(f"--length-penalty {self.length_penalty}: between 0 and 1")
+        if self.temperature < 0:
+            raise LbdlError(f"temperature {self.temperature}: at least 0")
+
+    @property
+    def group(self) -> int:
+        """Candidates per window: beams at temperature 0, samples above (Whisper's n_group)."""
+        return self.beam_size if self.temperature == 0 else (self.best_of or 1)
 
 
 @dataclass
 class Decoded:
-    """One window's result: the text tokens, their text and scores, the language."""
+    """One window's result: the sampled tokens (timestamps included), their text and
+    scores, the language, the temperature; `audio` is the window's encoded audio."""
 
     tokens: list[int]
     text: str
@@ -58,6 +75,14 @@ class Decoded:
     no_speech_prob: float
     language: str | None
     sum_logprob: float
+    temperature: float = 0.0
+    audio: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def compression_ratio(self) -> float:
+        """The text's bytes over its zlib-compressed bytes (Whisper's repetition test)."""
+        raw = self.text.encode("utf-8")
+        return len(raw) / len(zlib.compress(raw))
 
 
 @torch.no_grad()
@@ -71,27 +96,11 @@ def detect_language(model: SpeechRecognizer, tokenizer: WhisperTokenizer, audio:
     return languages.argmax(-1) + first
 
 
-class Filters:
-    """Whisper's logit filters, applied in place to (B, vocab) logits before each choice:
-    no blank (space or end of text) as the first token, and the suppressed tokens always."""
-
-    def __init__(self, tokenizer: WhisperTokenizer, suppress: list[int], options: WhisperOptions,
-                 sample_begin: int) -> None:  # fmt: skip
-        self.blank = [*tokenizer.encode(" "), tokenizer.eot] if options.suppress_blank else []
-        self.suppress = list(suppress)
-        self.sample_begin = sample_begin
-
-    def __call__(self, logits: Tensor, tokens: Tensor) -> None:
-        if self.blank and tokens.shape[1] == self.sample_begin:
-            logits[:, self.blank] = float("-inf")
-        if self.suppress:
-            logits[:, self.suppress] = float("-inf")
-
-
 @dataclass
 class Search:
     """What a search needs besides the tokens: the encoded audio, its cache, the filters,
-    the end token, how many tokens to write at most and the text context."""
+    the end token, how many tokens to write at most, where <|startoftranscript|> is (its
+    next-token distribution gives the no-speech probability) and the no-speech token."""
 
     model: SpeechRecognizer
     audio: Tensor
@@ -121,15 +130,27 @@ class Search:
         return tokens.shape[-1] > self.model.decoder.max_len
 
 
-def greedy(search: Search, tokens: Tensor) -> tuple[list[list[int]], list[float]]:
-    """The most likely token at each step (openai-whisper's GreedyDecoder at temperature 0):
-    each window's sampled tokens up to its end token, and their summed log-probabilities."""
+def sample(
+    search: Search, tokens: Tensor, temperature: float = 0.0
+) -> tuple[list[list[int]], list[float]]:
+    """The most likely token at each step, or one sampled at `temperature` (openai-whisper's
+    GreedyDecoder): each row's sampled tokens up to its end token, and their summed
+    log-probabilities. Samples are drawn by the Gumbel-max trick (the argmax of the logits
+    / temperature plus Gumbel noise: the same distribution as Whisper's Categorical, without
+    its slow multinomial over 51k tokens) from a generator seeded with `SEED`, so that the
+    same audio gives the same text."""
     eot = search.eot
     sum_logprobs = torch.zeros(tokens.shape[0], device=tokens.device)
     begin = tokens.shape[1]
+    generator = torch.Generator(tokens.device).manual_seed(SEED) if temperature > 0 else None
     for step in range(search.sample_len):
         logits = search.logits(tokens, step)
-        chosen = logits.argmax(-1)
+        if temperature == 0:
+            chosen = logits.argmax(-1)
+        else:
+            uniform = torch.rand(logits.shape, generator=generator, device=logits.device)
+            gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
+            chosen = (logits / temperature + gumbel).argmax(-1)
         logprobs = logits.log_softmax(-1)
         current = logprobs[torch.arange(logprobs.shape[0]), chosen]
         sum_logprobs += current * (tokens[:, -1] != eot)
@@ -141,20 +162,46 @@ def greedy(search: Search, tokens: Tensor) -> tuple[list[list[int]], list[float]
     return [row[: row.index(eot)] if eot in row else row for row in rows], sum_logprobs.tolist()
 
 
-def prompt(
-    model: SpeechRecognizer, tokenizer: WhisperTokenizer, audio: Tensor, options: WhisperOptions
-) -> tuple[Tensor, list[str]]:
-    """Each window's prompt (B, L) and language: start of transcript, [language, task,]
-    [no timestamps]; the language detected where a multilingual model was not told it."""
+def initial_tokens(
+    tokenizer: WhisperTokenizer, options: WhisperOptions, n_ctx: int
+) -> tuple[list[int], int]:
+    """Whisper's initial tokens: [<|startofprev|>, the last n_ctx / 2 - 1 previous tokens,]
+    the start-of-transcript sequence [, <|notimestamps|>]; and where <|startoftranscript|> is."""
     tokens = tokenizer.sot_sequence(options.language, options.task)
     if options.without_timestamps:
         tokens = [*tokens, tokenizer.no_timestamps]
+    if options.prompt:
+        tokens = [tokenizer.sot_prev, *list(options.prompt)[-(n_ctx // 2 - 1) :], *tokens]
+    return tokens, tokens.index(tokenizer.sot)
+
+
+def prompt(
+    model: SpeechRecognizer, tokenizer: WhisperTokenizer, audio: Tensor, options: WhisperOptions
+) -> tuple[Tensor, list[str], int]:
+    """Each window's initial tokens (B, L), its language, and the index of
+    <|startoftranscript|>; the language detected where a multilingual model was not told it."""
+    tokens, sot_index = initial_tokens(tokenizer, options, model.decoder.max_len)
     batch = torch.tensor([tokens] * audio.shape[0], device=audio.device)
     if not tokenizer.multilingual:
-        return batch, ["en"] * audio.shape[0]
+        return batch, ["en"] * audio.shape[0], sot_index
     if options.language is None:
-        batch[:, 1] = detect_language(model, tokenizer, audio)
-    return batch, [tokenizer.languages[t - tokenizer.sot - 1] for t in batch[:, 1].tolist()]
+        batch[:, sot_index + 1] = detect_language(model, tokenizer, audio)
+    codes = batch[:, sot_index + 1].tolist()
+    return batch, [tokenizer.languages[t - tokenizer.sot - 1] for t in codes], sot_index
+
+
+def filters_for(
+    tokenizer: WhisperTokenizer, suppress: list[int], options: WhisperOptions, begin: int, ctx: int
+) -> Filters:
+    """The filters of `options` for windows whose sampling begins at token `begin`, with an
+    encoder of `ctx` positions (timestamps every CHUNK_S / ctx seconds)."""
+    rules = None
+    if not options.without_timestamps:
+        latest = options.max_initial_timestamp
+        index = round(latest / (CHUNK_S / ctx)) if latest else None
+        rules = TimestampRules(tokenizer, begin, index)
+    suppressed = list(options.suppress_tokens or suppress)
+    return Filters(tokenizer, suppressed, begin, options.suppress_blank, rules)
 
 
 def decode(
@@ -165,25 +212,41 @@ def decode(
     options: WhisperOptions,
 ) -> list[Decoded]:
     """Decode a batch of (B, n_mels, 3000) log-mel windows as openai-whisper's `decode`:
-    the encoder once, the prompt, then greedy or beam search (beam_size > 1)."""
+    the encoder once, the prompt, then greedy decoding, best-of-N sampling or beam search."""
     options.check(tokenizer)
     with torch.no_grad():
-        audio = model.encode(mel)[0]
-        tokens, languages = prompt(model, tokenizer, audio, options)
+        encoded = model.encode(mel)[0]
+        tokens, languages, sot_index = prompt(model, tokenizer, encoded, options)
         sample_len = options.sample_len or model.decoder.max_len // 2
-        suppressed = list(options.suppress_tokens or suppress)
-        filters = Filters(tokenizer, suppressed, options, tokens.shape[1])
-        k = options.beam_size
-        if k > 1:
-            audio, tokens = audio.repeat_interleave(k, 0), tokens.repeat_interleave(k, 0)
-        search = Search(model, audio, filters, tokenizer.eot, sample_len, 0, tokenizer.no_speech)
-        if k > 1:
+        filters = filters_for(tokenizer, suppress, options, tokens.shape[1], encoded.shape[1])
+        k = options.group
+        audio = encoded.repeat_interleave(k, 0) if k > 1 else encoded
+        tokens = tokens.repeat_interleave(k, 0) if k > 1 else tokens
+        search = Search(model, audio, filters, tokenizer.eot, sample_len, sot_index,
+                        tokenizer.no_speech)  # fmt: skip
+        if options.temperature == 0 and k > 1:
             from lbdl_apps.asr.whisper_beam import beam_search
 
             found, sums = beam_search(search, tokens, k, options)
-            no_speech = search.no_speech_probs[::k]
         else:
-            found, sums = greedy(search, tokens)
-            no_speech = search.no_speech_probs
-    return [Decoded(t, tokenizer.decode(t).strip(), s / (len(t) + 1), p, lang, s)
-            for t, s, p, lang in zip(found, sums, no_speech, languages, strict=True)]  # fmt: skip
+            found, sums = sample(search, tokens, options.temperature)
+            if k > 1:
+                found, sums = best_of(found, sums, k, options.length_penalty)
+        no_speech = search.no_speech_probs[::k]
+    return [Decoded(t, tokenizer.decode(t).strip(), s / (len(t) + 1), p, lang, s,
+                    options.temperature, a)
+            for t, s, p, lang, a in zip(found, sums, no_speech, languages, encoded,
+                                        strict=True)]  # fmt: skip
+
+
+def best_of(
+    found: list[list[int]], sums: list[float], k: int, length_penalty: float | None
+) -> tuple[list[list[int]], list[float]]:
+    """Each window's best of its k samples (Whisper's MaximumLikelihoodRanker)."""
+    from lbdl_apps.asr.whisper_beam import ranked_best
+
+    chosen = [ranked_best(found[i : i + k], sums[i : i + k], length_penalty)
+              for i in range(0, len(found), k)]  # fmt: skip
+    return [found[i * k + c] for i, c in enumerate(chosen)], [
+        sums[i * k + c] for i, c in enumerate(chosen)
+    ]

@@ -17,6 +17,7 @@ import pytest
 import soundfile
 
 from lbdl_apps.asr.api import load
+from lbdl_apps.asr.whisper_transcribe import LongForm
 from lbdl_apps.core import zoo
 from lbdl_apps.core.checkpoint import read_meta
 from tests.asr.whisper_files import (
@@ -30,6 +31,8 @@ from tests.asr.whisper_files import (
 from tests.cli_helpers import assert_user_error, lbdl
 
 pytest.importorskip("whisper")
+# random weights fail every threshold: no temperature fallback (6 x 5 samples) in these tests
+GREEDY = ("--temperature-increment", "0")
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +69,12 @@ def test_convert_then_transcribe(home, model, clip, tmp_path) -> None:
     meta = read_meta(out, "asr")
     assert meta["config"]["architecture"] == "whisper" and "<|notimestamps|>" in meta["tokenizer"]
     assert_user_error(lbdl("asr", "convert", source, out), str(out), "exists")
-    done = lbdl("asr", "transcribe", out, clip, "--out", tmp_path / "out", "--beam-size", "2")
+    done = lbdl("asr", "transcribe", out, clip, "--out", tmp_path / "out", "--beam-size", "2",
+                *GREEDY)  # fmt: skip
     assert done.exit_code == 0, done.output
     written = json.loads((tmp_path / "out" / "talk.json").read_text())
-    assert [(s["start"], s["end"]) for s in written["segments"]] == [(0.0, 3.0)]
+    times = [(s["start"], s["end"]) for s in written["segments"]]  # Whisper's timestamps
+    assert times and all(a <= b for a, b in times) and times[0][0] >= 0.0
     assert {p.suffix for p in (tmp_path / "out").iterdir()} == {".txt", ".json", ".srt", ".vtt"}
 
 
@@ -80,8 +85,9 @@ def test_transcribe_takes_publishers_folders(form, home, model, clip, tmp_path) 
         save_hf(model, folder)
     else:
         save_ct2(model, folder, whisper_tokenizer())
-    expected = load(save_openai(model, tmp_path / "model.pt")).transcribe([clip])[0].text
-    done = lbdl("asr", "transcribe", folder, clip, "--out", tmp_path / "out")
+    recognizer = load(save_openai(model, tmp_path / "model.pt"))
+    expected = recognizer.transcribe([clip], long_form=LongForm(temperatures=(0.0,)))[0].text
+    done = lbdl("asr", "transcribe", folder, clip, "--out", tmp_path / "out", *GREEDY)
     assert done.exit_code == 0, done.output
     assert (tmp_path / "out" / "talk.txt").read_text().strip() == expected.strip()
 
@@ -91,7 +97,7 @@ def test_a_name_uses_the_publishers_file_put_in_downloads(home, model, clip, tmp
     openai-whisper's installed gpt2.tiktoken), converted once and cached."""
     (home / "downloads").mkdir(parents=True)
     save_openai(model, home / "downloads" / "tiny.en.pt")
-    done = lbdl("asr", "transcribe", "whisper:tiny.en", clip, "--out", tmp_path / "out")
+    done = lbdl("asr", "transcribe", "whisper:tiny.en", clip, "--out", tmp_path / "out", *GREEDY)
     assert done.exit_code == 0, done.output
     cached = zoo.converted_path(zoo.find("whisper:tiny.en"))
     assert read_meta(cached, "asr")["source"] == "whisper:tiny.en"
@@ -113,7 +119,7 @@ def test_evaluate_on_data(home, model, clip, tmp_path) -> None:
     source = save_openai(model, tmp_path / "model.pt")
     manifest = tmp_path / "data.csv"
     manifest.write_text(f"audio,text\n{clip},Seven.\n")
-    done = lbdl("asr", "evaluate", source, "--data", manifest, "--out", tmp_path / "eval")
+    done = lbdl("asr", "evaluate", source, "--data", manifest, "--out", tmp_path / "eval", *GREEDY)
     assert done.exit_code == 0, done.output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["utterances"] == 1 and metrics["cer"] >= 0.0
@@ -124,7 +130,7 @@ def test_evaluate_on_data(home, model, clip, tmp_path) -> None:
 def test_a_ctranslate2_folder_missing_a_file(missing, home, model, clip, tmp_path) -> None:
     folder = save_ct2(model, tmp_path / "ct2", whisper_tokenizer())
     (folder / missing).unlink()
-    done = lbdl("asr", "transcribe", folder, clip, "--out", tmp_path / "out")
+    done = lbdl("asr", "transcribe", folder, clip, "--out", tmp_path / "out", *GREEDY)
     assert_user_error(done, missing)
     assert not (tmp_path / "out").exists()
 
