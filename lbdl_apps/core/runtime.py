@@ -132,13 +132,18 @@ def cache_folder(source: Path) -> Path:
 
 
 def _stamp(source: Path, graph: Graph, inference: Inference) -> dict[str, Any]:
-    """What an export was made from: the checkpoint (size and time) and the settings."""
+    """What an export was made from: the checkpoint (size and time), the graph's layout (its
+    inputs, outputs and sample shapes: an app's newer export of the same checkpoint differs)
+    and the settings."""
     status = source.stat()
     static = bool(inference.quantize) and graph.convolutional
     return {
         "checkpoint": str(source.resolve()),
         "size": status.st_size,
         "mtime_ns": status.st_mtime_ns,
+        "inputs": graph.input_names,
+        "outputs": graph.output_names,
+        "shapes": [list(x.shape) for x in graph.inputs],
         "quantize": inference.quantize,
         "calibrate": [inference.calibrate, CALIBRATION_INPUTS] if static else None,
         "torch": torch.__version__,

@@ -255,12 +255,14 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "state.pt").is_file()
     assert 1 <= len(metrics_rows(tmp_path / "run")) < 4
 
-    resumed = lbdl("classify", "train", "--resume", "run", "--quiet")
-    assert resumed.exit_code == 0, resumed.output
+    # Both runs in fresh processes, as the interrupted one: a user resumes in a new process,
+    # and the libraries earlier tests loaded into this one must not change its arithmetic.
+    resumed = lbdl_subprocess("classify", "train", "--resume", "run", "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
     assert [row["epoch"] for row in metrics_rows(tmp_path / "run")] == ["1", "2", "3", "4"]
 
-    straight = lbdl(*train, "--run-dir", "straight", "--quiet")
-    assert straight.exit_code == 0, straight.output
+    straight = lbdl_subprocess(*train, "--run-dir", "straight", "--quiet", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
     weights = load_file(tmp_path / "run" / "last.safetensors")
     expected = load_file(tmp_path / "straight" / "last.safetensors")
     assert weights.keys() == expected.keys()
