@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import environment
+from common import environment, write_result
 
 from lbdl_apps.asr.audio import SAMPLE_RATE, read_audio, resample
 from lbdl_apps.asr.metrics import word_and_char_error
@@ -224,9 +224,13 @@ def ratios(figures: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 clips, 1 min long-form")
-    result = measure(parser.parse_args().quick)
+    quick = parser.parse_args().quick
+    result = measure(quick)
     for name, value in result["ratios"].items():
         print(f"{name}: {value:.2f}")
+    # the full run writes asr_whisper.json; --quick writes its own, marked as such
+    name = "asr_whisper_quick" if quick else "asr_whisper"
+    print(f"wrote {write_result(name, {**result, 'mode': 'quick' if quick else 'full'})}")
 
 
 if __name__ == "__main__":

@@ -162,6 +162,18 @@ def inference_speed(r: dict) -> Figures:
     return rows
 
 
+def asr_whisper(r: dict) -> Figures:
+    rows = [(f"{key}, {system.replace('_', ' ')}: WER, audio s per s",
+             f"{f['wer']:.1f}%, {f['speed']:.2f}")
+            for key, systems in r["figures"].items() for system, f in systems.items()]  # fmt: skip
+    rows += [(name.replace("_", " "), f"{value:.2f}") for name, value in r["ratios"].items()]
+    return rows
+
+
+def asr_whisper_quick(r: dict) -> Figures:
+    return asr_whisper(r)
+
+
 def zoo_speed(r: dict) -> Figures:
     return [(f"{m['name']} / the publisher's model ({m['input']})",
              f"{m['ratio']:.2f}x (outputs differ by {m['max_abs_diff']:.1e})")
@@ -175,7 +187,7 @@ HEADLINES: dict[str, Callable[[dict], Figures]] = {
         segment_membrane, segment_quality, segment_speed, detect_raccoon,
         detect_scenes, detect_speed, asr_fsdd, asr_speed, clip_fashion, clip_throughput,
         dqn_cartpole, dqn_speed, dqn_pong, diffusion_fashion, diffusion_speed, resume_signals,
-        inference_speed, zoo_speed,
+        inference_speed, zoo_speed, asr_whisper, asr_whisper_quick,
     )
 }  # fmt: skip
 

@@ -138,8 +138,22 @@ class Decoding(options.Options):
             raise LbdlError(f"--task {self.task}: choose transcribe or translate")
 
 
+class WritesCheckpoint:
+    """Options whose `out` is a new lbdl checkpoint (never overwritten silently)."""
+
+    out: Path
+    exist_ok: bool
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[misc]
+        if self.out.suffix != ".safetensors":
+            raise LbdlError(f"{self.out}: an lbdl checkpoint ends with .safetensors")
+        if self.out.exists() and not self.exist_ok:
+            raise LbdlError(f"{self.out}: exists (--exist-ok overwrites it)")
+
+
 @dataclass(kw_only=True)
-class ConvertArgs(options.Options):
+class ConvertArgs(WritesCheckpoint, options.Options):
     """The options of `lbdl asr convert`."""
 
     source: str = option(argument=True)
@@ -150,16 +164,9 @@ class ConvertArgs(options.Options):
     exist_ok: bool = False
     """Overwrite OUT if it exists."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.out.suffix != ".safetensors":
-            raise LbdlError(f"{self.out}: an lbdl checkpoint ends with .safetensors")
-        if self.out.exists() and not self.exist_ok:
-            raise LbdlError(f"{self.out}: exists (--exist-ok overwrites it)")
-
 
 @dataclass(kw_only=True)
-class MergeLoraArgs(options.Options):
+class MergeLoraArgs(WritesCheckpoint, options.Options):
     """The options of `lbdl asr merge-lora`."""
 
     checkpoint: str = option(argument=True)
@@ -168,13 +175,6 @@ class MergeLoraArgs(options.Options):
     """The plain checkpoint to write (.safetensors)."""
     exist_ok: bool = False
     """Overwrite OUT if it exists."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.out.suffix != ".safetensors":
-            raise LbdlError(f"{self.out}: an lbdl checkpoint ends with .safetensors")
-        if self.out.exists() and not self.exist_ok:
-            raise LbdlError(f"{self.out}: exists (--exist-ok overwrites it)")
 
 
 @dataclass(kw_only=True)

@@ -232,7 +232,7 @@ def quantize_onnx(graph: Graph, path: Path, calibrate: str | None) -> None:
         if not graph.convolutional:
             quantization.quantize_dynamic(  # the products only: ConvInteger is slower than fp32
                 str(fp32), str(path), weight_type=quantization.QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Gemm"],
+                op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
             )  # fmt: skip
             return
         if graph.calibration is None:

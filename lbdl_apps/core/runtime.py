@@ -131,6 +131,9 @@ def cache_folder(source: Path) -> Path:
     return home() / "exported" / digest
 
 
+INT8_KIND = "QDQ per channel (static); MatMul/Gemm per channel (dynamic)"  # a change remakes
+
+
 def _stamp(source: Path, graph: Graph, inference: Inference) -> dict[str, Any]:
     """What an export was made from: the checkpoint (size and time), the graph's layout (its
     inputs, outputs and sample shapes: an app's newer export of the same checkpoint differs)
@@ -145,6 +148,7 @@ def _stamp(source: Path, graph: Graph, inference: Inference) -> dict[str, Any]:
         "outputs": graph.output_names,
         "shapes": [list(x.shape) for x in graph.inputs],
         "quantize": inference.quantize,
+        "int8": INT8_KIND if inference.quantize else None,
         "calibrate": [inference.calibrate, CALIBRATION_INPUTS] if static else None,
         "torch": torch.__version__,
     }

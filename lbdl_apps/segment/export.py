@@ -84,22 +84,25 @@ def calibration(segmenter: Segmenter, data: str | None) -> list[tuple[Tensor]]:
         data, val_fraction=0.0, seed=0, preprocessing=pre, scenes=count,
         labels=segmenter.labels if data is not None else None,
     )  # fmt: skip
-    tiles = Tiles(found.train, side, count)
+    tiles = Tiles(found.train, side, count, int(pre["in_channels"]))
     return calibration_batches(tiles, lambda batch: (batch,), count, batch=8)
 
 
 class Tiles(torch.utils.data.Dataset):
     """`count` tiles side x side of a dataset's images (image i % len), each at a random
-    place (seeded by calibration_batches), reflect-padded where an image is smaller."""
+    place (seeded by calibration_batches), reflect-padded where an image is smaller, in the
+    model's `channels` (the built-in scenes are RGB: their gray mean for a gray model)."""
 
-    def __init__(self, images: Any, side: int, count: int) -> None:
-        self.images, self.side, self.count = images, side, count
+    def __init__(self, images: Any, side: int, count: int, channels: int) -> None:
+        self.images, self.side, self.count, self.channels = images, side, count, channels
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, index: int) -> Tensor:
         image = self.images[index % len(self.images)][0]
+        if image.shape[0] != self.channels:  # (C, H, W) -> (channels, H, W)
+            image = image.mean(0, keepdim=True).expand(self.channels, -1, -1)
         image = pad_to(image, self.side, self.side)
         height, width = image.shape[-2:]
         top = int(torch.randint(height - self.side + 1, ()))
