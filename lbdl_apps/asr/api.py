@@ -82,13 +82,12 @@ class Transcript:
 def _no_languages(language: str | None, task: str, long_form: LongForm | None = None) -> None:
     """lbdl's own models know neither languages nor tasks, prompts, word timestamps or VAD
     (Whisper models do: whisper_transcribe.LongForm)."""
-    from lbdl_apps.asr.whisper_transcribe import current_long_form, whisper_only
+    from lbdl_apps.asr.whisper_transcribe import whisper_only
 
     if language is not None or task != "transcribe":
         what = f"--language {language}" if language is not None else f"--task {task}"
         raise LbdlError(f"{what}: for Whisper models; this model only transcribes")
-    chosen = long_form or current_long_form()
-    flag = whisper_only(chosen) if chosen is not None else None
+    flag = whisper_only(long_form) if long_form is not None else None
     if flag is not None:
         raise LbdlError(f"{flag}: for Whisper models, not lbdl's own")
 

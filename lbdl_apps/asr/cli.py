@@ -277,10 +277,8 @@ def evaluate(args: EvaluateArgs, common: Common) -> None:
 
     from lbdl_apps.asr.metrics import worst
     from lbdl_apps.asr.task import evaluate as run
-    from lbdl_apps.asr.whisper_transcribe import long_form_of, using
 
-    with using(long_form_of(args)):  # Whisper models decode with these options
-        result = run(args, common)
+    result = run(args, common)
     console = Console(quiet=common.quiet)
     if args.show:
         table = Table("file", "reference", "hypothesis", "WER", title="worst utterances")

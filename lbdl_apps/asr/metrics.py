@@ -18,6 +18,7 @@ from lbdl_apps.asr.data import Batch, Utterance, normalize_text
 from lbdl_apps.asr.decode import greedy_decode
 from lbdl_apps.asr.loss import speech_loss
 from lbdl_apps.asr.tokenizer import TextTokenizer
+from lbdl_apps.asr.whisper_transcribe import LongForm
 from lbdl_apps.core.outputs import atomic_path
 from lbdl_apps.core.train import EvaluateFn
 
@@ -76,6 +77,7 @@ def evaluate_utterances(
     adapt_passes: int = 0,
     language: str | None = None,
     task: str = "transcribe",
+    long_form: LongForm | None = None,
 ) -> tuple[dict[str, float], list[Scored]]:
     """Transcribe `utterances` (with `adapt`, after adapting the recognizer to them, without
     their texts; `adapt_passes` of information maximisation imply `adapt`); corpus WER / CER
@@ -84,7 +86,7 @@ def evaluate_utterances(
     if adapt or adapt_passes:
         recognizer.adapt(waves, batch_size, adapt_passes)
     segments = recognizer.transcribe_waves(waves, beam_size, batch_size, language=language,
-                                           task=task)  # fmt: skip
+                                           task=task, long_form=long_form)  # fmt: skip
     hyps = [" ".join(s.text for s in segs if s.text) for segs in segments]
     refs = [u.text for u in utterances]
     rows = []

@@ -22,6 +22,7 @@ from lbdl_apps.asr.metrics import Scored, evaluate_utterances, validation_fn, wr
 from lbdl_apps.asr.model import RecognizerConfig, build_model, default_config
 from lbdl_apps.asr.tokenizer import TextTokenizer
 from lbdl_apps.asr.whisper_tokenizer import WhisperTokenizer
+from lbdl_apps.asr.whisper_transcribe import long_form_of
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.evaluation import split_label, split_names
 from lbdl_apps.core.options import Common
@@ -204,7 +205,7 @@ def evaluate(args: EvaluateArgs, common: Common) -> Evaluation:
     chosen = [u for name in names for u in splits[name]]
     scores, rows = evaluate_utterances(recognizer, chosen, args.beam_size, adapt=args.adapt,
                                        adapt_passes=args.adapt_passes, language=args.language,
-                                       task=args.task)  # fmt: skip
+                                       task=args.task, long_form=long_form_of(args))  # fmt: skip
     write_results(rows, folder / "results.csv")
     summary = {"checkpoint": str(args.checkpoint), "data": settings.get("data"),
                "split": split_label(names, splits), "beam_size": args.beam_size,

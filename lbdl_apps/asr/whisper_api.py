@@ -87,9 +87,7 @@ class WhisperRecognizer:
     ) -> LongForm:
         """`long_form`, or openai-whisper's defaults with these options; checked."""
         if long_form is None:
-            from lbdl_apps.asr.whisper_transcribe import current_long_form
-
-            long_form = current_long_form() or LongForm(
+            long_form = LongForm(
                 decoding=WhisperOptions(
                     language=language, task=task, beam_size=beam_size, best_of=BEST_OF
                 ),

@@ -12,9 +12,7 @@ the thresholds are decoded again, at the next temperature."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -231,26 +229,6 @@ def run_streams(
                 found = decode_with_fallback(decoder, [w for w, _ in windows], options, long_form)
                 for stream, (window, size), result in zip(chunk, windows, found, strict=True):
                     stream.advance(result, window, size, align)
-
-
-_CURRENT: ContextVar[LongForm | None] = ContextVar("long_form", default=None)
-
-
-def current_long_form() -> LongForm | None:
-    """The long-form options set by `using` for the code running inside it (evaluate's)."""
-    return _CURRENT.get()
-
-
-@contextmanager
-def using(long_form: LongForm) -> Iterator[None]:
-    """Whisper models transcribe with `long_form` where no options are passed explicitly
-    (what `lbdl asr evaluate` decodes with: task.evaluate and metrics.evaluate_utterances
-    pass only the beam width, language and task; passing `long_form` down would do)."""
-    token = _CURRENT.set(long_form)
-    try:
-        yield
-    finally:
-        _CURRENT.reset(token)
 
 
 def temperatures(start: float, increment: float) -> tuple[float, ...]:
