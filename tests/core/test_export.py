@@ -100,6 +100,41 @@ def test_static_int8_is_close_and_smaller(tmp_path: Path) -> None:
     assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.9
 
 
+class ConvAttention(nn.Module):
+    """Convolutions around one self-attention over the pixels, as the U-Nets have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.attention = nn.Conv2d(3, 32, 3, padding=1), nn.MultiheadAttention(32, 4)
+        self.out = nn.Conv2d(32, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        tokens = h.flatten(2).permute(2, 0, 1)  # (B, C, H, W) -> (H * W, B, C)
+        attended = self.attention(tokens, tokens, tokens, need_weights=False)[0]
+        return self.out(h + attended.permute(1, 2, 0).reshape(h.shape))
+
+
+def test_static_int8_keeps_attention_in_fp32(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    graph = Graph("net", ConvAttention().eval(), (images(2),), ["images"], ["out"],
+                  calibration=lambda data: [(images(2, seed=s),) for s in range(4)])  # fmt: skip
+    done = export_graph(graph, tmp_path / "net.int8.onnx", "onnx", "int8")
+    nodes = onnx.load(str(done.path)).graph.node
+    made_by = {out: node.op_type for node in nodes for out in node.output}
+    read_by = {name: node.op_type for node in nodes for name in node.input}
+    convolutions = [n for n in nodes if n.op_type == "Conv"]
+    assert convolutions and all(made_by[n.input[0]] == "DequantizeLinear" for n in convolutions)
+    (softmax,) = [n for n in nodes if n.op_type == "Softmax"]
+    # the scores and the weighted values, products of two activations, stay in fp32
+    assert made_by[softmax.input[0]] != "DequantizeLinear"
+    assert read_by[softmax.output[0]] != "QuantizeLinear"
+    test = images(2, seed=5)
+    got, expected = OnnxModule(done.path, ["images"], ["out"])(test), graph.module(test)
+    assert 0 < float((got - expected).abs().max()) < 0.05 * float(expected.abs().max())
+
+
 def test_dynamic_int8_of_linear_layers(tmp_path: Path) -> None:
     holder: dict = {}
     graph = mlp_graph(holder)
