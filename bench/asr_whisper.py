@@ -10,6 +10,8 @@ beam 5, timestamps and the previous text as prompt as each does by default. Two 
   batch, as `lbdl asr transcribe` does);
 - long-form: English sentences spoken by eSpeak NG, one file of ~10 minutes (--quick ~1).
 
+The systems take turns on each set, 32 files at a time, so a change of load falls on all.
+
 Per system and set: WER (Whisper's English normalizer, asr/normalize.py) and throughput
 (seconds of audio per wall second, model loading and the first export left out), then the
 ratios of the goals: lbdl int8 >= 1.5x faster-whisper int8 and >= 3x openai-whisper on the
@@ -44,6 +46,7 @@ from lbdl_apps.asr.normalize import normalize_english
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 BATCH = 16  # lbdl: windows of this many files decoded together
+CHUNK = 32  # files each system transcribes in its turn
 Transcriber = Callable[[list[np.ndarray], int], list[str]]
 
 
@@ -150,16 +153,29 @@ def faster_whisper(compute_type: str) -> Transcriber:
     return transcribe
 
 
-def run(transcribe: Transcriber, waves: list[np.ndarray], refs: list[str], beam: int) -> dict:
-    """WER (%) and throughput (audio seconds per wall second) of one system on one set."""
-    transcribe(waves[:1], beam)  # warm-up: first calls, caches
-    start = time.perf_counter()
-    hyps = transcribe(waves, beam)
-    wall = time.perf_counter() - start
+def run(
+    systems: dict[str, Transcriber], waves: list[np.ndarray], refs: list[str], beam: int
+) -> dict[str, dict[str, Any]]:
+    """WER (%) and throughput (audio seconds per wall second) of each system on one set. The
+    systems take turns on chunks of CHUNK files, so that a change in the machine's load
+    falls on all of them alike."""
+    for transcribe in systems.values():
+        transcribe(waves[:1], beam)  # warm-up: first calls, caches
+    walls = dict.fromkeys(systems, 0.0)
+    hyps: dict[str, list[str]] = {name: [] for name in systems}
+    for first in range(0, len(waves), CHUNK):
+        for name, transcribe in systems.items():
+            start = time.perf_counter()
+            hyps[name] += transcribe(waves[first : first + CHUNK], beam)
+            walls[name] += time.perf_counter() - start
     audio = sum(len(w) for w in waves) / SAMPLE_RATE
-    wer = 100 * word_and_char_error(refs, hyps, normalize_english)["wer"]
-    return {"wer": wer, "audio_s": audio, "wall_s": wall, "speed": audio / wall,
-            "examples": hyps[:3]}  # fmt: skip
+
+    def figures(name: str) -> dict[str, Any]:
+        wer = 100 * word_and_char_error(refs, hyps[name], normalize_english)["wer"]
+        return {"wer": wer, "audio_s": audio, "wall_s": walls[name],
+                "speed": audio / walls[name], "examples": hyps[name][:3]}  # fmt: skip
+
+    return {name: figures(name) for name in systems}
 
 
 # system -> (make, the sets --quick runs it on)
@@ -179,18 +195,16 @@ def measure(quick: bool) -> dict[str, Any]:
     short = fsdd_clips(20 if quick else 500)
     wave, text = long_form(60.0 if quick else 600.0)
     sets = {"short": short, "long": ([wave], [text])}
+    made = {name: make() for name, (make, in_quick) in SYSTEMS.items() if in_quick or not quick}
     figures: dict[str, dict[str, dict[str, Any]]] = {}
-    for name, (make, in_quick) in SYSTEMS.items():
-        if quick and not in_quick:
-            continue
-        transcribe = make()
-        for set_name in in_quick if quick else sets:
-            for beam in (1,) if quick else (1, 5):
-                key = f"{set_name}_{'greedy' if beam == 1 else 'beam5'}"
-                f = figures.setdefault(key, {})[name] = run(transcribe, *sets[set_name], beam)
+    for set_name, (waves, refs) in sets.items():
+        systems = {name: made[name] for name in made if not quick or set_name in SYSTEMS[name][1]}
+        for beam in (1,) if quick else (1, 5):
+            key = f"{set_name}_{'greedy' if beam == 1 else 'beam5'}"
+            figures[key] = run(systems, waves, refs, beam)
+            for name, f in figures[key].items():
                 print(f"{key:14s} {name:20s} WER {f['wer']:5.1f}%  {f['speed']:6.2f} audio s/s "
                       f"({f['audio_s']:.0f} s in {f['wall_s']:.1f} s)", flush=True)  # fmt: skip
-        del transcribe
     return {"benchmark": "asr_whisper", "quick": quick,
             "short_clips": len(short[0]), "long_form_s": len(wave) / SAMPLE_RATE,
             "figures": figures, "ratios": ratios(figures), **environment()}  # fmt: skip
