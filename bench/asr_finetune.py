@@ -13,9 +13,8 @@ timestamps, temperature fallback) is recorded beside it ("evaluate_wer"). WER af
 Whisper's English normalizer (digits: "seven" and "7" are the same word).
 Goals (issue 25): mean fine-tuned WER <= 1.0%, each fold within 20 minutes on 2 CPU cores.
 
-    python bench/asr_finetune.py --quick    # one fold, a sliver of the clips, a few steps
-
-`measure(quick)` returns the results dict (the lead writes it to bench/results/).
+    python bench/asr_finetune.py --threads 2   # writes bench/results/asr_finetune.json
+    python bench/asr_finetune.py --quick       # one fold, a sliver of the clips, a few steps
 """
 
 from __future__ import annotations
@@ -39,9 +38,9 @@ from lbdl_apps.asr.whisper_api import whisper_mel
 from lbdl_apps.core.options import Common
 
 try:  # `python bench/x.py` puts bench/ first on sys.path; `python -m bench.x` does not
-    from common import environment
+    from common import environment, write_result
 except ImportError:
-    from bench.common import environment
+    from bench.common import environment, write_result
 
 NAME = "asr_finetune"
 REPO = Path(__file__).resolve().parents[1]
@@ -182,6 +181,8 @@ def main() -> None:
     print(f"greedy decoding of the test clips, fine-tuned / untuned: {decoding}")
     print(f"mean WER {result['mean_wer']:.2%} (untuned tiny.en {result['mean_untuned_wer']:.2%}; "
           f"goal <= {GOAL_WER:.0%}); threads {result['threads']}")  # fmt: skip
+    if not options.quick:
+        print(f"wrote {write_result(NAME, result)}")
 
 
 if __name__ == "__main__":

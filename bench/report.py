@@ -174,6 +174,15 @@ def asr_whisper_quick(r: dict) -> Figures:
     return asr_whisper(r)
 
 
+def asr_finetune(r: dict) -> Figures:
+    rows = [(f"tiny.en fine-tuned, unseen speaker {f['speaker']}: WER (untuned), fold time",
+             f"{pct(f['wer'])} ({pct(f['untuned_wer'])}), {f['fold_s'] / 60:.1f} min")
+            for f in r["folds"]]  # fmt: skip
+    goal = f"goal {pct(r['goal_wer'])}"
+    return [*rows, ("mean WER fine-tuned (untuned)",
+                    f"{pct(r['mean_wer'])} ({pct(r['mean_untuned_wer'])}); {goal}")]  # fmt: skip
+
+
 def zoo_speed(r: dict) -> Figures:
     return [(f"{m['name']} / the publisher's model ({m['input']})",
              f"{m['ratio']:.2f}x (outputs differ by {m['max_abs_diff']:.1e})")
@@ -187,7 +196,7 @@ HEADLINES: dict[str, Callable[[dict], Figures]] = {
         segment_membrane, segment_quality, segment_speed, detect_raccoon,
         detect_scenes, detect_speed, asr_fsdd, asr_speed, clip_fashion, clip_throughput,
         dqn_cartpole, dqn_speed, dqn_pong, diffusion_fashion, diffusion_speed, resume_signals,
-        inference_speed, zoo_speed, asr_whisper, asr_whisper_quick,
+        inference_speed, zoo_speed, asr_whisper, asr_whisper_quick, asr_finetune,
     )
 }  # fmt: skip
 
