@@ -36,8 +36,7 @@ from lbdl_apps.core.layers import KVCache
 SAMPLE_FRAMES = 200  # log-mel frames of the sample input (2 s); the graphs take any length
 SAMPLE_PAST = 3  # tokens already in the sample's self-attention cache
 CACHE = "graphs"  # the KVCache entry of the explicit cache tensors
-ENCODER_CHUNK = 4  # lbdl's own models: spectrograms per call of the deployed encoder
-WHISPER_CHUNK = 1  # Whisper's 30-s windows per call: a batch is no faster per window on a CPU
+ENCODER_CHUNK = 4  # windows per call of the deployed encoder
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
@@ -184,8 +183,9 @@ def named_step(decoder: TransformerDecoder, names: list[str]) -> DecoderStep:
 
 class EncoderAdapter(nn.Module):
     """Called as AudioEncoder is, `(mel, frames) -> (features, padding or None)`, running
-    the deployed encoder graph on a few windows at a time (the same results: the windows
-    are independent; a 30-s window's attention scores take ~0.3 GB)."""
+    the deployed encoder graph on at most ENCODER_CHUNK windows at a time (the same
+    results: the windows are independent; a 30-s window's attention scores take ~0.3 GB).
+    Whisper's windows come one at a time from `SpeechRecognizer.encode`."""
 
     def __init__(self, graph: nn.Module, lengths: bool) -> None:
         super().__init__()
@@ -193,7 +193,7 @@ class EncoderAdapter(nn.Module):
 
     def forward(self, mel: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         if not self.lengths:
-            return torch.cat([self.graph(part) for part in mel.split(WHISPER_CHUNK)]), None
+            return torch.cat([self.graph(part) for part in mel.split(ENCODER_CHUNK)]), None
         if frames is None:
             frames = torch.full((mel.shape[0],), mel.shape[-1], device=mel.device)
         parts = [self.graph(m, f) for m, f in zip(mel.split(ENCODER_CHUNK),

@@ -218,7 +218,8 @@ class SpeechRecognizer(nn.Module):
         trained on a shortened window (`encoder_window`) sees the first frames of it."""
         if self.config.encoder_window is not None and frames is None:
             mel = shorten_window(mel, self.config.encoder_window, strict=True)
-        if frames is None and mel.device.type == "cpu" and not torch.is_grad_enabled():
+        whisper = self.config.architecture == "whisper" and frames is None
+        if whisper and mel.device.type == "cpu" and not torch.is_grad_enabled():
             # Whisper's 30-s windows one at a time: on a CPU a batch of them is no faster
             # per window, and slower once its activations leave the cache (1.3-2.5x at 16 here)
             return torch.cat([self.encoder(window)[0] for window in mel.split(1)]), None
