@@ -2,7 +2,8 @@
 whisper's EnglishTextNormalizer), in the part that decides most English error rates:
 lower case; bracketed and parenthesised annotations and hesitations (um, uh, hmm) removed;
 contractions spelled out; punctuation, symbols and diacritics removed; numbers written as
-digits ("twenty one" and "21" both become 21, "seven." and "7" both 7). Left out: British
+digits ("twenty one" and "21" both become 21, "seven." and "7" both 7, "oh" 0), but a lone
+1 is written "one" ("no one", "1." and "one" all become one). Left out: British
 to American spellings and currencies / ordinals ("first", "$5")."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _TENS = "twenty thirty forty fifty sixty seventy eighty ninety"
 ONES = {w: i for i, w in enumerate(_ONES.split())}
 TEENS = {w: i + 10 for i, w in enumerate(_TEENS.split())}
 TENS = {w: 10 * (i + 2) for i, w in enumerate(_TENS.split())}
+ZEROS = ("o", "oh")  # read as "zero", as Whisper's normalizer reads them
 SCALES = {"thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
 
 
@@ -85,7 +87,8 @@ def _is_number_word(word: str) -> bool:
 def numbers_as_digits(words: list[str]) -> list[str]:
     """Spelled numbers -> digits, as Whisper's normalizer writes them: "twenty one" -> "21",
     "three hundred and five" -> "305", numbers spoken one after the other run together
-    ("seven eight" -> "78"); "one" alone stays a word ("no one", "one of them")."""
+    ("seven eight" -> "78"), "oh" and "o" are zeros ("seven oh five" -> "705")."""
+    words = ["zero" if word in ZEROS else word for word in words]
     out: list[str] = []
     number: _Number | None = None
     joined = False  # whether the number under way follows another one directly
@@ -98,7 +101,7 @@ def numbers_as_digits(words: list[str]) -> list[str]:
             number.add(word)
             continue
         if number is not None:
-            _emit(out, number, joined, _is_number_word(word))
+            _emit(out, number, joined)
             joined, number = _is_number_word(word), None
         if _is_number_word(word):
             number = _Number()
@@ -106,16 +109,13 @@ def numbers_as_digits(words: list[str]) -> list[str]:
         else:
             out.append(word)
     if number is not None:
-        _emit(out, number, joined, False)
+        _emit(out, number, joined)
     return out
 
 
-def _emit(out: list[str], number: _Number, joined: bool, followed: bool) -> None:
-    """Write `number`, run into the previous one when `joined`; a lone "one" (neither
-    joined nor `followed` by another number) as the word."""
-    if number.words == 1 and number.text() == "1" and not (joined or followed):
-        out.append("one")
-    elif joined:
+def _emit(out: list[str], number: _Number, joined: bool) -> None:
+    """Write `number`, run into the previous one when `joined`."""
+    if joined:
         out[-1] += number.text()
     else:
         out.append(number.text())
@@ -135,4 +135,5 @@ def normalize_english(text: str) -> str:
     s = " ".join(numbers_as_digits(_plain(s).split()))
     s = re.sub(r"[.$]([^0-9]|$)", r" \1", s)  # what is left of . and $ outside numbers
     s = re.sub(r"([^0-9])%", r"\1 ", s)
+    s = re.sub(r"\b1(s?)\b", r"one\1", s)  # a lone 1 as the word, as Whisper writes it
     return " ".join(s.split())
