@@ -243,8 +243,8 @@ class DecoderAdapter(nn.Module):
             empty = context.new_zeros(tokens.shape[0], *self.shape)
             entry["self_keys"], entry["self_values"] = empty, empty
         audio, rows = self.windows[cache], entry["rows"]
-        group = len(rows) // audio[0].shape[0]
-        if not torch.equal(rows, torch.arange(len(rows), device=rows.device) // group):
+        group = len(rows) // audio[0].shape[0]  # 0 once rows have left the batch
+        if not group or not torch.equal(rows, torch.arange(len(rows), device=rows.device) // group):
             audio = self.windows[cache] = tuple(t[rows] for t in audio)  # rows moved: own
             entry["rows"], group = torch.arange(len(rows), device=rows.device), 1
         inputs = [tokens, entry["self_keys"], entry["self_values"], *audio]

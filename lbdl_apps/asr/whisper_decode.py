@@ -129,19 +129,26 @@ class Search:
     def done(self, tokens: Tensor) -> bool:
         return tokens.shape[-1] > self.model.decoder.max_len
 
+    def keep(self, rows: Tensor) -> None:
+        """Go on with the batch rows `rows` (B',) alone: their audio and cache."""
+        self.audio = self.audio[rows]
+        self.cache.reorder(rows)
+
 
 def sample(
     search: Search, tokens: Tensor, temperature: float = 0.0
 ) -> tuple[list[list[int]], list[float]]:
     """The most likely token at each step, or one sampled at `temperature` (openai-whisper's
     GreedyDecoder): each row's sampled tokens up to its end token, and their summed
-    log-probabilities. Samples are drawn by the Gumbel-max trick (the argmax of the logits
-    / temperature plus Gumbel noise: the same distribution as Whisper's Categorical, without
-    its slow multinomial over 51k tokens) from a generator seeded with `SEED`, so that the
-    same audio gives the same text."""
-    eot = search.eot
-    sum_logprobs = torch.zeros(tokens.shape[0], device=tokens.device)
-    begin = tokens.shape[1]
+    log-probabilities. A row that writes its end token leaves the batch (`Search.keep`), so
+    one long window costs the steps of its own row, not of the whole batch. Samples are
+    drawn by the Gumbel-max trick (the argmax of the logits / temperature plus Gumbel noise:
+    the same distribution as Whisper's Categorical, without its slow multinomial over 51k
+    tokens) from a generator seeded with `SEED`, so that the same audio gives the same text."""
+    eot, begin, batch = search.eot, tokens.shape[1], tokens.shape[0]
+    sum_logprobs = torch.zeros(batch, device=tokens.device)
+    rows = torch.arange(batch, device=tokens.device)  # the batch rows still writing
+    written: dict[int, list[int]] = {}
     generator = torch.Generator(tokens.device).manual_seed(SEED) if temperature > 0 else None
     for step in range(search.sample_len):
         logits = search.logits(tokens, step)
@@ -152,14 +159,20 @@ def sample(
             gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
             chosen = (logits / temperature + gumbel).argmax(-1)
         logprobs = logits.log_softmax(-1)
-        current = logprobs[torch.arange(logprobs.shape[0]), chosen]
-        sum_logprobs += current * (tokens[:, -1] != eot)
-        chosen[tokens[:, -1] == eot] = eot
-        tokens = torch.cat([tokens, chosen[:, None]], dim=-1)  # (B, t) + (B, 1)
-        if (tokens[:, -1] == eot).all() or search.done(tokens):
+        sum_logprobs[rows] += logprobs[torch.arange(len(rows)), chosen]
+        tokens = torch.cat([tokens, chosen[:, None]], dim=-1)  # (B', t) + (B', 1)
+        ended = chosen == eot
+        last = bool(ended.all()) or search.done(tokens) or step == search.sample_len - 1
+        for i in (range(len(rows)) if last else ended.nonzero()[:, 0].tolist()):
+            row = tokens[i, begin:].tolist()
+            written[int(rows[i])] = row[: row.index(eot)] if eot in row else row
+        if last:
             break
-    rows = [row[begin:] for row in tokens.tolist()]
-    return [row[: row.index(eot)] if eot in row else row for row in rows], sum_logprobs.tolist()
+        if ended.any():
+            keep = (~ended).nonzero()[:, 0]
+            tokens, rows = tokens[keep], rows[keep]
+            search.keep(keep)
+    return [written.get(i, []) for i in range(batch)], sum_logprobs.tolist()
 
 
 def initial_tokens(

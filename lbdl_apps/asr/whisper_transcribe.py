@@ -21,6 +21,7 @@ from torch import Tensor
 
 from lbdl_apps.asr.api import Segment
 from lbdl_apps.asr.audio import HOP, SAMPLE_RATE, WINDOW_FRAMES, pad_frames
+from lbdl_apps.asr.model import window_frames
 from lbdl_apps.asr.whisper_decode import Decoded, WhisperOptions, detect_language
 from lbdl_apps.asr.whisper_tokenizer import WhisperTokenizer
 from lbdl_apps.core.errors import LbdlError
@@ -49,6 +50,7 @@ class LongForm:
     initial_prompt: str | None = None
     word_timestamps: bool = False
     vad: bool = False
+    encoder_window: float | None = None  # seconds per window (None: Whisper's 30)
     prepend_punctuations: str = PREPEND
     append_punctuations: str = APPEND
 
@@ -135,6 +137,8 @@ class Stream:
         self, mel: Tensor, tokenizer: WhisperTokenizer, long_form: LongForm, language: str | None
     ) -> None:
         self.mel, self.frames, self.seek = mel, mel.shape[-1], 0
+        seconds = long_form.encoder_window
+        self.window_size = window_frames(seconds) if seconds is not None else WINDOW_FRAMES
         self.tokenizer, self.long_form, self.language = tokenizer, long_form, language
         prompt = long_form.initial_prompt
         self.tokens = tokenizer.encode(" " + prompt.strip()) if prompt is not None else []
@@ -148,9 +152,10 @@ class Stream:
         return self.seek >= self.frames
 
     def window(self) -> tuple[Tensor, int]:
-        """The next (n_mels, 3000) window and the frames of audio in it."""
-        size = min(WINDOW_FRAMES, self.frames - self.seek)
-        return pad_frames(self.mel[:, self.seek : self.seek + size]), size
+        """The next (n_mels, 3000) window (shorter with `encoder_window`) and the frames of
+        audio in it."""
+        size = min(self.window_size, self.frames - self.seek)
+        return pad_frames(self.mel[:, self.seek : self.seek + size], self.window_size), size
 
     def prompt(self) -> tuple[int, ...]:
         return tuple(self.tokens[self.reset_since :])
@@ -252,10 +257,11 @@ def long_form_of(args: Decoding) -> LongForm:
         logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold,
         condition_on_previous_text=args.condition_on_previous_text,
         initial_prompt=args.initial_prompt, word_timestamps=args.word_timestamps, vad=args.vad,
+        encoder_window=args.encoder_window,
     )  # fmt: skip
 
 
-WHISPER_ONLY = ("initial_prompt", "word_timestamps", "vad")
+WHISPER_ONLY = ("initial_prompt", "word_timestamps", "vad", "encoder_window")
 
 
 def whisper_only(long_form: LongForm) -> str | None:

