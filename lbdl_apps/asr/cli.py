@@ -127,8 +127,8 @@ class Decoding(options.Options):
     vad: bool = False
     """Whisper models: transcribe only the speech Silero VAD finds (no text on silence)."""
     encoder_window: float | None = option(None, min=12.0, max=30.0)
-    """Whisper models: read the audio in windows of SECONDS instead of 30 (short clips: ~2x
-    faster at 15 s; under ~12 s tiny.en as converted repeats itself)."""
+    """Whisper models: read the audio in windows of SECONDS instead of 30 (short clips: 2-3x
+    faster at 15 s); a window whose text repeats itself is decoded again on 30 s."""
     adapt: bool = False
     """First adapt the batch norms to all the audio given (a new speaker or microphone)."""
     adapt_passes: int = option(0, min=0, max=100)

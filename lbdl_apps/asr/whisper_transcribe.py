@@ -61,9 +61,7 @@ class LongForm:
     def needs_fallback(self, result: Decoded) -> bool:
         """Whether a window is decoded again at the next temperature: too repetitive or too
         unlikely, unless it is silence (openai-whisper's decode_with_fallback)."""
-        fallback = False
-        if self.compression_ratio_threshold is not None:
-            fallback = result.compression_ratio > self.compression_ratio_threshold
+        fallback = self.repeats(result)
         if self.logprob_threshold is not None and result.avg_logprob < self.logprob_threshold:
             fallback = True
         if (self.no_speech_threshold is not None and self.logprob_threshold is not None
@@ -71,6 +69,11 @@ class LongForm:
                 and result.avg_logprob < self.logprob_threshold):  # fmt: skip
             fallback = False  # silence
         return fallback
+
+    def repeats(self, result: Decoded) -> bool:
+        """Whether a window's text is too repetitive (its compression ratio is too high)."""
+        threshold = self.compression_ratio_threshold
+        return threshold is not None and result.compression_ratio > threshold
 
     def silent(self, result: Decoded) -> bool:
         """A window skipped: likely no speech, and not confident enough to keep its text."""
@@ -89,7 +92,9 @@ def decode_with_fallback(
     decoder: Decoder, windows: list[Tensor], options: WhisperOptions, long_form: LongForm
 ) -> list[Decoded]:
     """Each window decoded at the first temperature whose result passes the thresholds (or
-    the last one's result); a temperature's failures are decoded again together."""
+    the last one's result); a temperature's failures are decoded again together. A shortened
+    window whose text still repeats itself (the way tiny.en fails on them) is decoded again
+    on the full 30-s window."""
     results: list[Decoded | None] = [None] * len(windows)
     pending = list(range(len(windows)))
     for temperature in long_form.temperatures:
@@ -100,6 +105,13 @@ def decode_with_fallback(
                    if long_form.needs_fallback(result)]  # fmt: skip
         if not pending:
             break
+    if windows[0].shape[-1] < WINDOW_FRAMES:  # a shortened window (--encoder-window)
+        again = [i for i, result in enumerate(results) if long_form.repeats(result)]
+        if again:
+            full = [pad_frames(windows[i]) for i in again]  # the same audio, Whisper's 30 s
+            for i, result in zip(again, decode_with_fallback(decoder, full, options, long_form),
+                                 strict=True):  # fmt: skip
+                results[i] = result
     return results  # type: ignore[return-value]
 
 

@@ -235,3 +235,29 @@ def test_a_shortened_encoder_window(tiny_en, speech, long_clip, monkeypatch) -> 
     assert times == sorted(times) and times[-1] <= len(long_clip) / SAMPLE_RATE
     assert "grandmother" in found.text.lower() and "market opened" in found.text.lower()
 
+
+
+def test_a_shortened_window_that_repeats_is_decoded_on_the_full_window(
+    tiny_en, shared_data: Path, monkeypatch
+) -> None:
+    """A spoken zero that tiny.en turns into "0 0 0 ..." on a 10-s window (too repetitive:
+    compression ratio above 2.4) is decoded again on the 30-s window, which gives its text."""
+    from lbdl_apps.asr.audio import read_audio
+
+    wave = read_audio(shared_data / "fsdd" / "recordings" / "0_george_0.wav")
+    plain = LongForm(encoder_window=10.0, temperatures=(0.0,), compression_ratio_threshold=None)
+    repeated = tiny_en.transcribe_audio([wave], 16, plain)[0].text
+    assert len(repeated.split()) > 20
+    shapes = []
+    decode = tiny_en.decode
+
+    def recorded(windows, options):
+        shapes.extend(w.shape[-1] for w in windows)
+        return decode(windows, options)
+
+    monkeypatch.setattr(tiny_en, "decode", recorded)
+    again = tiny_en.transcribe_audio([wave], 16, LongForm(encoder_window=10.0,
+                                                          temperatures=(0.0,)))[0]  # fmt: skip
+    full = tiny_en.transcribe_audio([wave], 16, LongForm(temperatures=(0.0,)))[0]
+    assert shapes == [1000, 3000, 3000] and again.text == full.text
+    assert len(again.text.split()) <= 3
