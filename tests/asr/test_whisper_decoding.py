@@ -71,16 +71,21 @@ def long_clip(speech) -> np.ndarray:
 
 
 def spy(recognizer, monkeypatch: pytest.MonkeyPatch) -> list:
-    """Record (windows, options) of each batch the recognizer decodes."""
+    """Record (windows, options, each window's frames) of each batch the recognizer decodes."""
     calls = []
     decode = recognizer.decode
 
     def recorded(windows, options):
-        calls.append((len(windows), options))
+        calls.append((len(windows), options, [w.shape[-1] for w in windows]))
         return decode(windows, options)
 
     monkeypatch.setattr(recognizer, "decode", recorded)
     return calls
+
+
+def decoded_frames(calls: list) -> list[int]:
+    """The frames of every window decoded, in order, from `spy`'s calls."""
+    return [frames for _, _, sizes in calls for frames in sizes]
 
 
 def test_long_form_gives_whispers_segments(tiny_en, theirs, long_clip, monkeypatch) -> None:
@@ -219,22 +224,14 @@ def test_a_window_that_ends_leaves_the_batch(tiny_en, speech, monkeypatch) -> No
 def test_a_shortened_encoder_window(tiny_en, speech, long_clip, monkeypatch) -> None:
     """--encoder-window 15: windows of 1500 frames; a short clip gives the full window's
     text, and a 35-s clip is read in three windows with times inside the audio."""
-    shapes = []
-    decode = tiny_en.decode
-
-    def recorded(windows, options):
-        shapes.extend(w.shape[-1] for w in windows)
-        return decode(windows, options)
-
-    monkeypatch.setattr(tiny_en, "decode", recorded)
+    calls = spy(tiny_en, monkeypatch)
     short = tiny_en.transcribe_audio([speech["short"][1]], 16, LongForm(encoder_window=15.0))[0]
-    assert shapes == [1500] and short.text == SHORT[1]
+    assert decoded_frames(calls) == [1500] and short.text == SHORT[1]
     found = tiny_en.transcribe_audio([long_clip], 16, LongForm(encoder_window=15.0))[0]
-    assert len(shapes) >= 4 and set(shapes) == {1500}
+    assert len(decoded_frames(calls)) >= 4 and set(decoded_frames(calls)) == {1500}
     times = [t for s in found.segments for t in (s.start, s.end)]
     assert times == sorted(times) and times[-1] <= len(long_clip) / SAMPLE_RATE
     assert "grandmother" in found.text.lower() and "market opened" in found.text.lower()
-
 
 
 def test_a_shortened_window_that_repeats_is_decoded_on_the_full_window(
@@ -248,16 +245,9 @@ def test_a_shortened_window_that_repeats_is_decoded_on_the_full_window(
     plain = LongForm(encoder_window=10.0, temperatures=(0.0,), compression_ratio_threshold=None)
     repeated = tiny_en.transcribe_audio([wave], 16, plain)[0].text
     assert len(repeated.split()) > 20
-    shapes = []
-    decode = tiny_en.decode
-
-    def recorded(windows, options):
-        shapes.extend(w.shape[-1] for w in windows)
-        return decode(windows, options)
-
-    monkeypatch.setattr(tiny_en, "decode", recorded)
+    calls = spy(tiny_en, monkeypatch)
     again = tiny_en.transcribe_audio([wave], 16, LongForm(encoder_window=10.0,
                                                           temperatures=(0.0,)))[0]  # fmt: skip
     full = tiny_en.transcribe_audio([wave], 16, LongForm(temperatures=(0.0,)))[0]
-    assert shapes == [1000, 3000, 3000] and again.text == full.text
+    assert decoded_frames(calls) == [1000, 3000, 3000] and again.text == full.text
     assert len(again.text.split()) <= 3
