@@ -202,6 +202,17 @@ class EncoderAdapter(nn.Module):
         return torch.cat([audio for audio, _ in parts]), torch.cat([p for _, p in parts])
 
 
+def _regrouped(rows: Tensor) -> tuple[Tensor, int]:
+    """The windows that the batch rows `rows` (B,) read, and how many rows each: once per
+    window where each window's rows are `group` neighbours (beams after whole windows left
+    the batch), else once per row."""
+    windows, counts = torch.unique_consecutive(rows, return_counts=True)
+    group = int(counts[0])
+    if bool((counts == group).all()) and len(torch.unique(windows)) == len(windows):
+        return windows, group
+    return rows, 1
+
+
 class DecoderAdapter(nn.Module):
     """Called as TransformerDecoder is, `(tokens, audio, padding, cache) -> logits`, running
     the deployed cross and step graphs. The self-attention cache lives in the KVCache's
@@ -245,8 +256,9 @@ class DecoderAdapter(nn.Module):
         audio, rows = self.windows[cache], entry["rows"]
         group = len(rows) // audio[0].shape[0]  # 0 once rows have left the batch
         if not group or not torch.equal(rows, torch.arange(len(rows), device=rows.device) // group):
-            audio = self.windows[cache] = tuple(t[rows] for t in audio)  # rows moved: own
-            entry["rows"], group = torch.arange(len(rows), device=rows.device), 1
+            windows, group = _regrouped(rows)  # rows moved or left: the windows they read
+            audio = self.windows[cache] = tuple(t[windows] for t in audio)
+            entry["rows"] = torch.arange(len(rows), device=rows.device) // group
         inputs = [tokens, entry["self_keys"], entry["self_values"], *audio]
         if self.masked:
             if context_padding_mask is None:

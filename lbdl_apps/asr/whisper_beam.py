@@ -62,29 +62,41 @@ def beam_search(
     search: Search, tokens: Tensor, k: int, options: WhisperOptions
 ) -> tuple[list[list[int]], list[float]]:
     """Each window's best sequence (its sampled tokens) and summed log-probability; `tokens`
-    (B * k, prompt) holds each window's prompt k times (and search.audio its audio)."""
+    (B * k, prompt) holds each window's prompt k times (and search.audio its audio). A
+    window that has its k finished candidates leaves the batch with its beams
+    (`Search.keep`): the rest of the search cannot change its result."""
     eot, begin = search.eot, tokens.shape[1]
     wanted = round(k * options.patience)
     sum_logprobs = torch.zeros(tokens.shape[0], device=tokens.device)
     done: list[dict[Sequence, float]] = [{} for _ in range(tokens.shape[0] // k)]
+    windows = list(range(len(done)))  # the windows still searched, in batch order
     for step in range(search.sample_len):
         logits = search.logits(tokens, step)
         live, sources, finished = _step(tokens, logits, sum_logprobs, k, eot)
         tokens = torch.tensor(live, device=tokens.device)
         if sources != list(range(len(sources))):
             search.cache.reorder(torch.tensor(sources, device=tokens.device))
-        for previous, new in zip(done, finished, strict=True):
+        for window, new in zip(windows, finished, strict=True):
+            previous = done[window]
             for sequence in sorted(new, key=new.__getitem__, reverse=True):
                 if len(previous) >= wanted:
                     break
                 previous[sequence] = new[sequence]
-        if all(len(d) >= wanted for d in done) or search.done(tokens):
+        if all(len(done[w]) >= wanted for w in windows) or search.done(tokens):
             break
-    return _ranked(done, tokens, sum_logprobs, k, eot, begin, options.length_penalty)
+        if wanted >= k and any(len(done[w]) >= wanted for w in windows):
+            staying = [i for i, w in enumerate(windows) if len(done[w]) < wanted]
+            rows = torch.tensor([i * k + j for i in staying for j in range(k)],
+                                device=tokens.device)  # fmt: skip
+            tokens, sum_logprobs = tokens[rows], sum_logprobs[rows]
+            search.keep(rows)
+            windows = [windows[i] for i in staying]
+    return _ranked(done, windows, tokens, sum_logprobs, k, eot, begin, options.length_penalty)
 
 
 def _ranked(
     done: list[dict[Sequence, float]],
+    windows: list[int],
     tokens: Tensor,
     sum_logprobs: Tensor,
     k: int,
@@ -93,14 +105,16 @@ def _ranked(
     length_penalty: float | None,
 ) -> tuple[list[list[int]], list[float]]:
     """Whisper's finalize and MaximumLikelihoodRanker: windows short of k finished sequences
-    take their live ones (best first); the best by score / length wins."""
-    sums = sum_logprobs.cpu().numpy().reshape(-1, k)
+    take their live ones (best first; `windows` gives each live window's place in `tokens`);
+    the best by score / length wins."""
+    sums = sum_logprobs.cpu().numpy().reshape(-1, k)  # (windows still searched, k)
     rows = tokens.tolist()
     best_tokens, best_sums = [], []
     for i, sequences in enumerate(done):
         if len(sequences) < k:
-            for j in list(np.argsort(sums[i]))[::-1]:
-                sequences[(*rows[i * k + j], eot)] = float(sums[i][j])
+            place = windows.index(i)
+            for j in list(np.argsort(sums[place]))[::-1]:
+                sequences[(*rows[place * k + j], eot)] = float(sums[place][j])
                 if len(sequences) >= k:
                     break
         candidates = [list(s[begin : s.index(eot, begin)]) for s in sequences]

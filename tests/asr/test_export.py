@@ -165,6 +165,8 @@ def test_onnx_runtime_and_int8_transcribe_as_pytorch(tiny_en: Path, audio: Path)
     assert "good morning" in fp32["sentence0.wav"].lower()
     assert texts(tiny_en, audio, "--runtime", "onnxruntime") == fp32
     assert (tiny_en / "model.bin.exported" / "decoder.onnx").exists()
+    beam = ("--beam-size", "5")  # windows leave the beam batch as they end, graphs or not
+    assert texts(tiny_en, audio, "--runtime", "onnxruntime", *beam) == texts(tiny_en, audio, *beam)
     int8 = texts(tiny_en, audio, "--quantize", "int8")  # ONNX Runtime's dynamic int8
     assert (tiny_en / "model.bin.exported" / "encoder.int8.onnx").exists()
     same = sum(int8[name] == text for name, text in fp32.items())

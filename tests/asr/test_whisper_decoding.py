@@ -221,6 +221,29 @@ def test_a_window_that_ends_leaves_the_batch(tiny_en, speech, monkeypatch) -> No
     assert together[0].text == SHORT[0]
 
 
+def test_a_beam_searched_window_that_ends_leaves_the_batch(tiny_en, theirs, speech,
+                                                            monkeypatch) -> None:  # fmt: skip
+    """Beam search drops a window with its 5 beams once it has 5 finished candidates: the
+    longer text's last steps run on its 5 rows alone, and each file's tokens are those that
+    openai-whisper's beam search gives it alone."""
+    waves = [speech["short"][0], speech["long"][2]]  # 5 words and 20
+    rows: list[int] = []
+    forward = tiny_en.model.decoder.forward
+
+    def counted(tokens, *args, **kwargs):
+        rows.append(tokens.shape[0])
+        return forward(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_en.model.decoder, "forward", counted)
+    beam = LongForm(decoding=WhisperOptions(beam_size=5, best_of=5))
+    together = tiny_en.transcribe_audio(waves, 16, beam)
+    assert rows[0] == 10 and rows[-1] == 5 and rows.count(5) >= 10
+    for wave, ours in zip(waves, together, strict=True):
+        reference = whisper.transcribe(theirs, wave, fp16=False, beam_size=5, best_of=5)
+        assert [s.tokens for s in ours.segments] == [s["tokens"] for s in reference["segments"]]
+    assert together[0].text == SHORT[0]
+
+
 def test_a_shortened_encoder_window(tiny_en, speech, long_clip, monkeypatch) -> None:
     """--encoder-window 15: windows of 1500 frames; a short clip gives the full window's
     text, and a 35-s clip is read in three windows with times inside the audio."""
