@@ -127,8 +127,9 @@ class Decoding(options.Options):
     vad: bool = False
     """Whisper models: transcribe only the speech Silero VAD finds (no text on silence)."""
     encoder_window: float | None = option(None, min=12.0, max=30.0)
-    """Whisper models: read the audio in windows of SECONDS instead of 30 (short clips: 2-3x
-    faster at 15 s); a window whose text repeats itself is decoded again on 30 s."""
+    """Whisper models: read a clip no longer than SECONDS in one window of SECONDS instead
+    of 30 (2-3x faster at 15 s; longer files keep 30 s); a window whose text repeats itself
+    is decoded again on 30 s."""
     adapt: bool = False
     """First adapt the batch norms to all the audio given (a new speaker or microphone)."""
     adapt_passes: int = option(0, min=0, max=100)

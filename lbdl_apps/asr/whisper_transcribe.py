@@ -50,7 +50,7 @@ class LongForm:
     initial_prompt: str | None = None
     word_timestamps: bool = False
     vad: bool = False
-    encoder_window: float | None = None  # seconds per window (None: Whisper's 30)
+    encoder_window: float | None = None  # seconds per window of a clip that fits in one
     prepend_punctuations: str = PREPEND
     append_punctuations: str = APPEND
 
@@ -149,8 +149,9 @@ class Stream:
         self, mel: Tensor, tokenizer: WhisperTokenizer, long_form: LongForm, language: str | None
     ) -> None:
         self.mel, self.frames, self.seek = mel, mel.shape[-1], 0
-        seconds = long_form.encoder_window
-        self.window_size = window_frames(seconds) if seconds is not None else WINDOW_FRAMES
+        seconds = long_form.encoder_window  # for clips that fit in it; longer files: 30 s
+        fits = seconds is not None and self.frames <= window_frames(seconds)
+        self.window_size = window_frames(seconds) if fits else WINDOW_FRAMES
         self.tokenizer, self.long_form, self.language = tokenizer, long_form, language
         prompt = long_form.initial_prompt
         self.tokens = tokenizer.encode(" " + prompt.strip()) if prompt is not None else []
@@ -220,7 +221,8 @@ def detect_languages(
     unknown = [s for s in streams if s.language is None]
     if not unknown:
         return
-    mel = torch.stack([s.window()[0] for s in unknown]).to(next(model.parameters()).device)
+    first = [pad_frames(s.mel[:, :WINDOW_FRAMES], WINDOW_FRAMES) for s in unknown]  # Whisper's
+    mel = torch.stack(first).to(next(model.parameters()).device)
     with torch.no_grad():
         found = detect_language(model, tokenizer, model.encode(mel)[0]).tolist()  # type: ignore[operator]
     for stream, token in zip(unknown, found, strict=True):
@@ -230,13 +232,14 @@ def detect_languages(
 def run_streams(
     streams: list[Stream], decoder: Decoder, batch_size: int, align: Aligner | None = None
 ) -> None:
-    """Transcribe the streams to their ends, the windows of equal prompt and language in
-    batches of `batch_size`."""
+    """Transcribe the streams to their ends, the windows of equal prompt, language and size
+    in batches of `batch_size`."""
     while active := [s for s in streams if not s.done]:
         groups: dict[tuple, list[Stream]] = {}
         for stream in active:
-            groups.setdefault((stream.language, stream.prompt()), []).append(stream)
-        for (language, prompt), members in groups.items():
+            key = (stream.language, stream.prompt(), stream.window_size)
+            groups.setdefault(key, []).append(stream)
+        for (language, prompt, _), members in groups.items():
             long_form = members[0].long_form
             options = replace(long_form.decoding, language=language, prompt=prompt,
                               without_timestamps=False)  # fmt: skip
