@@ -142,14 +142,16 @@ def log_mel(
     return normalize_log_mel(mel, normalization)
 
 
-def random_equalizer(max_db: float, rng: np.random.Generator, points: int = 6) -> Tensor:
-    """Gains in dB for the 80 mel bands of a random equalizer, as another microphone or room
-    would apply: drawn in [-max_db, max_db] at `points` bands spread evenly on the mel scale,
-    linear between them."""
+def random_equalizer(
+    max_db: float, rng: np.random.Generator, points: int = 6, bands: int = N_MELS
+) -> Tensor:
+    """Gains in dB for the `bands` mel bands of a random equalizer, as another microphone or
+    room would apply: drawn in [-max_db, max_db] at `points` bands spread evenly on the mel
+    scale, linear between them."""
     knots = torch.from_numpy(rng.uniform(-max_db, max_db, points).astype(np.float32))
-    # (points,) -> (1, 1, points), linear to (1, 1, 80) -> (80,)
+    # (points,) -> (1, 1, points), linear to (1, 1, bands) -> (bands,)
     return torch.nn.functional.interpolate(
-        knots[None, None], size=N_MELS, mode="linear", align_corners=True
+        knots[None, None], size=bands, mode="linear", align_corners=True
     )[0, 0]
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lbdl_apps.asr.audio import HOP, SAMPLE_RATE, WINDOW_FRAMES, pad_frames
+from lbdl_apps.asr.audio import HOP, SAMPLE_RATE, WINDOW_FRAMES, pad_frames, random_equalizer
 from lbdl_apps.asr.augment import Augment
 from lbdl_apps.asr.data import IGNORED, Batch, Utterance
 from lbdl_apps.asr.lora import check_lora, merge_lora, train_only_adapters
@@ -88,11 +88,6 @@ def check_args(args: Any) -> None:
                         ("--heads", args.heads)):  # fmt: skip
         if value is not None:
             raise LbdlError(f"{flag}: not with --init (the model is {args.init}'s)")
-    spectral = {"--freq-masks": args.freq_masks, "--time-masks": args.time_masks,
-                "--stretch": args.stretch, "--warp": args.warp, "--eq": args.eq}  # fmt: skip
-    for flag in (flag for flag, value in spectral.items() if value):
-        raise LbdlError(f"{flag}: not with --init (a Whisper model is fine-tuned with "
-                        "waveform augmentation: --speed, --noise-snr)")  # fmt: skip
     check_lora(args.lora, args.lora_alpha)
 
 
@@ -157,8 +152,8 @@ class WhisperSpeechDataset(Dataset):
     " text" + end; a `timestamps` share of the accesses has it timestamped as Whisper's
     training data are (prompt without <|notimestamps|>, then <|0.00|> text <|clip end|>), so
     that the model keeps both of Whisper's decoding modes (transcribe decodes with
-    timestamps). Waveforms are kept in memory; augmentation of the waveform (speed, noise)
-    and the timestamped share are drawn afresh at every access."""
+    timestamps). Waveforms are kept in memory; augmentation (`whisper_augment`) and the
+    timestamped share are drawn afresh at every access."""
 
     def __init__(self, utterances: list[Utterance], tokenizer: WhisperTokenizer,
                  config: RecognizerConfig, augment: Augment | None = None,
@@ -184,19 +179,33 @@ class WhisperSpeechDataset(Dataset):
         if index not in self.waves:
             self.waves[index] = self.utterances[index].load()
         wave = self.waves[index]
-        if self.augment is not None:
-            rng = np.random.default_rng(int(torch.randint(0, 2**31, ()).item()))
-            wave = self.augment.wave(wave, rng)
+        if self.augment is None:
+            mel = self.mel(wave, self.n_mels)
+        else:
+            mel = whisper_augment(wave, self.augment, self.mel, self.n_mels)
         t = self.tokenizer
         text = self.texts[index]
         if self.timestamps and float(torch.rand(())) < self.timestamps:
-            steps = min(round(len(wave) / SAMPLE_RATE / PRECISION), self.frames // 2)
+            seconds = mel.shape[-1] * HOP / SAMPLE_RATE  # as augmented (tempo)
+            steps = min(round(seconds / PRECISION), self.frames // 2)
             start = prompt(t, timestamps=True)
             sequence = [*start, t.timestamp_begin, *text, t.timestamp_begin + steps, t.eot]
         else:
             start = prompt(t)
             sequence = [*start, *text, t.eot]
-        return pad_frames(self.mel(wave, self.n_mels), self.frames), sequence, len(start)
+        return pad_frames(mel, self.frames), sequence, len(start)
+
+
+def whisper_augment(wave: np.ndarray, augment: Augment, mel_of: Any, n_mels: int) -> Tensor:
+    """Whisper's log-mel (n_mels, frames) of a training clip, augmented (book 6.5): the
+    waveform (speed, noise), then a random equalizer (a gain of g dB adds g / 40 to Whisper's
+    log10 power / 4 scale), tempo, vocal tract length and SpecAugment masks (filled with 0,
+    Whisper's padding)."""
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, ()).item()))
+    mel = mel_of(augment.wave(wave, rng), n_mels)
+    if augment.eq > 0:
+        mel = mel + random_equalizer(augment.eq, rng, bands=n_mels)[:, None] / 40
+    return augment.spectrogram(mel)
 
 
 def make_collate(eot: int):

@@ -125,13 +125,12 @@ class AsrTask(SupervisedTask[TrainArgs, AsrData]):
 
     def _whisper_sets(self, data: AsrData, config: RecognizerConfig,
                       augment: Augment) -> TrainingSets:  # fmt: skip
-        """Whisper's log-mel windows and token sequences (waveform augmentation only)."""
+        """Whisper's log-mel windows and token sequences."""
         speech, tokenizer = data.speech, data.tokenizer
         assert isinstance(tokenizer, WhisperTokenizer)
         finetune.check_clips(speech.train + speech.val + speech.test, config.encoder_window)
-        waves = Augment(speed=augment.speed, noise_snr=augment.noise_snr)
         train = finetune.WhisperSpeechDataset(speech.train, tokenizer, config,
-                                              waves if waves != Augment() else None,
+                                              augment if augment != Augment() else None,
                                               finetune.TIMESTAMPED)  # fmt: skip
         val = finetune.WhisperSpeechDataset(speech.val, tokenizer, config) if speech.val else None
         return TrainingSets(train, val, finetune.make_collate(tokenizer.eot))

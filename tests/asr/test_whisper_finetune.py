@@ -15,6 +15,7 @@ import torch
 
 from lbdl_apps.asr.api import load
 from lbdl_apps.asr.audio import pad_frames
+from lbdl_apps.asr.augment import Augment
 from lbdl_apps.asr.cli import TrainArgs
 from lbdl_apps.asr.data import Utterance, read_dataset
 from lbdl_apps.asr.finetune import WhisperSpeechDataset, make_collate, prompt
@@ -112,6 +113,29 @@ def test_targets_are_whispers_prompt_then_the_text_and_end(files) -> None:
     assert batch.targets[0].tolist() == [-100, *plain[1][2:], -100]  # the text and end only
     assert batch.tokens[1].tolist() == stamped[1][:-1]
     assert batch.targets[1].tolist() == stamped[1][1:]
+
+
+def test_spectral_augmentation_of_whisper_windows(files) -> None:
+    """Augmentation on Whisper's log-mel: an equalizer adds one offset per band, within
+    +-eq dB (/ 40 on Whisper's scale); masks zero whole bands; a tempo change moves the end
+    timestamp with the clip's new length."""
+    recognizer = load(files["init"])
+    t, config = recognizer.tokenizer, recognizer.model.config
+    utterance = Utterance("three", files["data"] / "c2.wav")  # 0.8 s: 80 frames
+    plain = WhisperSpeechDataset([utterance], t, config)[0][0][:, :80]
+    torch.manual_seed(0)
+    equalized = WhisperSpeechDataset([utterance], t, config, Augment(eq=6.0))[0][0][:, :80]
+    offset = equalized - plain  # (80 bands, 80 frames)
+    assert float(offset.std(dim=1).max()) < 1e-5 and 0.01 < float(offset.abs().max()) <= 0.15
+    masked = WhisperSpeechDataset([utterance], t, config, Augment(freq_masks=2, freq_width=30))
+    zeroed = [int((masked[0][0][:, :80] == 0).all(dim=1).sum()) for _ in range(10)]
+    assert max(zeroed) >= 5 and float((plain == 0).all(dim=1).sum()) == 0
+    slower = WhisperSpeechDataset([utterance], t, config, Augment(stretch=1.0), timestamps=1.0)
+    ends = {slower[0][1][-2] - t.timestamp_begin for _ in range(10)}
+    assert len(ends) > 3 and min(ends) < 40 < max(ends)  # 0.8 s is 40 steps of 0.02 s
+    done = run(files, files["root"] / "spectral", "--lora", "4", "--warp", "0.1", "--eq", "3",
+               "--freq-masks", "1", "--time-masks", "1")  # fmt: skip
+    assert done.exit_code == 0, done.output
 
 
 def test_a_lora_fine_tune_lowers_the_loss_and_merges_to_the_same_logits(
@@ -217,7 +241,6 @@ def test_bad_fine_tuning_inputs_are_one_line(files, tmp_path) -> None:
         (["--lora-alpha", "0"], ("--lora-alpha 0", "positive")),
         (["--encoder-window", "0.5"], ("--encoder-window 0.5", "longest clip")),
         (["--width", "32"], ("--width", "not with --init")),
-        (["--freq-masks", "2"], ("--freq-masks", "not with --init")),
     ]
     for flags, expected in cases:
         assert_user_error(run(files, runs / "x", *flags), *expected)
