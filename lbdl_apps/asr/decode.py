@@ -175,7 +175,7 @@ def beam_search(
                 last[i * k + j] = token
                 scores[i, j] = score
             beams[i] = [prefix for *_, prefix in kept] or beams[i]
-        cache.reorder(order)
+        cache.reorder(order, same_context=True)  # each beam's source is a beam of its input
         if all(len(f) >= k for f in finished):
             break
     return [_best(finished[i], beams[i], scores[i], float(no_speech_prob[i]), length_penalty)

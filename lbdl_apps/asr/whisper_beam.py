@@ -74,8 +74,8 @@ def beam_search(
         logits = search.logits(tokens, step)
         live, sources, finished = _step(tokens, logits, sum_logprobs, k, eot)
         tokens = torch.tensor(live, device=tokens.device)
-        if sources != list(range(len(sources))):
-            search.cache.reorder(torch.tensor(sources, device=tokens.device))
+        if sources != list(range(len(sources))):  # beams move within their window
+            search.cache.reorder(torch.tensor(sources, device=tokens.device), same_context=True)
         for window, new in zip(windows, finished, strict=True):
             previous = done[window]
             for sequence in sorted(new, key=new.__getitem__, reverse=True):

@@ -181,19 +181,28 @@ class KVCache:
 
     def __init__(self) -> None:
         self._layers: dict[str, dict[str, Tensor]] = {}
+        self._of_context: set[str] = set()  # the entries computed from the context alone
         self.length = 0
 
-    def layer(self, name: str) -> dict[str, Tensor]:
-        """The entry of one attention layer (its own to fill)."""
+    def layer(self, name: str, context: bool = False) -> dict[str, Tensor]:
+        """The entry of one attention layer (its own to fill); `context`: of a
+        cross-attention, computed from the context alone."""
+        if context:
+            self._of_context.add(name)
         return self._layers.setdefault(name, {})
 
     def advance(self, tokens: int) -> None:
         """Count the `tokens` a decoding step added."""
         self.length += tokens
 
-    def reorder(self, rows: Tensor) -> None:
-        """Keep the batch rows `rows` (B',) of every cached tensor, in place."""
-        for entry in self._layers.values():
+    def reorder(self, rows: Tensor, same_context: bool = False) -> None:
+        """Keep the batch rows `rows` (B',) of every cached tensor, in place. `same_context`:
+        each row takes the place of a row with the same context (a beam of the same input),
+        so the cross-attention entries, all alike there, stay as they are (openai-whisper's
+        beam search copies only the self-attention cache too)."""
+        for name, entry in self._layers.items():
+            if same_context and name in self._of_context:
+                continue
             for key, value in entry.items():
                 entry[key] = value.index_select(0, rows)
 
@@ -404,7 +413,7 @@ class TransformerBlock(nn.Module):
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block has cross-attention: pass a context")
-            cross_cache = None if cache is None else cache.layer(f"{name}.cross")
+            cross_cache = None if cache is None else cache.layer(f"{name}.cross", context=True)
             x = x + self.drop(
                 self.cross_attn(
                     self.ln_cross(x),

@@ -232,6 +232,28 @@ def test_reordered_cache_decodes_the_reordered_rows() -> None:
     torch.testing.assert_close(last, full, atol=1e-5, rtol=1e-5)
 
 
+def test_a_reorder_among_beams_of_one_input_keeps_the_cross_attention_cache() -> None:
+    """Beams of one input share its context: `same_context` moves the self-attention cache
+    alone, the cross-attention keys stay the very same tensors, and decoding goes on as
+    after a full reorder."""
+    torch.manual_seed(0)
+    decoder = TransformerDecoder(50, 32, depth=2, heads=4, max_len=16).eval()
+    tokens = torch.randint(0, 50, (3, 6))
+    context = torch.randn(1, 7, 32).expand(3, 7, 32)  # three beams of one input
+    rows = torch.tensor([2, 0, 0])
+    with torch.no_grad():
+        full = decoder(tokens[rows], context)[:, -1]
+        cache = KVCache()
+        decoder(tokens[:, :5], context, cache=cache)
+        cross = {n: dict(e) for n, e in cache._layers.items() if n.endswith(".cross")}
+        selfs = {n: dict(e) for n, e in cache._layers.items() if n.endswith(".self")}
+        cache.reorder(rows, same_context=True)
+        assert cross and all(cache.layer(n)[k] is t for n, e in cross.items() for k, t in e.items())
+        assert all(cache.layer(n)[k] is not t for n, e in selfs.items() for k, t in e.items())
+        last = decoder(tokens[rows, 5:], context, cache=cache)[:, -1]
+    torch.testing.assert_close(last, full, atol=1e-5, rtol=1e-5)
+
+
 def test_unet_shapes() -> None:
     torch.manual_seed(0)
     plain = UNet(1, 2, base=8, multipliers=(1, 2), attention_levels=(1,), heads=2)
