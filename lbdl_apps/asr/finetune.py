@@ -6,7 +6,7 @@ The teacher-forced sequence is Whisper's: <|startoftranscript|> [<|en|> <|transc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -196,7 +196,9 @@ class WhisperSpeechDataset(Dataset):
         return pad_frames(mel, self.frames), sequence, len(start)
 
 
-def whisper_augment(wave: np.ndarray, augment: Augment, mel_of: Any, n_mels: int) -> Tensor:
+def whisper_augment(
+    wave: np.ndarray, augment: Augment, mel_of: Callable[[np.ndarray, int], Tensor], n_mels: int
+) -> Tensor:
     """Whisper's log-mel (n_mels, frames) of a training clip, augmented (book 6.5): the
     waveform (speed, noise), then a random equalizer (a gain of g dB adds g / 40 to Whisper's
     log10 power / 4 scale), tempo, vocal tract length and SpecAugment masks (filled with 0,
