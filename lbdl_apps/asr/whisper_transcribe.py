@@ -221,7 +221,7 @@ def detect_languages(
     unknown = [s for s in streams if s.language is None]
     if not unknown:
         return
-    first = [pad_frames(s.mel[:, :WINDOW_FRAMES], WINDOW_FRAMES) for s in unknown]  # Whisper's
+    first = [pad_frames(s.mel, WINDOW_FRAMES) for s in unknown]  # Whisper's first 30 s
     mel = torch.stack(first).to(next(model.parameters()).device)
     with torch.no_grad():
         found = detect_language(model, tokenizer, model.encode(mel)[0]).tolist()  # type: ignore[operator]

@@ -83,6 +83,19 @@ def spy(recognizer, monkeypatch: pytest.MonkeyPatch) -> list:
     return calls
 
 
+def decoder_rows(recognizer, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the batch rows of each call of the recognizer's decoder."""
+    rows: list[int] = []
+    forward = recognizer.model.decoder.forward
+
+    def counted(tokens, *args, **kwargs):
+        rows.append(tokens.shape[0])
+        return forward(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(recognizer.model.decoder, "forward", counted)
+    return rows
+
+
 def decoded_frames(calls: list) -> list[int]:
     """The frames of every window decoded, in order, from `spy`'s calls."""
     return [frames for _, _, sizes in calls for frames in sizes]
@@ -205,14 +218,7 @@ def test_a_window_that_ends_leaves_the_batch(tiny_en, speech, monkeypatch) -> No
     """Greedy decoding drops a window from the batch once it writes its end token: the
     longer text's last steps run on its row alone, and each text is the one decoded alone."""
     waves = [speech["short"][0], speech["long"][2]]  # 5 words and 20
-    rows: list[int] = []
-    forward = tiny_en.model.decoder.forward
-
-    def counted(tokens, *args, **kwargs):
-        rows.append(tokens.shape[0])
-        return forward(tokens, *args, **kwargs)
-
-    monkeypatch.setattr(tiny_en.model.decoder, "forward", counted)
+    rows = decoder_rows(tiny_en, monkeypatch)
     together = tiny_en.transcribe_audio(waves, 16, LongForm())
     assert rows[0] == 2 and rows[-1] == 1 and rows.count(1) >= 10
     monkeypatch.undo()
@@ -227,14 +233,7 @@ def test_a_beam_searched_window_that_ends_leaves_the_batch(tiny_en, theirs, spee
     longer text's last steps run on its 5 rows alone, and each file's tokens are those that
     openai-whisper's beam search gives it alone."""
     waves = [speech["short"][0], speech["long"][2]]  # 5 words and 20
-    rows: list[int] = []
-    forward = tiny_en.model.decoder.forward
-
-    def counted(tokens, *args, **kwargs):
-        rows.append(tokens.shape[0])
-        return forward(tokens, *args, **kwargs)
-
-    monkeypatch.setattr(tiny_en.model.decoder, "forward", counted)
+    rows = decoder_rows(tiny_en, monkeypatch)
     beam = LongForm(decoding=WhisperOptions(beam_size=5, best_of=5))
     together = tiny_en.transcribe_audio(waves, 16, beam)
     assert rows[0] == 10 and rows[-1] == 5 and rows.count(5) >= 10
