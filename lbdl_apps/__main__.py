@@ -1,5 +1,5 @@
 """`python -m lbdl_apps` is `lbdl`."""
 
-from lbdl_apps.cli import run
+from lbdl_apps.entry import main
 
-run()
+main()

@@ -7,7 +7,6 @@ import importlib.util
 import os
 import pkgutil
 import platform
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,22 +177,3 @@ def tour(args: TourArgs, common: Common) -> None:
     write_report(results, report)
     console.print(f"report: {report}")
 
-
-def run() -> None:
-    """The `lbdl` command: SIGTERM is Ctrl-C from the first moment (one line, exit 130; a
-    training run saves its state first), and once the command is over a late signal no
-    longer cuts its exit short."""
-
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        app()
-    finally:
-        for stop in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(stop, signal.SIG_IGN)
-
-
-if __name__ == "__main__":
-    run()

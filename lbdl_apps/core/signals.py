@@ -1,5 +1,5 @@
-"""Ctrl-C and SIGTERM during a long run (DESIGN.md): both become KeyboardInterrupt, held back
-while the run writes its state, so that what is saved is always a consistent state."""
+"""Ctrl-C and SIGTERM (DESIGN.md): both become KeyboardInterrupt, held back while a run
+writes its state, so that what is saved is always a consistent state."""
 
 from __future__ import annotations
 
@@ -10,31 +10,64 @@ from collections.abc import Iterator
 from typing import Any
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, as lbdl raises it. A subclass on purpose: CPython remembers a plain
+    KeyboardInterrupt that passes through a nested evaluation (`PyRun_String`, which C
+    extensions call) and, under `python -m`, ends the process by SIGINT at exit, even after
+    lbdl caught it and chose exit 130."""
+
+
+class _Received:
+    """Whether a Ctrl-C/SIGTERM came that the command has not yet acted on. Raising from a
+    handler is not enough: C code that calls Python and clears the error it gets back (a C
+    module's import, for one) swallows the KeyboardInterrupt, so lbdl checks this at every
+    training step's end and when a verb returns."""
+
+    pending = False
+    depth = 0  # how many `StopSignals.installed()` blocks are open
+
+
+def interrupt(signum: int, frame: Any) -> None:
+    """A signal handler: stop the command where it is."""
+    _Received.pending = True
+    raise Interrupted
+
+
+def raise_if_received() -> None:
+    """Stop now if a signal came whose KeyboardInterrupt was swallowed on its way up."""
+    if _Received.pending:
+        raise Interrupted
+
+
 class StopSignals:
     """While `installed()`, SIGINT and SIGTERM raise KeyboardInterrupt, except inside a
     `deferred()` block, at whose end they take effect."""
 
     def __init__(self) -> None:
         self._deferring = False
-        self._requested = False
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
+        """Set the handlers; once the outermost block ends, the command is over and a signal
+        it received is forgotten (an in-process caller may run the next command)."""
         if threading.current_thread() is not threading.main_thread():
             yield  # signal handlers can only be set from the main thread
             return
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        _Received.depth += 1
         try:
             yield
         finally:
+            _Received.depth -= 1
+            if _Received.depth == 0:
+                _Received.pending = False
             for s, handler in old.items():
                 signal.signal(s, handler)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._deferring:
-            self._requested = True
-        else:
-            raise KeyboardInterrupt
+        _Received.pending = True
+        if not self._deferring:
+            raise Interrupted
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
@@ -53,13 +86,7 @@ class StopSignals:
     def end(self) -> None:
         """The held-back work is done: a signal that came meanwhile takes effect now."""
         self._deferring = False
-        if self._requested:
-            raise KeyboardInterrupt
-
-    @property
-    def requested(self) -> bool:
-        """Whether a signal came while held back."""
-        return self._requested
+        raise_if_received()
 
     def hold(self) -> None:
         """From now on, hold every signal back (a second Ctrl-C must not cut a save short)."""

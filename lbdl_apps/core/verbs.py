@@ -27,7 +27,7 @@ from lbdl_apps.core.options import (
     default_of,
     help_texts,
 )
-from lbdl_apps.core.signals import StopSignals
+from lbdl_apps.core.signals import StopSignals, raise_if_received
 
 # The click that typer runs on (recent typer releases vendor their own copy).
 click_exceptions = sys.modules[typer.BadParameter.__module__]
@@ -140,7 +140,9 @@ def run_guarded(fn: Callable[[], Any], debug: bool) -> Any:
 
     forget_made_folders()
     try:
-        return fn()
+        result = fn()
+        raise_if_received()  # a Ctrl-C that a library swallowed still gives exit 130
+        return result
     except LbdlError as error:
         remove_unused_folders()
         if debug:
@@ -202,7 +204,20 @@ def verb(
 
 class OneLineErrors(TyperGroup):
     """The root command group: a usage error (bad flag value, unknown option) is one line on
-    stderr and exit 2, like every other user error."""
+    stderr and exit 2, like every other user error; Ctrl-C while the command line is read
+    (which typer would end silently) is one line and exit 130."""
+
+    def make_context(self, *args: Any, **extra: Any) -> typer.Context:
+        try:
+            return super().make_context(*args, **extra)
+        except KeyboardInterrupt as interrupt:
+            raise typer.Abort from interrupt
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as interrupt:
+            raise typer.Abort from interrupt
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:

@@ -25,7 +25,7 @@ def test_classify_train_under_torchrun(tmp_path: Path) -> None:
             "--nproc_per_node",
             "2",
             "-m",
-            "lbdl_apps.cli",
+            "lbdl_apps",
             "classify",
             "train",
             "--model",

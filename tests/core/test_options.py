@@ -4,6 +4,9 @@ Python API, --config TOML files, aliases and the error rule of the built command
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -70,6 +73,12 @@ def go(args: Child, common: Common) -> int:
     """Do it."""
     if args.label == "bad":
         raise LbdlError("bad: not a label")
+    if args.label == "swallowed":
+        try:  # a library that swallows the KeyboardInterrupt, as C code clearing errors does
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1.0)
+        except BaseException:
+            pass
     seen.append((args, common))
     return 3 if args.label == "three" else 0
 
@@ -103,6 +112,13 @@ def test_the_dataclass_is_the_command_line() -> None:
 def test_alias_runs_the_same_command_and_the_return_value_is_the_exit_code() -> None:
     assert run("run", "three").exit_code == 3
     assert seen[0][0].label == "three"
+
+
+def test_a_signal_that_a_library_swallowed_still_ends_the_command_with_130() -> None:
+    result = run("go", "swallowed")
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip().splitlines() == ["lbdl: interrupted"]
+    assert run("go", "after").exit_code == 0  # the next command in this process runs
 
 
 def test_errors_are_one_line_and_exit_2() -> None:

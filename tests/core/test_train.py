@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
 
-from lbdl_apps.core.checkpoint import read_checkpoint
+from lbdl_apps.core.checkpoint import load_state, read_checkpoint
 from lbdl_apps.core.errors import LbdlError
 from lbdl_apps.core.optim import ema_with_warmup
 from lbdl_apps.core.options import TrainArgs
@@ -161,6 +162,35 @@ def test_sigterm_saves_state_and_restores_handlers(tmp_path: Path) -> None:
     assert exit_info.value.code == 130
     assert (tmp_path / "state.pt").is_file()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+class SwallowingBlobs(Blobs):
+    """Blobs read by a library that swallows a KeyboardInterrupt (as C code that clears the
+    errors it gets back does); SIGTERM comes during the 20th read."""
+
+    reads = 0
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        SwallowingBlobs.reads += 1
+        try:
+            if SwallowingBlobs.reads == 20:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1.0)
+        except BaseException:
+            pass
+        return super().__getitem__(i)
+
+
+def test_a_swallowed_sigterm_stops_at_the_end_of_the_step(tmp_path: Path) -> None:
+    model = mlp()
+    run = Trainer(
+        model, SwallowingBlobs(192, seed=1), Blobs(96, seed=2), loss_fn, evaluate, CONFIG,
+        tmp_path, CPU, META, quiet=True, seed=SEED,
+    )  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        run.fit()
+    assert exit_info.value.code == 130
+    assert load_state(tmp_path / "state.pt")["step"] == 2  # reads 17 to 32 are step 2's batch
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
