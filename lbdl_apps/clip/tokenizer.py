@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from torch import Tensor
 
 from lbdl_apps.core.errors import LbdlError
 
 PAD, UNK, SOT, EOT = "<pad>", "<unk>", "<start_of_text>", "<end_of_text>"
+SPECIALS = [PAD, UNK, SOT, EOT]
+SUFFIX = "</w>"  # ends a word's last symbol
 _CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
@@ -66,19 +69,63 @@ class TextTokenizer:
 def train_bpe(
     texts: Iterable[str], vocab_size: int = 1000, context_length: int = 32
 ) -> TextTokenizer:
-    """A lower-case BPE tokenizer trained on `texts` (the training captions)."""
-    tokenizer = Tokenizer(models.BPE(unk_token=UNK, end_of_word_suffix="</w>"))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(_CLIP_SPLIT), "removed", invert=True)
-    tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[PAD, UNK, SOT, EOT],
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer)
+    """A lower-case BPE tokenizer trained on `texts` (the training captions): the same
+    texts give the same tokenizer in every run (HF's BpeTrainer numbers its end-of-word
+    tokens in hash-map order, which changes its ties between merges from run to run)."""
+    normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    splitter = pre_tokenizers.Split(Regex(_CLIP_SPLIT), "removed", invert=True)
+    words: Counter[tuple[str, ...]] = Counter()
+    for text in texts:
+        for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)):
+            words[(*word[:-1], word[-1] + SUFFIX)] += 1
+    symbols = sorted({symbol for word in words for symbol in word})
+    merges = learn_merges(words, vocab_size - len(SPECIALS) - len(symbols))
+    vocab = {token: i for i, token in enumerate([*SPECIALS, *symbols, *map("".join, merges)])}
+    tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token=UNK, end_of_word_suffix=SUFFIX))
+    tokenizer.add_special_tokens(SPECIALS)
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = splitter
+    tokenizer.decoder = decoders.BPEDecoder(suffix=SUFFIX)
     return TextTokenizer(tokenizer, context_length)
+
+
+def learn_merges(words: Counter[tuple[str, ...]], count: int) -> list[tuple[str, str]]:
+    """Up to `count` merges, each of the most frequent neighbouring pair of symbols in the
+    counted words (Sennrich et al.'s BPE); a tie goes to the pair first in string order."""
+    spelled = [list(word) for word in words]
+    times = list(words.values())
+    pairs: Counter[tuple[str, str]] = Counter()
+    holding: dict[tuple[str, str], set[int]] = defaultdict(set)  # pair -> words with it
+
+    def tally(w: int, sign: int) -> None:
+        for pair in zip(spelled[w], spelled[w][1:], strict=False):
+            pairs[pair] += sign * times[w]
+            if sign > 0:
+                holding[pair].add(w)
+            elif not pairs[pair]:
+                del pairs[pair]
+
+    for w in range(len(spelled)):
+        tally(w, 1)
+    merges: list[tuple[str, str]] = []
+    while len(merges) < count:
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        for w in sorted(holding.pop(best)):
+            tally(w, -1)
+            symbols, merged, i = spelled[w], [], 0
+            while i < len(symbols):
+                if tuple(symbols[i : i + 2]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            spelled[w] = merged
+            tally(w, 1)
+    return merges
 
 
 def _bytes_to_unicode() -> dict[int, str]:

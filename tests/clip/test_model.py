@@ -1,9 +1,14 @@
-"""The text encoder's end-of-text pooling, the tokenizer's fixed context, the encoders' shapes."""
+"""The text encoder's end-of-text pooling, the tokenizer's BPE and fixed context, the
+encoders' shapes."""
+
+import subprocess
+import sys
+from collections import Counter
 
 import torch
 
 from lbdl_apps.clip.model import CLIP, default_config, eos_positions
-from lbdl_apps.clip.tokenizer import train_bpe
+from lbdl_apps.clip.tokenizer import learn_merges, train_bpe
 
 CAPTIONS = ["a red circle on the left.", "a small blue square at the top.", "a star."]
 
@@ -22,6 +27,34 @@ def test_tokenizer_wraps_truncates_and_pads() -> None:
     assert tokens[0, 0] == tokenizer.sot_id
     assert (tokens[0, short_end + 1 :] == tokenizer.pad_id).all()
     assert tokens[1, -1] == tokenizer.eot_id  # truncated, still ends with end-of-text
+
+
+def test_bpe_merges_the_most_frequent_pair_first() -> None:
+    """Sennrich et al.'s example: low x5, lower x2, newest x6, widest x3. (e, s) and
+    (s, t</w>) tie at 9, string order takes (e, s); then (es, t</w>) 9, (l, o) 7, and of the
+    pairs at 6, (e, w) first in string order."""
+    words = Counter({
+        ("l", "o", "w</w>"): 5,
+        ("l", "o", "w", "e", "r</w>"): 2,
+        ("n", "e", "w", "e", "s", "t</w>"): 6,
+        ("w", "i", "d", "e", "s", "t</w>"): 3,
+    })  # fmt: skip
+    assert learn_merges(words, 4) == [("e", "s"), ("es", "t</w>"), ("l", "o"), ("e", "w")]
+    texts = ["low " * 5, "lower " * 2, "newest " * 6, "widest " * 3]
+    tokenizer = train_bpe(texts, vocab_size=4 + 11 + 4, context_length=8)
+    assert tokenizer.vocab_size == 4 + 11 + 4  # specials, 11 symbols, 4 merges
+    assert tokenizer.tokenizer.encode("Lowest").tokens == ["lo", "w", "est</w>"]
+
+
+def test_the_same_captions_give_the_same_tokenizer_in_every_process() -> None:
+    program = (
+        "from lbdl_apps.clip.tokenizer import train_bpe; "
+        "print(train_bpe(['a red thing on a gray ground', 'the blue dot', 'red red'] * 4, 40)"
+        ".tokenizer.to_str())"
+    )
+    runs = {subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                           check=True).stdout for _ in range(3)}  # fmt: skip
+    assert len(runs) == 1
 
 
 def test_pooling_reads_the_end_of_text_token_whatever_the_padding() -> None:
