@@ -27,10 +27,39 @@ class _Received:
     depth = 0  # how many `StopSignals.installed()` blocks are open
 
 
-def interrupt(signum: int, frame: Any) -> None:
-    """A signal handler: stop the command where it is."""
-    _Received.pending = True
+RETRY_S = 0.05  # how soon a signal that came during an import is looked at again
+
+
+def _importing(frame: Any) -> bool:
+    """Whether the interrupted code runs inside an import: an exception raised there can
+    cross C/C++ frames (pybind11 aborts the process, `__set_name__` wraps it in an error)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _again(signum: int, frame: Any) -> None:
+    """SIGALRM: hand the pending stop to the SIGTERM handler now in place."""
+    handler = signal.getsignal(signal.SIGTERM)
+    if _Received.pending and callable(handler):
+        handler(signal.SIGTERM, frame)
+
+
+def _stop(frame: Any) -> None:
+    """Raise Interrupted, or, inside an import, look again in RETRY_S."""
+    if _importing(frame) and hasattr(signal, "setitimer"):
+        signal.signal(signal.SIGALRM, _again)
+        signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+        return
     raise Interrupted
+
+
+def interrupt(signum: int, frame: Any) -> None:
+    """A signal handler: stop the command where it is (after the import under way)."""
+    _Received.pending = True
+    _stop(frame)
 
 
 def raise_if_received() -> None:
@@ -67,7 +96,7 @@ class StopSignals:
     def _on_signal(self, signum: int, frame: Any) -> None:
         _Received.pending = True
         if not self._deferring:
-            raise Interrupted
+            _stop(frame)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
