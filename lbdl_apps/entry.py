@@ -8,11 +8,11 @@ import signal
 import sys
 
 from lbdl_apps.core.errors import EXIT_INTERRUPTED, report
-from lbdl_apps.core.signals import interrupt
+from lbdl_apps.core.signals import STOP_SIGNALS, interrupt
 
 
 def main() -> None:
-    for stop in (signal.SIGINT, signal.SIGTERM):
+    for stop in STOP_SIGNALS:
         signal.signal(stop, interrupt)
     try:
         from lbdl_apps.cli import app
@@ -22,5 +22,5 @@ def main() -> None:
         report("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     finally:  # the command is over: a late signal no longer cuts its exit short
-        for stop in (signal.SIGINT, signal.SIGTERM):
+        for stop in STOP_SIGNALS:
             signal.signal(stop, signal.SIG_IGN)

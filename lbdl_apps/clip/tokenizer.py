@@ -108,9 +108,7 @@ def learn_merges(words: Counter[tuple[str, ...]], count: int) -> list[tuple[str,
     for w in range(len(spelled)):
         tally(w, 1)
     merges: list[tuple[str, str]] = []
-    while len(merges) < count:
-        if not pairs:
-            break
+    while len(merges) < count and pairs:
         best = min(pairs, key=lambda pair: (-pairs[pair], pair))
         merges.append(best)
         for w in sorted(holding.pop(best)):

@@ -27,6 +27,7 @@ class _Received:
     depth = 0  # how many `StopSignals.installed()` blocks are open
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RETRY_S = 0.05  # how soon a signal that came during an import is looked at again
 
 
@@ -82,7 +83,7 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             yield  # signal handlers can only be set from the main thread
             return
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         _Received.depth += 1
         try:
             yield
@@ -94,9 +95,10 @@ class StopSignals:
                 signal.signal(s, handler)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        _Received.pending = True
-        if not self._deferring:
-            _stop(frame)
+        if self._deferring:
+            _Received.pending = True
+        else:
+            interrupt(signum, frame)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
@@ -126,5 +128,5 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     """A DataLoader worker's `worker_init_fn`: Ctrl-C reaches the whole process group, and
     it is the main process that stops the run, after the step under way (a worker that died
     of it would break that step)."""
-    for stop in (signal.SIGINT, signal.SIGTERM):
+    for stop in STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)

@@ -168,12 +168,14 @@ class SwallowingBlobs(Blobs):
     """Blobs read by a library that swallows a KeyboardInterrupt (as C code that clears the
     errors it gets back does); SIGTERM comes during the 20th read."""
 
-    reads = 0
+    def __init__(self, n: int, seed: int) -> None:
+        super().__init__(n, seed)
+        self.reads = 0
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        SwallowingBlobs.reads += 1
+        self.reads += 1
         try:
-            if SwallowingBlobs.reads == 20:
+            if self.reads == 20:
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(1.0)
         except BaseException:
