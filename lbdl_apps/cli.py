@@ -176,4 +176,3 @@ def tour(args: TourArgs, common: Common) -> None:
     report = out / "report.html"
     write_report(results, report)
     console.print(f"report: {report}")
-

@@ -145,8 +145,7 @@ def load_tensors(path: str | Path, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise LbdlError(
-            f"{path}: not a {what}: it holds Python objects beyond tensors, which lbdl "
-            "never loads"
+            f"{path}: not a {what}: it holds Python objects beyond tensors, which lbdl never loads"
         ) from None
     except Exception as e:  # torch raises many kinds for a bad file; all mean the same here
         reason = f"truncated or corrupt: {type(e).__name__}"

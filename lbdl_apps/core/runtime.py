@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -136,9 +137,10 @@ INT8_KIND = "QDQ per channel (static); MatMul/Gemm per channel (dynamic)"  # a c
 
 def _stamp(source: Path, graph: Graph, inference: Inference) -> dict[str, Any]:
     """What an export was made from: the checkpoint (size and time), the graph's layout (its
-    inputs, outputs and sample shapes: an app's newer export of the same checkpoint differs)
-    and the settings."""
+    inputs, outputs and sample shapes) and the code that defines it (an app's newer export of
+    the same checkpoint differs), and the settings."""
     status = source.stat()
+    code = Path(inspect.getsourcefile(type(graph.module)) or "")
     static = bool(inference.quantize) and graph.convolutional
     return {
         "checkpoint": str(source.resolve()),
@@ -147,6 +149,7 @@ def _stamp(source: Path, graph: Graph, inference: Inference) -> dict[str, Any]:
         "inputs": graph.input_names,
         "outputs": graph.output_names,
         "shapes": [list(x.shape) for x in graph.inputs],
+        "code": hashlib.sha256(code.read_bytes()).hexdigest() if code.is_file() else None,
         "quantize": inference.quantize,
         "int8": INT8_KIND if inference.quantize else None,
         "calibrate": [inference.calibrate, CALIBRATION_INPUTS] if static else None,

@@ -215,6 +215,9 @@ def test_decoder_cache_equals_full_forward(cross: bool) -> None:
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache.length == 10
     assert decoder(tokens, context, logits=False).shape == (2, 10, 32)
+    with torch.no_grad():  # the logits at some positions alone
+        some = decoder(tokens, context, padding, at=torch.tensor([9, 2]))
+    torch.testing.assert_close(some, full[:, [9, 2]], atol=1e-6, rtol=1e-6)
 
 
 def test_reordered_cache_decodes_the_reordered_rows() -> None:

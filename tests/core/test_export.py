@@ -184,6 +184,35 @@ def test_onnx_runtime_is_cached_until_the_checkpoint_changes(tmp_path: Path) -> 
     assert cached.stat().st_mtime_ns != made  # exported again
 
 
+def test_onnx_runtime_is_exported_again_when_the_graphs_code_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newer lbdl whose graph computes otherwise, with the same inputs and outputs, does
+    not run the export an older one cached beside the same checkpoint."""
+    import importlib
+
+    source = tmp_path / "model.safetensors"
+    source.write_bytes(b"weights")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    x = torch.randn(3, 4)
+    outputs = []
+    for scale in (2, 3):
+        (tmp_path / "scaled_graph.py").write_text(
+            "from torch import nn\n\n\nclass Scaled(nn.Module):\n"
+            f"    def forward(self, x):\n        return x * {scale}\n"
+        )
+        module = importlib.reload(importlib.import_module("scaled_graph"))
+        holder: dict = {}
+        graph = Graph("net", module.Scaled(), (torch.randn(2, 4),), ["x"], ["y"],
+                      dynamic={"x": {0: "batch"}, "y": {0: "batch"}},
+                      attach=lambda m, holder=holder: holder.__setitem__("model", m))  # fmt: skip
+        deploy(Deployment("toy", source, [graph], {}), Inference(runtime="onnxruntime"),
+               torch.device("cpu"))  # fmt: skip
+        outputs.append(holder["model"](x))
+    torch.testing.assert_close(outputs[0], x * 2)
+    torch.testing.assert_close(outputs[1], x * 3)
+
+
 def test_runtime_defaults_and_torch_int8(tmp_path: Path) -> None:
     source = tmp_path / "model.safetensors"
     source.write_bytes(b"w")

@@ -99,9 +99,12 @@ class TransformerDecoder(nn.Module):
         context_padding_mask: Tensor | None = None,
         cache: KVCache | None = None,
         logits: bool = True,
+        at: Tensor | None = None,
     ) -> Tensor:
         """(B, L) token ids -> (B, L, vocab_size) next-token logits, or with `logits=False`
-        the (B, L, dim) normalized hidden states (what CLIP's text encoder reads)."""
+        the (B, L, dim) normalized hidden states (what CLIP's text encoder reads). `at` (K,):
+        the logits at those positions alone (B, K, vocab_size): a prompt's next tokens are
+        needed at one or two of its positions, and the output layer is the largest."""
         offset = cache.length if cache is not None else 0
         x = self.drop(self.pos_embed(self.token_embed(tokens), offset))
         for i, block in enumerate(self.blocks):
@@ -116,4 +119,8 @@ class TransformerDecoder(nn.Module):
         if cache is not None:
             cache.advance(tokens.shape[1])
         x = self.norm(x)
-        return x @ self.token_embed.weight.t() if logits else x  # tied output embedding
+        if not logits:
+            return x
+        if at is not None:
+            x = x[:, at]  # (B, L, dim) -> (B, K, dim)
+        return x @ self.token_embed.weight.t()  # tied output embedding
