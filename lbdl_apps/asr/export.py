@@ -7,48 +7,45 @@
 - `cross`: audio features -> every decoder block's cross-attention keys (B, blocks, heads,
   dim / heads, T / stride), transposed and scaled, and values (B, blocks, heads,
   T / stride, dim / heads), computed once per window: the first part of the decoder's cache.
-- `decoder`: one step with its cache as explicit tensors: tokens (B, L), the self-attention
-  keys and values of the P tokens before (B, blocks, heads, P, dim / heads) and the cross
-  ones of each block -> logits (B, L, vocab) and the self-attention cache of P + L tokens.
+- `decoder`: one step with its cache as explicit tensors: tokens (B, L) at positions P (a
+  0-d input) onwards, the positions K whose logits are wanted, each block's self-attention
+  cache buffers of C >= P positions (keys (B, heads, dim / heads, C), transposed and scaled
+  as the cross ones, values (B, heads, C, dim / heads)) and its cross ones -> logits
+  (B, K, vocab) and each block's self-attention keys and values of the L tokens.
 
-`attach` installs adapters called as the app's modules are (`model.encoder(mel, frames)`,
-`model.decoder(tokens, audio, mask, cache=KVCache)`), so that greedy and beam search (the
-app's decode.py, whisper_decode.py, whisper_beam.py) run unchanged on ONNX Runtime or int8
-modules, the cache tensors kept in the KVCache (whose `reorder` follows the beams). The
-transformer is not convolutional: int8 is dynamic int8 of its matrix products."""
+`attach` installs adapters (asr/adapters.py) called as the app's modules are, so that the
+app's searches run unchanged on ONNX Runtime or int8 modules. The transformer is not
+convolutional: int8 is dynamic int8 of its matrix products."""
 
 from __future__ import annotations
 
 import inspect
-import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lbdl_apps.asr.adapters import DecoderAdapter, EncoderAdapter, cache_axis, self_cache_names
 from lbdl_apps.asr.api import TASK
 from lbdl_apps.core.backbones.transformer import TransformerDecoder
 from lbdl_apps.core.export import Deployment, Graph
-from lbdl_apps.core.layers import KVCache
+from lbdl_apps.core.layers import MultiHeadAttention
 
 SAMPLE_FRAMES = 200  # log-mel frames of the sample input (2 s); the graphs take any length
-SAMPLE_PAST = 3  # tokens already in the sample's self-attention cache
-CACHE = "graphs"  # the KVCache entry of the explicit cache tensors
-ENCODER_CHUNK = 4  # windows per call of the deployed encoder
+SAMPLE_PAST = 3  # tokens already in the sample's self-attention cache buffers
 
 
-def _heads(x: Tensor, heads: int) -> Tensor:
-    """(B, L, D) -> (B, heads, L, D / heads)."""
-    b, n, d = x.shape
-    return x.view(b, n, heads, d // heads).transpose(1, 2)
+def _heads(x: Tensor, rows: int, attention: MultiHeadAttention) -> Tensor:
+    """(B, L, D) -> (B, heads, L, D / heads), B = `rows`. Every other size is a number: an
+    export computes only `rows` from a shape (each computed size adds nodes to a step)."""
+    heads = attention.heads
+    return x.view(rows, -1, heads, attention.q_proj.out_features // heads).transpose(1, 2)
 
 
-def _merge(y: Tensor) -> Tensor:
-    """(B, heads, L, D / heads) -> (B, L, D)."""
-    b, h, n, d = y.shape
-    return y.transpose(1, 2).reshape(b, n, h * d)
+def _merge(y: Tensor, rows: int, attention: MultiHeadAttention) -> Tensor:
+    """(B, heads, L, D / heads) -> (B, L, D), B = `rows`."""
+    return y.transpose(1, 2).reshape(rows, -1, attention.q_proj.out_features)
 
 
 class EncoderGraph(nn.Module):
@@ -85,9 +82,9 @@ class CrossGraph(nn.Module):
         out = []
         for block in self.blocks:
             attention = block.cross_attn
-            k = _heads(attention.k_proj(audio), attention.heads)  # (B, H, S, d)
+            k = _heads(attention.k_proj(audio), audio.shape[0], attention)  # (B, H, S, d)
             out.append(k.transpose(2, 3) * k.shape[-1] ** -0.5)  # (B, H, d, S)
-            out.append(_heads(attention.v_proj(audio), attention.heads))
+            out.append(_heads(attention.v_proj(audio), audio.shape[0], attention))
         return tuple(out)
 
 
@@ -97,6 +94,11 @@ class DecoderStep(nn.Module):
     L new ones, cross-attention over the cached audio keys (masked at padding when given)
     of U windows, the B rows being B / U consecutive rows per window (a window's beams or
     samples share its audio: its keys are computed and stored once).
+    Each block's self-attention cache is a buffer of C >= P positions, of which the first P
+    hold the tokens before (the rest is ignored): keys kept as the cross-attention keys are,
+    transposed and scaled (B, heads, d, C), values (B, heads, C, d). A step reads it in
+    place and returns only its L tokens' keys and values, which the caller writes at
+    positions P .. P + L - 1: no step copies the cache.
     The logits go through a linear layer sharing the token embedding's weight (tied, as the
     decoder's), so that int8 of the linear layers also takes the largest product."""
 
@@ -107,63 +109,63 @@ class DecoderStep(nn.Module):
         self.logits = nn.Linear(dim, vocab, bias=False)
         self.logits.weight = decoder.token_embed.weight
 
-    def forward(self, tokens: Tensor, self_keys: Tensor, self_values: Tensor,
-                *audio: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        """`audio`: each block's cross keys and values (CrossGraph's outputs), then the
-        padding (U, S) of lbdl's own models."""
+    def forward(
+        self, tokens: Tensor, past: Tensor, at: Tensor, *cache: Tensor
+    ) -> tuple[Tensor, ...]:
+        """`past`: P (a 0-d int64); `at` (K,): the positions among the L whose logits are
+        wanted; `cache`: each block's self keys and values buffers (keys_0, values_0,
+        keys_1, ...), then its cross keys and values (CrossGraph's outputs), then the padding
+        (U, S) of lbdl's own models. Returns the logits (B, K, vocab) and each block's keys
+        (B, heads, d, L) and values (B, heads, L, d) of the L tokens."""
         d = self.decoder
-        padding = audio[2 * len(d.blocks)] if len(audio) > 2 * len(d.blocks) else None
-        positions = torch.arange(tokens.shape[1], device=tokens.device) + self_keys.shape[3]
+        blocks = len(d.blocks)
+        buffers, audio = cache[: 2 * blocks], cache[2 * blocks :]
+        padding = audio[2 * blocks] if len(audio) > 2 * blocks else None
+        (rows, n), device = tokens.shape, tokens.device
+        positions = torch.arange(n, device=device) + past  # (L,)
         x = d.token_embed(tokens) + d.pos_embed.weight[positions]  # (B, L, D)
-        # (1, P + L) <= (L, 1) -> (L, P + L): key j is visible to new token i when j <= P + i
-        keys = torch.arange(self_keys.shape[3] + tokens.shape[1], device=tokens.device)
-        causal = keys[None, :] <= positions[:, None]
+        # keys: the C buffered positions, then the L new ones; (L, C + L), True where hidden:
+        # a buffered position from P on, a new token after the query
+        capacity = buffers[0].shape[3]
+        buffered = torch.arange(capacity, device=device)[None, :] >= past
+        new = torch.arange(n, device=device)
+        hidden = torch.cat([buffered.expand(n, -1), new[None, :] > new[:, None]], 1)
         # padding (U, S) -> (U, 1, 1, S): True where a query may look
         keep = None if padding is None else ~padding[:, None, None, :]
-        new_keys, new_values = [], []
+        written: list[Tensor] = []
         for i, block in enumerate(d.blocks):
             h, attention = block.ln1(x), block.attn
-            k = torch.cat([self_keys[:, i], _heads(attention.k_proj(h), attention.heads)], 2)
-            v = torch.cat([self_values[:, i], _heads(attention.v_proj(h), attention.heads)], 2)
-            new_keys.append(k)
-            new_values.append(v)
-            q = _heads(attention.q_proj(h), attention.heads)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
-            x = x + attention.out_proj(_merge(y))
+            k = _heads(attention.k_proj(h), rows, attention)  # (B, H, L, d)
+            k = k.transpose(2, 3) * k.shape[-1] ** -0.5  # (B, H, d, L)
+            v = _heads(attention.v_proj(h), rows, attention)  # (B, H, L, d)
+            written += [k, v]
+            q = _heads(attention.q_proj(h), rows, attention)
+            scores = torch.cat([q @ buffers[2 * i], q @ k], 3)  # (B, H, L, C + L)
+            a = scores.masked_fill(hidden, float("-inf")).softmax(-1)
+            a_buffered, a_new = a.split([capacity, n], 3)  # (B, H, L, C), (B, H, L, L)
+            y = a_buffered @ buffers[2 * i + 1] + a_new @ v  # (B, H, L, d)
+            x = x + attention.out_proj(_merge(y, rows, attention))
             h, cross = block.ln_cross(x), block.cross_attn
-            q = _heads(cross.q_proj(h), cross.heads)
-            y = _grouped_attention(q, audio[2 * i], audio[2 * i + 1], keep)
-            x = x + cross.out_proj(_merge(y))
+            q, keys, values = cross.q_proj(h), audio[2 * i], audio[2 * i + 1]
+            x = x + cross.out_proj(_grouped_attention(q, keys, values, keep, rows, cross))
             x = x + block.mlp(block.ln2(x))
-        return self.logits(d.norm(x)), torch.stack(new_keys, 1), torch.stack(new_values, 1)
+        return self.logits(d.norm(x[:, at])), *written  # (B, K, D) -> (B, K, vocab)
 
 
-def _grouped_attention(q: Tensor, keys: Tensor, values: Tensor, keep: Tensor | None) -> Tensor:
-    """Attention of B rows of queries (B, H, L, d) over the transposed, scaled keys
-    (U, H, d, S) and the values (U, H, S, d) of U windows, B / U consecutive rows per window;
-    `keep` (U, 1, 1, S) is False at padding."""
-    b, h, n, d = q.shape
-    u = keys.shape[0]
-    # (B, H, L, d) -> (U, B / U, H, L, d) -> (U, H, B / U, L, d) -> (U, H, B / U * L, d)
-    grouped = q.view(u, b // u, h, n, d).transpose(1, 2).reshape(u, h, -1, d)
-    scores = grouped @ keys  # (U, H, B / U * L, S)
+def _grouped_attention(
+    q: Tensor, keys: Tensor, values: Tensor, keep: Tensor | None, rows: int,
+    attention: MultiHeadAttention,
+) -> Tensor:  # fmt: skip
+    """Attention of B = `rows` rows of queries (B, L, D) over the transposed, scaled keys
+    (U, heads, d, S) and the values (U, heads, S, d) of U windows, B / U consecutive rows
+    per window; `keep` (U, 1, 1, S) is False at padding. Returns (B, L, D)."""
+    # (B, L, D) -> (U, B / U * L, D) -> (U, heads, B / U * L, d): a window's rows together
+    grouped = _heads(q, keys.shape[0], attention)
+    scores = grouped @ keys  # (U, heads, B / U * L, S)
     if keep is not None:
         scores = scores.masked_fill(~keep, float("-inf"))
-    y = scores.softmax(-1) @ values  # (U, H, B / U * L, d)
-    # (U, H, B / U * L, d) -> (U, H, B / U, L, d) -> (U, B / U, H, L, d) -> (B, H, L, d)
-    return y.view(u, h, b // u, n, d).transpose(1, 2).reshape(b, h, n, d)
-
-
-def _group(context: Tensor) -> int:
-    """g when each window's features fill g consecutive rows of `context` (B, S, D) (its
-    beams or samples), else 1."""
-    b, g = context.shape[0], 1
-    while g < b and torch.equal(context[g], context[0]):
-        g += 1
-    if g == 1 or b % g:
-        return 1
-    grouped = context.view(b // g, g, *context.shape[1:])  # (B, S, D) -> (B / g, g, S, D)
-    return g if torch.equal(grouped, grouped[:, :1].expand_as(grouped)) else 1
+    y = scores.softmax(-1) @ values  # (U, heads, B / U * L, d)
+    return _merge(y, rows, attention)  # (U, B / U * L, D) -> (B, L, D)
 
 
 def named_step(decoder: TransformerDecoder, names: list[str]) -> DecoderStep:
@@ -172,104 +174,13 @@ def named_step(decoder: TransformerDecoder, names: list[str]) -> DecoderStep:
     parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
                   for name in ("self", *names)]  # fmt: skip
 
-    def forward(self: DecoderStep, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self: DecoderStep, *inputs: Tensor) -> tuple[Tensor, ...]:
         return DecoderStep.forward(self, *inputs)
 
     forward.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     named = type("DecoderStep", (DecoderStep,), {"forward": forward,
                                                  "__doc__": DecoderStep.__doc__})  # fmt: skip
     return named(decoder)
-
-
-class EncoderAdapter(nn.Module):
-    """Called as AudioEncoder is, `(mel, frames) -> (features, padding or None)`, running
-    the deployed encoder graph on at most ENCODER_CHUNK windows at a time (the same
-    results: the windows are independent; a 30-s window's attention scores take ~0.3 GB).
-    Whisper's windows come one at a time from `SpeechRecognizer.encode`."""
-
-    def __init__(self, graph: nn.Module, lengths: bool) -> None:
-        super().__init__()
-        self.graph, self.lengths = graph, lengths
-
-    def forward(self, mel: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        if not self.lengths:
-            return torch.cat([self.graph(part) for part in mel.split(ENCODER_CHUNK)]), None
-        if frames is None:
-            frames = torch.full((mel.shape[0],), mel.shape[-1], device=mel.device)
-        parts = [self.graph(m, f) for m, f in zip(mel.split(ENCODER_CHUNK),
-                                                  frames.to(mel.device).split(ENCODER_CHUNK),
-                                                  strict=True)]  # fmt: skip
-        return torch.cat([audio for audio, _ in parts]), torch.cat([p for _, p in parts])
-
-
-def _regrouped(rows: Tensor) -> tuple[Tensor, int]:
-    """The windows that the batch rows `rows` (B,) read, and how many rows each: once per
-    window where each window's rows are `group` neighbours (beams after whole windows left
-    the batch), else once per row."""
-    windows, counts = torch.unique_consecutive(rows, return_counts=True)
-    group = int(counts[0])
-    if bool((counts == group).all()) and len(torch.unique(windows)) == len(windows):
-        return windows, group
-    return rows, 1
-
-
-class DecoderAdapter(nn.Module):
-    """Called as TransformerDecoder is, `(tokens, audio, padding, cache) -> logits`, running
-    the deployed cross and step graphs. The self-attention cache lives in the KVCache's
-    `graphs` entry (batch first, so `KVCache.reorder` follows the beams), with `rows`, the
-    window of each row; the cross-attention keys and values, once per distinct window (a
-    window repeated for its beams is computed once), are kept beside, per KVCache. A call
-    without a cache (language detection, word alignment: hooks on `blocks`) runs the
-    model's own decoder."""
-
-    def __init__(self, decoder: TransformerDecoder, cross: nn.Module, step: nn.Module,
-                 masked: bool) -> None:  # fmt: skip
-        super().__init__()
-        self.original, self.cross, self.step, self.masked = decoder, cross, step, masked
-        self.blocks = decoder.blocks
-        self.max_len = decoder.max_len
-        attention = decoder.blocks[0].attn
-        dim = decoder.token_embed.weight.shape[1]
-        self.shape = (len(decoder.blocks), attention.heads, 0, dim // attention.heads)
-        # TODO(core): KVCache entries shared by rows (that reorder leaves alone)
-        self.windows: weakref.WeakKeyDictionary[KVCache, tuple[Tensor, ...]] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def forward(
-        self,
-        tokens: Tensor,
-        context: Tensor | None = None,
-        context_padding_mask: Tensor | None = None,
-        cache: KVCache | None = None,
-        logits: bool = True,
-    ) -> Tensor:
-        if cache is None or not logits:
-            return self.original(tokens, context, context_padding_mask, cache, logits)
-        entry = cache.layer(CACHE)
-        if "rows" not in entry:
-            group = _group(context)
-            self.windows[cache] = self.cross(context[::group])
-            entry["rows"] = torch.arange(tokens.shape[0], device=tokens.device) // group
-            empty = context.new_zeros(tokens.shape[0], *self.shape)
-            entry["self_keys"], entry["self_values"] = empty, empty
-        audio, rows = self.windows[cache], entry["rows"]
-        group = len(rows) // audio[0].shape[0]  # 0 once rows have left the batch
-        if not group or not torch.equal(rows, torch.arange(len(rows), device=rows.device) // group):
-            windows, group = _regrouped(rows)  # rows moved or left: the windows they read
-            audio = self.windows[cache] = tuple(t[windows] for t in audio)
-            entry["rows"] = torch.arange(len(rows), device=rows.device) // group
-        inputs = [tokens, entry["self_keys"], entry["self_values"], *audio]
-        if self.masked:
-            if context_padding_mask is None:
-                b, s = audio[0].shape[0], audio[0].shape[-1]  # keys (U, heads, d, S)
-                context_padding_mask = torch.zeros(b, s, dtype=torch.bool, device=tokens.device)
-            else:
-                context_padding_mask = context_padding_mask[::group]
-            inputs.append(context_padding_mask)
-        out, entry["self_keys"], entry["self_values"] = self.step(*inputs)
-        cache.advance(tokens.shape[1])
-        return out
 
 
 def deployment(recognizer: Any) -> Deployment:
@@ -332,14 +243,22 @@ def _samples(model: nn.Module, encoder: EncoderGraph, cross: CrossGraph) -> dict
     cross_axes = {name: {0: "batch", 3 if "keys" in name else 2: "positions"}
                   for name in cross_names}  # fmt: skip
     _, heads, width, _ = cross_out[0].shape
-    past = torch.randn(2, blocks, heads, SAMPLE_PAST, width, generator=generator)
+    past_names = self_cache_names(blocks)
+    # buffers of SAMPLE_PAST + 2 positions, the last 2 unused: keys (B, heads, d, C),
+    # values (B, heads, C, d), as the cross ones
+    capacity = SAMPLE_PAST + 2
+    buffers = [torch.randn(2, heads, width, capacity, generator=generator) if cache_axis(name) == 3
+               else torch.randn(2, heads, capacity, width, generator=generator)
+               for name in past_names]  # fmt: skip
     tokens = torch.randint(0, config.vocab_size, (2, 2), generator=generator)
-    self_in, self_out = {0: "batch", 3: "past"}, {0: "batch", 3: "length"}
-    dec_names = ["tokens", "self_keys", "self_values", *cross_names]
-    dec_inputs = [tokens, past, past.clone(), *cross_out]
-    dec_axes = {"tokens": {0: "batch", 1: "tokens"}, "self_keys": self_in, "self_values": self_in,
-                **cross_axes, "logits": {0: "batch", 1: "tokens"}, "new_self_keys": self_out,
-                "new_self_values": self_out}  # fmt: skip
+    dec_names = ["tokens", "past", "at", *past_names, *cross_names]
+    dec_outputs = ["logits", *(f"new_{name}" for name in past_names)]
+    dec_inputs = [tokens, torch.tensor(SAMPLE_PAST), torch.tensor([1, 0]), *buffers, *cross_out]
+    dec_axes = {"tokens": {0: "batch", 1: "tokens"}, "at": {0: "at"}, **cross_axes,
+                "logits": {0: "batch", 1: "at"}}  # fmt: skip
+    for name in past_names:
+        dec_axes[name] = {0: "batch", cache_axis(name): "capacity"}
+        dec_axes[f"new_{name}"] = {0: "batch", cache_axis(name): "tokens"}
     if padding is not None:
         dec_names.append("padding")
         dec_inputs.append(padding)
@@ -347,8 +266,7 @@ def _samples(model: nn.Module, encoder: EncoderGraph, cross: CrossGraph) -> dict
     return {
         "encoder": enc,
         "cross": ((audio,), ["audio"], cross_names, {"audio": audio_axes, **cross_axes}),
-        "decoder": (tuple(dec_inputs), dec_names, ["logits", "new_self_keys", "new_self_values"],
-                    dec_axes),
+        "decoder": (tuple(dec_inputs), dec_names, dec_outputs, dec_axes),
     }  # fmt: skip
 
 

@@ -115,13 +115,16 @@ class Search:
         self.no_speech_probs: list[float] = []
 
     def logits(self, tokens: Tensor, step: int) -> Tensor:
-        """The filtered next-token logits (B, vocab): the prompt on the first step, then the
-        last token alone (the cache holds the rest)."""
-        logits = self.model.decoder(tokens if step == 0 else tokens[:, -1:], self.audio,
-                                    cache=self.cache).float()  # fmt: skip
+        """The filtered next-token logits (B, vocab): the prompt on the first step (its
+        logits after <|startoftranscript|> and after its last token alone), then the last
+        token alone (the cache holds the rest)."""
         if step == 0:
-            probs = logits[:, self.sot_index].softmax(-1)
+            at = torch.tensor([self.sot_index, tokens.shape[1] - 1], device=tokens.device)
+            logits = self.model.decoder(tokens, self.audio, cache=self.cache, at=at).float()
+            probs = logits[:, 0].softmax(-1)
             self.no_speech_probs = probs[:, self.no_speech].tolist()
+        else:
+            logits = self.model.decoder(tokens[:, -1:], self.audio, cache=self.cache).float()
         logits = logits[:, -1]
         self.filters(logits, tokens)
         return logits
@@ -163,7 +166,7 @@ def sample(
         tokens = torch.cat([tokens, chosen[:, None]], dim=-1)  # (B', t) + (B', 1)
         ended = chosen == eot
         last = bool(ended.all()) or search.done(tokens) or step == search.sample_len - 1
-        for i in (range(len(rows)) if last else ended.nonzero()[:, 0].tolist()):
+        for i in range(len(rows)) if last else ended.nonzero()[:, 0].tolist():
             row = tokens[i, begin:].tolist()
             written[int(rows[i])] = row[: row.index(eot)] if eot in row else row
         if last:

@@ -44,22 +44,25 @@ class TimestampRules:
         return closed, opened, floors
 
     def __call__(self, logits: Tensor, tokens: Tensor) -> None:
-        begin, device = self.begin, logits.device
+        begin = self.begin
         logits[:, self.no_timestamps] = NEG_INF
-        closed, opened, floors = self._rows(tokens)
-        logits[torch.tensor(closed, device=device), begin:] = NEG_INF
-        logits[torch.tensor(opened, device=device), : self.eot] = NEG_INF
-        vocab = torch.arange(logits.shape[1], device=device)[None, :]  # (1, V)
-        floor = torch.tensor(floors, device=device)[:, None]  # (B, 1)
-        logits.masked_fill_((vocab >= begin) & (vocab < floor), NEG_INF)
+        for row, (closed, opened, floor) in enumerate(zip(*self._rows(tokens), strict=True)):
+            if closed:
+                logits[row, begin:] = NEG_INF
+            if opened:
+                logits[row, : self.eot] = NEG_INF
+            logits[row, begin:floor] = NEG_INF
         if tokens.shape[1] == self.sample_begin:
             logits[:, :begin] = NEG_INF  # a window starts with a timestamp
             if self.max_initial_index is not None:
                 logits[:, begin + self.max_initial_index + 1 :] = NEG_INF
-        logprobs = logits.float().log_softmax(-1)
-        timestamp = logprobs[:, begin:].logsumexp(-1)
-        text = logprobs[:, :begin].max(-1).values
-        logits[timestamp > text, :begin] = NEG_INF
+        # Whisper compares the log-probabilities logsumexp(timestamps) - lse and
+        # max(text) - lse: the same comparison without lse, the normalizer of all 51k
+        timestamp = logits[:, begin:].float().logsumexp(-1)
+        text = logits[:, :begin].float().max(-1).values
+        for row, forced in enumerate((timestamp > text).tolist()):
+            if forced:
+                logits[row, :begin] = NEG_INF
 
 
 class Filters:

@@ -53,13 +53,17 @@ def other_inputs(graph) -> tuple[torch.Tensor, ...]:
         return (mel, torch.tensor([132, 90, 61])) if len(graph.inputs) == 2 else (mel,)
     if graph.name == "cross":
         return (torch.randn(3, 41, graph.inputs[0].shape[2], generator=g),)
-    new = [torch.randint(0, 200, (3, 1), generator=g)]
+    new = [torch.randint(0, 200, (3, 3), generator=g)]  # 3 tokens, the logits of two
     for name, sample in zip(graph.input_names[1:], graph.inputs[1:], strict=True):
+        if name in ("past", "at"):
+            new.append(torch.tensor(5) if name == "past" else torch.tensor([2, 0]))
+            continue
         shape = list(sample.shape)
-        if name.startswith("self_"):  # (B, blocks, heads, P, d): 5 tokens before
-            shape[3] = 5
-        elif name.startswith("cross_"):  # keys (B, heads, d, S), values (B, heads, S, d)
-            shape[3 if "keys" in name else 2] = 41
+        axis = 3 if "keys" in name else 2  # keys (B, heads, d, C or S), values (B, heads, ., d)
+        if name.startswith("self_"):  # buffers of 7 positions, 5 tokens before
+            shape[axis] = 7
+        elif name.startswith("cross_"):
+            shape[axis] = 41
         if name == "padding":
             new.append(torch.arange(41)[None, :] >= torch.tensor([41, 30, 12])[:, None])
         else:
@@ -89,8 +93,10 @@ def test_export_gives_pytorchs_outputs(
     described = json.loads((tmp_path / "o" / "model.json").read_text())
     assert set(described["graphs"]) == {"encoder", "cross", "decoder"}
     decoder = described["graphs"]["decoder"]
-    assert decoder["inputs"][1]["shape"][3] == "past"
-    assert decoder["outputs"][0]["shape"][:2] == ["batch", "tokens"]
+    inputs = {i["name"]: i["shape"] for i in decoder["inputs"]}
+    assert inputs["self_keys_0"][3] == inputs["self_values_0"][2] == "capacity"
+    assert inputs["at"] == ["at"] and inputs["past"] == []
+    assert decoder["outputs"][0]["shape"][:2] == ["batch", "at"]
     for graph in deployment(load(checkpoints[kind])).graphs:
         entry = described["graphs"][graph.name]
         assert entry["max_abs_diff_vs_pytorch"] < 1e-4 * max(1.0, entry["largest_output"])
@@ -103,8 +109,21 @@ def test_export_gives_pytorchs_outputs(
             assert float((e.float() - g.float()).abs().max()) <= 1e-4 * scale, graph.name
 
 
+class Recorded(torch.nn.Module):
+    """A step graph that notes the shape of the tokens (rows, L) of each call."""
+
+    def __init__(self, step: torch.nn.Module) -> None:
+        super().__init__()
+        self.step, self.calls = step, []
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.calls.append(tuple(inputs[0].shape))
+        return self.step(*inputs)
+
+
 def test_the_step_graph_decodes_as_the_decoder(checkpoints: dict[str, Path]) -> None:
-    """Greedy and beam search through the adapters (ONNX Runtime) give PyTorch's tokens."""
+    """Greedy and beam search through the adapters (ONNX Runtime) give PyTorch's tokens;
+    a prompt that a window's beams share goes through the step graph once for them."""
     from lbdl_apps.asr.whisper_decode import WhisperOptions
 
     waves = [np.sin(np.arange(n) / 7.0).astype(np.float32) * 0.3 for n in (8000, 12000)]
@@ -112,14 +131,19 @@ def test_the_step_graph_decodes_as_the_decoder(checkpoints: dict[str, Path]) -> 
     for kind in ("lbdl", "whisper"):
         ours = load(checkpoints[kind])
         theirs = load(checkpoints[kind], inference=Inference(runtime="onnxruntime"))
-        assert type(theirs.model.decoder).__name__ == "DecoderAdapter"
+        adapter = theirs.model.decoder
+        assert type(adapter).__name__ == "DecoderAdapter"
+        adapter.step = recorded = Recorded(adapter.step)
+        calls = recorded.calls
         for beam in (1, 3):
+            calls.clear()
             if kind == "lbdl":
                 found = [[h.tokens for h in r.decode(waves, beam)] for r in (ours, theirs)]
             else:
                 options = WhisperOptions(beam_size=beam, sample_len=12)
                 found = [[d.tokens for d in r.decode(mel, options)] for r in (ours, theirs)]
             assert found[0] == found[1] and found[0][0], (kind, beam)
+            assert calls[0][0] == 2 and max(rows for rows, _ in calls[1:]) == 2 * beam, calls
 
 
 @pytest.fixture(scope="module")
