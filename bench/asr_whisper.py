@@ -20,7 +20,8 @@ openai-whisper's. lbdl int8 also runs on the short clips with a 15-s encoder win
 (`--encoder-window 15`), whose WER the goal wants within 0.5 points of the full window's
 (tiny.en as converted repeats itself below ~12 s). `measure(quick)` returns the figures;
 --quick runs greedy decoding only, without faster-whisper fp32, long-form only for the int8
-systems.
+systems. `--part long_beam5` (or another <set>_<decoding>) measures one part again, in
+full, into the full run's JSON (the date of each part measured again is kept beside it).
 
     python bench/asr_whisper.py --quick
 """
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import environment, write_result
+from common import environment, read_result, write_result
 
 from lbdl_apps.asr.audio import SAMPLE_RATE, read_audio, resample
 from lbdl_apps.asr.metrics import word_and_char_error
@@ -192,9 +193,13 @@ SYSTEMS: dict[str, tuple[Callable[[], Transcriber], tuple[str, ...]]] = {
 }
 
 
-def measure(quick: bool) -> dict[str, Any]:
-    """Every system on both sets, greedy and beam 5 (--quick: 20 clips, a minute of
-    long-form, greedy, the systems and sets the goals name), and the goals' ratios."""
+PARTS = ("short_greedy", "short_beam5", "long_greedy", "long_beam5")  # <set>_<decoding>
+
+
+def measure(quick: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+    """Every system on both sets, greedy and beam 5, or the `parts` named (--quick: 20
+    clips, a minute of long-form, greedy, the systems and sets the goals name), and the
+    goals' ratios."""
     torch.set_num_threads(1)
     short = fsdd_clips(20 if quick else 500)
     wave, text = long_form(60.0 if quick else 600.0)
@@ -205,6 +210,8 @@ def measure(quick: bool) -> dict[str, Any]:
         systems = {name: made[name] for name in made if not quick or set_name in SYSTEMS[name][1]}
         for beam in (1,) if quick else (1, 5):
             key = f"{set_name}_{'greedy' if beam == 1 else 'beam5'}"
+            if key not in parts:
+                continue
             figures[key] = run(systems, waves, refs, beam)
             for name, f in figures[key].items():
                 print(f"{key:14s} {name:20s} WER {f['wer']:5.1f}%  {f['speed']:6.2f} audio s/s "
@@ -245,10 +252,34 @@ def ratios(figures: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
     return out
 
 
+def remeasured(part: str) -> dict[str, Any]:
+    """asr_whisper.json with the figures of one part measured again (its date beside them)
+    and the ratios computed again; the other parts as the full run left them."""
+    result = read_result("asr_whisper")
+    if result is None or result.get("mode") != "full":
+        sys.exit("--part needs a full run's bench/results/asr_whisper.json to update")
+    new = measure(False, (part,))
+    result["figures"][part] = new["figures"][part]
+    result["ratios"] = ratios(result["figures"])
+    result.setdefault("parts_measured_again", {})[part] = {
+        key: new[key] for key in ("date", "command", "loadavg")}  # fmt: skip
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 clips, 1 min long-form")
-    quick = parser.parse_args().quick
+    parser.add_argument("--part", choices=PARTS,
+                        help="measure this part again, in full, into asr_whisper.json")  # fmt: skip
+    args = parser.parse_args()
+    quick = args.quick
+    if args.part:
+        result = remeasured(args.part)
+        for name, value in result["ratios"].items():
+            if name.startswith(args.part):
+                print(f"{name}: {value:.2f}")
+        print(f"wrote {write_result('asr_whisper', result)}")
+        return
     result = measure(quick)
     for name, value in result["ratios"].items():
         print(f"{name}: {value:.2f}")

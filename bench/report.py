@@ -167,6 +167,9 @@ def asr_whisper(r: dict) -> Figures:
              f"{f['wer']:.1f}%, {f['speed']:.2f}")
             for key, systems in r["figures"].items() for system, f in systems.items()]  # fmt: skip
     rows += [(name.replace("_", " "), f"{value:.2f}") for name, value in r["ratios"].items()]
+    again = r.get("parts_measured_again", {})
+    rows += [(f"{part}: measured again, apart from the full run",
+              f"`{m['command']}`, {m['date'][:10]}") for part, m in again.items()]  # fmt: skip
     return rows
 
 
