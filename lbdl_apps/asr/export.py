@@ -43,6 +43,13 @@ def _heads(x: Tensor, rows: int, attention: MultiHeadAttention) -> Tensor:
     return x.view(rows, -1, heads, attention.q_proj.out_features // heads).transpose(1, 2)
 
 
+def _keys(x: Tensor, rows: int, attention: MultiHeadAttention) -> Tensor:
+    """(B, L, D) -> the keys as every cache holds them, transposed and scaled by
+    1 / sqrt(D / heads) (B, heads, D / heads, L)."""
+    k = _heads(attention.k_proj(x), rows, attention)  # (B, heads, L, d)
+    return k.transpose(2, 3) * k.shape[-1] ** -0.5
+
+
 def _merge(y: Tensor, rows: int, attention: MultiHeadAttention) -> Tensor:
     """(B, heads, L, D / heads) -> (B, L, D), B = `rows`."""
     return y.transpose(1, 2).reshape(rows, -1, attention.q_proj.out_features)
@@ -82,8 +89,7 @@ class CrossGraph(nn.Module):
         out = []
         for block in self.blocks:
             attention = block.cross_attn
-            k = _heads(attention.k_proj(audio), audio.shape[0], attention)  # (B, H, S, d)
-            out.append(k.transpose(2, 3) * k.shape[-1] ** -0.5)  # (B, H, d, S)
+            out.append(_keys(audio, audio.shape[0], attention))  # (B, H, d, S)
             out.append(_heads(attention.v_proj(audio), audio.shape[0], attention))
         return tuple(out)
 
@@ -135,8 +141,7 @@ class DecoderStep(nn.Module):
         written: list[Tensor] = []
         for i, block in enumerate(d.blocks):
             h, attention = block.ln1(x), block.attn
-            k = _heads(attention.k_proj(h), rows, attention)  # (B, H, L, d)
-            k = k.transpose(2, 3) * k.shape[-1] ** -0.5  # (B, H, d, L)
+            k = _keys(h, rows, attention)  # (B, H, d, L)
             v = _heads(attention.v_proj(h), rows, attention)  # (B, H, L, d)
             written += [k, v]
             q = _heads(attention.q_proj(h), rows, attention)

@@ -118,13 +118,14 @@ class Search:
         """The filtered next-token logits (B, vocab): the prompt on the first step (its
         logits after <|startoftranscript|> and after its last token alone), then the last
         token alone (the cache holds the rest)."""
-        if step == 0:
-            at = torch.tensor([self.sot_index, tokens.shape[1] - 1], device=tokens.device)
-            logits = self.model.decoder(tokens, self.audio, cache=self.cache, at=at).float()
+        prompt = step == 0
+        ends = [self.sot_index, tokens.shape[1] - 1]
+        at = torch.tensor(ends, device=tokens.device) if prompt else None
+        logits = self.model.decoder(tokens if prompt else tokens[:, -1:], self.audio,
+                                    cache=self.cache, at=at).float()  # fmt: skip
+        if prompt:
             probs = logits[:, 0].softmax(-1)
             self.no_speech_probs = probs[:, self.no_speech].tolist()
-        else:
-            logits = self.model.decoder(tokens[:, -1:], self.audio, cache=self.cache).float()
         logits = logits[:, -1]
         self.filters(logits, tokens)
         return logits
