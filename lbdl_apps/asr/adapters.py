@@ -19,9 +19,10 @@ ENCODER_CHUNK = 4  # windows per call of the deployed encoder
 CAPACITY_STEP = 64  # positions by which a self-attention cache buffer grows
 
 
-def self_cache_names(blocks: int) -> list[str]:
-    """The step's self-attention cache inputs: self_keys_0, self_values_0, self_keys_1, ..."""
-    return [f"self_{kind}_{i}" for i in range(blocks) for kind in ("keys", "values")]
+def self_cache_names(blocks: int, part: str = "self") -> list[str]:
+    """The step's self-attention cache inputs: self_keys_0, self_values_0, self_keys_1, ...
+    (each row's tokens), or prefix_keys_0, ... (the prefix of each window)."""
+    return [f"{part}_{kind}_{i}" for i in range(blocks) for kind in ("keys", "values")]
 
 
 class EncoderAdapter(nn.Module):
@@ -58,12 +59,13 @@ def _regrouped(rows: Tensor) -> tuple[Tensor, int]:
 
 class DecoderAdapter(nn.Module):
     """Called as TransformerDecoder is, `(tokens, audio, padding, cache) -> logits`, running
-    the deployed cross and step graphs. The self-attention cache lives in the KVCache's
-    `graphs` entry (batch first, so `KVCache.reorder` follows the beams), with `rows`, the
-    window of each row; the cross-attention keys and values, once per distinct window (a
-    window repeated for its beams is computed once), are kept beside, per KVCache. A call
-    without a cache (language detection, word alignment: hooks on `blocks`) runs the
-    model's own decoder."""
+    the deployed cross and step graphs. Each row's self-attention cache lives in the
+    KVCache's `graphs` entry (batch first, so `KVCache.reorder` follows the beams), with
+    `rows`, the window of each row; what a window's rows share is kept beside, per KVCache,
+    once per distinct window (a window repeated for its beams is computed once): the
+    cross-attention keys and values and the prefix, the prompt's keys and values where the
+    rows have the same prompt (then never copied when beams move). A call without a cache
+    (language detection, word alignment: hooks on `blocks`) runs the model's own decoder."""
 
     def __init__(self, decoder: TransformerDecoder, cross: nn.Module, step: nn.Module,
                  masked: bool) -> None:  # fmt: skip
@@ -75,10 +77,12 @@ class DecoderAdapter(nn.Module):
         self.heads = attention.heads
         self.width = decoder.token_embed.weight.shape[1] // attention.heads
         self.past = self_cache_names(len(decoder.blocks))
-        # per window, not per row (a KVCache entry is reordered by rows): kept beside
+        # per window, not per row (a KVCache entry is reordered by rows): kept beside, with
+        # the prefix's length
         self.windows: weakref.WeakKeyDictionary[KVCache, tuple[Tensor, ...]] = (
             weakref.WeakKeyDictionary()
         )
+        self.prefix: weakref.WeakKeyDictionary[KVCache, int] = weakref.WeakKeyDictionary()
 
     def forward(
         self,
@@ -94,49 +98,55 @@ class DecoderAdapter(nn.Module):
         entry = cache.layer(CACHE)
         if "rows" not in entry:
             return self._prompt(tokens, context, context_padding_mask, cache, at)
-        audio, rows = self.windows[cache], entry["rows"]
-        group = len(rows) // audio[0].shape[0]  # 0 once rows have left the batch
+        shared, rows = self.windows[cache], entry["rows"]
+        group = len(rows) // shared[0].shape[0]  # 0 once rows have left the batch
         if not group or not torch.equal(rows, torch.arange(len(rows), device=rows.device) // group):
             windows, group = _regrouped(rows)  # rows moved or left: the windows they read
-            audio = self.windows[cache] = tuple(t[windows] for t in audio)
+            shared = self.windows[cache] = tuple(t[windows] for t in shared)
             entry["rows"] = torch.arange(len(rows), device=rows.device) // group
-        return self._step(tokens, entry, audio, group, context_padding_mask, cache, at)
+        return self._step(tokens, entry, shared, group, context_padding_mask, cache, at)
 
     def _prompt(self, tokens: Tensor, context: Tensor, padding: Tensor | None, cache: KVCache,
                 at: Tensor | None) -> Tensor:  # fmt: skip
-        """The first step, computed once per window where a window's rows (its beams or
-        samples) have the same prompt, its cache and logits then repeated for each row."""
+        """The first step. Where a window's rows (its beams or samples) have the same prompt,
+        it runs once per window and its keys and values become the window's prefix, its
+        logits repeated for each row; otherwise each row's prompt goes into its own cache."""
         group, b = _group(context), tokens.shape[0]
-        by_window = tokens.view(b // group, group, -1)  # (B, L) -> (B / g, g, L)
-        once = group if torch.equal(by_window, by_window[:, :1].expand_as(by_window)) else 1
-        self.windows[cache] = self.cross(context[::group])
+        windows = b // group
+        by_window = tokens.view(windows, group, -1)  # (B, L) -> (B / g, g, L)
+        same = torch.equal(by_window, by_window[:, :1].expand_as(by_window))
+        cross = self.cross(context[::group])
+        empty = [self._buffer(context, windows, name, 1) for name in self.past]
         entry = cache.layer(CACHE)
-        entry["rows"] = torch.arange(b // once, device=tokens.device) // (group // once)
+        entry["rows"] = torch.arange(b, device=tokens.device) // group
+        if not same:
+            self.windows[cache], self.prefix[cache] = (*cross, *empty), 0
+            for name in self.past:
+                entry[name] = self._buffer(context, b, name, 0)
+            return self._step(tokens, entry, self.windows[cache], group, padding, cache, at)
+        padding = None if padding is None else padding[::group]
+        out, written = self._run(tokens[::group], (*cross, *empty), empty, 1, padding, 0, 0, at)
+        self.windows[cache], self.prefix[cache] = (*cross, *written), tokens.shape[1]
         for name in self.past:
-            entry[name] = self._buffer(context, b // once, name, 0)
-        padding = None if padding is None else padding[::once]
-        out = self._step(tokens[::once], entry, self.windows[cache], group // once, padding,
-                         cache, at)  # fmt: skip
-        if once == 1:
-            return out
-        for name, value in entry.items():
-            entry[name] = value.repeat_interleave(once, 0)
-        return out.repeat_interleave(once, 0)
+            entry[name] = self._buffer(context, b, name, CAPACITY_STEP)
+        cache.advance(tokens.shape[1])
+        return out.repeat_interleave(group, 0)
 
     def _step(
         self,
         tokens: Tensor,
         entry: dict[str, Tensor],
-        audio: tuple[Tensor, ...],
+        shared: tuple[Tensor, ...],
         group: int,
         padding: Tensor | None,
         cache: KVCache,
         at: Tensor | None,
     ) -> Tensor:
         """One run of the step graph on the batch rows of `entry`, `group` rows per window
-        of `audio`; the L tokens' keys and values written into the buffers (grown to hold
-        them, the P tokens before kept)."""
-        past, n = cache.length, tokens.shape[1]
+        of `shared`; the L tokens' keys and values written into the rows' buffers (grown to
+        hold them, the P tokens before kept)."""
+        prefix = self.prefix[cache]
+        past, n = cache.length - prefix, tokens.shape[1]
         for name in self.past:
             axis = cache_axis(name)
             if entry[name].shape[axis] < past + n:
@@ -144,20 +154,30 @@ class DecoderAdapter(nn.Module):
                 grown = self._buffer(tokens, len(tokens), name, capacity)
                 grown.narrow(axis, 0, past).copy_(entry[name].narrow(axis, 0, past))
                 entry[name] = grown
-        at = torch.arange(n, device=tokens.device) if at is None else at
-        inputs = [tokens, torch.tensor(past), at, *(entry[name] for name in self.past), *audio]
-        if self.masked:
-            if padding is None:
-                u, s = audio[0].shape[0], audio[0].shape[-1]  # keys (U, heads, d, S)
-                padding = torch.zeros(u, s, dtype=torch.bool, device=tokens.device)
-            else:
-                padding = padding[::group]
-            inputs.append(padding)
-        out, *written = self.step(*inputs)
+        padding = None if padding is None else padding[::group]
+        own = [entry[name] for name in self.past]
+        out, written = self._run(tokens, shared, own, group, padding, prefix, past, at)
         for name, new in zip(self.past, written, strict=True):
             entry[name].narrow(cache_axis(name), past, n).copy_(new)
         cache.advance(n)
         return out
+
+    def _run(self, tokens: Tensor, shared: tuple[Tensor, ...], own: list[Tensor], group: int,
+             padding: Tensor | None, prefix: int, past: int,
+             at: Tensor | None) -> tuple[Tensor, list[Tensor]]:  # fmt: skip
+        """The step graph: the logits and the L tokens' keys and values of each block, for
+        rows reading the `shared` tensors of their window (`group` rows each), with a prefix
+        of `prefix` tokens and `past` of their own."""
+        n = tokens.shape[1]
+        at = torch.arange(n, device=tokens.device) if at is None else at
+        inputs = [tokens, torch.tensor(prefix), torch.tensor(past), at, *own, *shared]
+        if self.masked:
+            if padding is None:
+                u, s = shared[0].shape[0], shared[0].shape[-1]  # keys (U, heads, d, S)
+                padding = torch.zeros(u, s, dtype=torch.bool, device=tokens.device)
+            inputs.append(padding)
+        out, *written = self.step(*inputs)
+        return out, written
 
     def _buffer(self, like: Tensor, rows: int, name: str, capacity: int) -> Tensor:
         """A zero self-attention cache buffer on `like`'s device: keys (B, heads, d, C),

@@ -7,11 +7,13 @@
 - `cross`: audio features -> every decoder block's cross-attention keys (B, blocks, heads,
   dim / heads, T / stride), transposed and scaled, and values (B, blocks, heads,
   T / stride, dim / heads), computed once per window: the first part of the decoder's cache.
-- `decoder`: one step with its cache as explicit tensors: tokens (B, L) at positions P (a
-  0-d input) onwards, the positions K whose logits are wanted, each block's self-attention
-  cache buffers of C >= P positions (keys (B, heads, dim / heads, C), transposed and scaled
-  as the cross ones, values (B, heads, C, dim / heads)) and its cross ones -> logits
-  (B, K, vocab) and each block's self-attention keys and values of the L tokens.
+- `decoder`: one step with its cache as explicit tensors: tokens (B, L) after a prefix of
+  Q tokens and P of the row's own (two 0-d inputs), the positions K whose logits are wanted,
+  each block's self-attention cache buffers of C >= P positions (keys (B, heads,
+  dim / heads, C), transposed and scaled as the cross ones, values (B, heads, C,
+  dim / heads)), its cross ones and its prefix buffers (U, ., ., Q' >= Q), once per window
+  as the cross ones -> logits (B, K, vocab) and each block's self-attention keys and values
+  of the L tokens.
 
 `attach` installs adapters (asr/adapters.py) called as the app's modules are, so that the
 app's searches run unchanged on ONNX Runtime or int8 modules. The transformer is not
@@ -33,7 +35,8 @@ from lbdl_apps.core.export import Deployment, Graph
 from lbdl_apps.core.layers import MultiHeadAttention
 
 SAMPLE_FRAMES = 200  # log-mel frames of the sample input (2 s); the graphs take any length
-SAMPLE_PAST = 3  # tokens already in the sample's self-attention cache buffers
+SAMPLE_PREFIX = 2  # tokens in the sample's prefix buffers (a prompt shared by a window)
+SAMPLE_PAST = 3  # tokens of each row in the sample's self-attention cache buffers
 
 
 def _heads(x: Tensor, rows: int, attention: MultiHeadAttention) -> Tensor:
@@ -96,15 +99,18 @@ class CrossGraph(nn.Module):
 
 class DecoderStep(nn.Module):
     """One decoding step of TransformerDecoder with its cache as tensors (book 5.3): the
-    same blocks, positions P .. P + L - 1, causal attention over the P cached tokens and the
-    L new ones, cross-attention over the cached audio keys (masked at padding when given)
-    of U windows, the B rows being B / U consecutive rows per window (a window's beams or
-    samples share its audio: its keys are computed and stored once).
-    Each block's self-attention cache is a buffer of C >= P positions, of which the first P
-    hold the tokens before (the rest is ignored): keys kept as the cross-attention keys are,
-    transposed and scaled (B, heads, d, C), values (B, heads, C, d). A step reads it in
-    place and returns only its L tokens' keys and values, which the caller writes at
-    positions P .. P + L - 1: no step copies the cache.
+    same blocks, positions Q + P .. Q + P + L - 1, causal attention over the cached tokens
+    and the L new ones, cross-attention over the cached audio keys (masked at padding when
+    given) of U windows, the B rows being B / U consecutive rows per window (a window's
+    beams or samples share its audio: its keys are computed and stored once).
+    Each block's self-attention cache has two parts, each a buffer of which the first
+    positions are valid (the rest is ignored), keys kept as the cross-attention keys are,
+    transposed and scaled (., heads, d, C), values (., heads, C, d):
+    - the prefix, Q tokens once per window (the prompt its rows share, read for all of them
+      at once, as the audio is);
+    - each row's own P tokens after it.
+    A step reads both in place and returns only its L tokens' keys and values, which the
+    caller writes at the row's positions P .. P + L - 1: no step copies the cache.
     The logits go through a linear layer sharing the token embedding's weight (tied, as the
     decoder's), so that int8 of the linear layers also takes the largest product."""
 
@@ -116,26 +122,32 @@ class DecoderStep(nn.Module):
         self.logits.weight = decoder.token_embed.weight
 
     def forward(
-        self, tokens: Tensor, past: Tensor, at: Tensor, *cache: Tensor
+        self, tokens: Tensor, prefix: Tensor, past: Tensor, at: Tensor, *cache: Tensor
     ) -> tuple[Tensor, ...]:
-        """`past`: P (a 0-d int64); `at` (K,): the positions among the L whose logits are
-        wanted; `cache`: each block's self keys and values buffers (keys_0, values_0,
-        keys_1, ...), then its cross keys and values (CrossGraph's outputs), then the padding
-        (U, S) of lbdl's own models. Returns the logits (B, K, vocab) and each block's keys
-        (B, heads, d, L) and values (B, heads, L, d) of the L tokens."""
+        """`prefix`, `past`: Q and P (0-d int64s); `at` (K,): the positions among the L whose
+        logits are wanted; `cache`: each block's own keys and values buffers (keys_0,
+        values_0, keys_1, ...), its cross keys and values (CrossGraph's outputs), its prefix
+        keys and values, then the padding (U, S) of lbdl's own models. Returns the logits
+        (B, K, vocab) and each block's keys (B, heads, d, L) and values (B, heads, L, d) of
+        the L tokens."""
         d = self.decoder
         blocks = len(d.blocks)
-        buffers, audio = cache[: 2 * blocks], cache[2 * blocks :]
-        padding = audio[2 * blocks] if len(audio) > 2 * blocks else None
+        own, audio, shared = cache[:2 * blocks], cache[2 * blocks:4 * blocks], cache[4 * blocks:]
+        padding = shared[2 * blocks] if len(shared) > 2 * blocks else None
         (rows, n), device = tokens.shape, tokens.device
-        positions = torch.arange(n, device=device) + past  # (L,)
+        windows = audio[0].shape[0]
+        positions = torch.arange(n, device=device) + prefix + past  # (L,)
         x = d.token_embed(tokens) + d.pos_embed.weight[positions]  # (B, L, D)
-        # keys: the C buffered positions, then the L new ones; (L, C + L), True where hidden:
-        # a buffered position from P on, a new token after the query
-        capacity = buffers[0].shape[3]
-        buffered = torch.arange(capacity, device=device)[None, :] >= past
+        # keys: the prefix's buffer, the row's buffer, then the L new ones; (L, Q' + C + L),
+        # True where hidden: a buffered position past the valid ones, a new token after the
+        # query
+        sizes = [shared[0].shape[3], own[0].shape[3], n]
+        shape = (rows, d.blocks[0].attn.heads, n, sizes[0])  # the prefix's scores by row
+        prefixed = torch.arange(sizes[0], device=device)[None, :] >= prefix
+        buffered = torch.arange(sizes[1], device=device)[None, :] >= past
         new = torch.arange(n, device=device)
-        hidden = torch.cat([buffered.expand(n, -1), new[None, :] > new[:, None]], 1)
+        hidden = torch.cat([prefixed.expand(n, -1), buffered.expand(n, -1),
+                            new[None, :] > new[:, None]], 1)  # fmt: skip
         # padding (U, S) -> (U, 1, 1, S): True where a query may look
         keep = None if padding is None else ~padding[:, None, None, :]
         written: list[Tensor] = []
@@ -144,17 +156,38 @@ class DecoderStep(nn.Module):
             k = _keys(h, rows, attention)  # (B, H, d, L)
             v = _heads(attention.v_proj(h), rows, attention)  # (B, H, L, d)
             written += [k, v]
-            q = _heads(attention.q_proj(h), rows, attention)
-            scores = torch.cat([q @ buffers[2 * i], q @ k], 3)  # (B, H, L, C + L)
+            q = attention.q_proj(h)
+            by_row = _heads(q, rows, attention)  # (B, H, L, d)
+            by_window = _heads(q, windows, attention)  # (U, H, B / U * L, d)
+            scores = torch.cat([_rows(by_window @ shared[2 * i], windows, shape),
+                                by_row @ own[2 * i], by_row @ k], 3)  # (B, H, L, Q' + C + L)
             a = scores.masked_fill(hidden, float("-inf")).softmax(-1)
-            a_buffered, a_new = a.split([capacity, n], 3)  # (B, H, L, C), (B, H, L, L)
-            y = a_buffered @ buffers[2 * i + 1] + a_new @ v  # (B, H, L, d)
-            x = x + attention.out_proj(_merge(y, rows, attention))
+            a_shared, a_own, a_new = a.split(sizes, 3)
+            y = a_own @ own[2 * i + 1] + a_new @ v  # (B, H, L, d)
+            # (U, H, B / U * L, d)
+            from_prefix = _windows(a_shared, windows, shape) @ shared[2 * i + 1]
+            x = x + attention.out_proj(_merge(y, rows, attention)
+                                       + _merge(from_prefix, rows, attention))  # fmt: skip
             h, cross = block.ln_cross(x), block.cross_attn
             q, keys, values = cross.q_proj(h), audio[2 * i], audio[2 * i + 1]
             x = x + cross.out_proj(_grouped_attention(q, keys, values, keep, rows, cross))
             x = x + block.mlp(block.ln2(x))
         return self.logits(d.norm(x[:, at])), *written  # (B, K, D) -> (B, K, vocab)
+
+
+def _rows(t: Tensor, windows: int, shape: tuple[int, int, int, int]) -> Tensor:
+    """(U, heads, B / U * L, X), a window's rows together -> (B, heads, L, X) = `shape`
+    (every size given: a size read from a tensor in an export adds nodes to every step)."""
+    rows, heads, n, size = shape
+    # (U, H, B / U, L, X) -> (U, B / U, H, L, X) -> (B, H, L, X)
+    return t.view(windows, heads, -1, n, size).transpose(1, 2).reshape(rows, heads, n, size)
+
+
+def _windows(t: Tensor, windows: int, shape: tuple[int, int, int, int]) -> Tensor:
+    """(B, heads, L, X) = `shape` -> (U, heads, B / U * L, X), a window's rows together."""
+    _, heads, n, size = shape
+    # (U, B / U, H, L, X) -> (U, H, B / U, L, X) -> (U, H, B / U * L, X)
+    return t.view(windows, -1, heads, n, size).transpose(1, 2).reshape(windows, heads, -1, size)
 
 
 def _grouped_attention(
@@ -224,7 +257,8 @@ def deployment(recognizer: Any) -> Deployment:
 
 
 def _samples(model: nn.Module, encoder: EncoderGraph, cross: CrossGraph) -> dict[str, tuple]:
-    """Each graph's sample inputs (batch 2), their names, output names and varying axes."""
+    """Each graph's sample inputs (batch 2; the step's: 2 rows for each of 2 windows), their
+    names, output names and varying axes."""
     config = model.config
     generator = torch.Generator().manual_seed(0)
     mel = torch.randn(2, config.n_mels, SAMPLE_FRAMES, generator=generator)
@@ -249,25 +283,37 @@ def _samples(model: nn.Module, encoder: EncoderGraph, cross: CrossGraph) -> dict
                   for name in cross_names}  # fmt: skip
     _, heads, width, _ = cross_out[0].shape
     past_names = self_cache_names(blocks)
-    # buffers of SAMPLE_PAST + 2 positions, the last 2 unused: keys (B, heads, d, C),
-    # values (B, heads, C, d), as the cross ones
-    capacity = SAMPLE_PAST + 2
-    buffers = [torch.randn(2, heads, width, capacity, generator=generator) if cache_axis(name) == 3
-               else torch.randn(2, heads, capacity, width, generator=generator)
-               for name in past_names]  # fmt: skip
-    tokens = torch.randint(0, config.vocab_size, (2, 2), generator=generator)
-    dec_names = ["tokens", "past", "at", *past_names, *cross_names]
+    prefix_names = self_cache_names(blocks, "prefix")
+
+    def buffers(names: list[str], rows: int, capacity: int) -> list[Tensor]:
+        """Keys (B, heads, d, C), values (B, heads, C, d), as the cross ones."""
+        return [torch.randn(rows, heads, width, capacity, generator=generator)
+                if cache_axis(name) == 3 else torch.randn(rows, heads, capacity, width,
+                                                          generator=generator)
+                for name in names]  # fmt: skip
+
+    # 2 rows per window (2 windows); buffers of SAMPLE_PAST + 2 positions per row and of
+    # SAMPLE_PREFIX + 1 per window, the last ones unused
+    own = buffers(past_names, 4, SAMPLE_PAST + 2)
+    shared = buffers(prefix_names, 2, SAMPLE_PREFIX + 1)
+    tokens = torch.randint(0, config.vocab_size, (4, 2), generator=generator)
+    dec_names = ["tokens", "prefix", "past", "at", *past_names, *cross_names, *prefix_names]
     dec_outputs = ["logits", *(f"new_{name}" for name in past_names)]
-    dec_inputs = [tokens, torch.tensor(SAMPLE_PAST), torch.tensor([1, 0]), *buffers, *cross_out]
-    dec_axes = {"tokens": {0: "batch", 1: "tokens"}, "at": {0: "at"}, **cross_axes,
+    dec_inputs = [tokens, torch.tensor(SAMPLE_PREFIX), torch.tensor(SAMPLE_PAST),
+                  torch.tensor([1, 0]), *own, *cross_out, *shared]  # fmt: skip
+    # a step's rows (batch) read their windows' cross and prefix tensors (windows)
+    windowed = {name: {**axes, 0: "windows"} for name, axes in cross_axes.items()}
+    dec_axes = {"tokens": {0: "batch", 1: "tokens"}, "at": {0: "at"}, **windowed,
                 "logits": {0: "batch", 1: "at"}}  # fmt: skip
     for name in past_names:
         dec_axes[name] = {0: "batch", cache_axis(name): "capacity"}
         dec_axes[f"new_{name}"] = {0: "batch", cache_axis(name): "tokens"}
+    for name in prefix_names:
+        dec_axes[name] = {0: "windows", cache_axis(name): "prefix_capacity"}
     if padding is not None:
         dec_names.append("padding")
         dec_inputs.append(padding)
-        dec_axes["padding"] = audio_axes
+        dec_axes["padding"] = {**audio_axes, 0: "windows"}
     return {
         "encoder": enc,
         "cross": ((audio,), ["audio"], cross_names, {"audio": audio_axes, **cross_axes}),
@@ -300,7 +346,9 @@ def _description(recognizer: Any) -> dict[str, Any]:
         "tokens": tokens,
         "max_tokens": config.max_tokens,
         "decoding": "encoder once per window; cross once per window; then decoder steps: "
-        "the prompt with empty self caches (P = 0), then each chosen token with the caches "
-        "returned by the step before (greedy or beam search; reorder the caches' batch axis "
-        "to follow the beams)",
+        "the prompt once per window with empty buffers (Q = P = 0), the keys and values it "
+        "returns kept as the window's prefix buffers (Q: its length); then each chosen token "
+        "with its row's buffers of P tokens, into which the returned keys and values are "
+        "written (greedy or beam search; reorder the row buffers' batch axis to follow the "
+        "beams; a window's rows share its cross and prefix tensors)",
     }

@@ -29,7 +29,7 @@ def _step(
     """One step: the next live sequences (k per window), the beam each extends, and each
     window's newly finished sequences with their scores. `sum_logprobs` is updated."""
     logprobs = logits.log_softmax(-1)
-    top_logprobs, top_tokens = logprobs.topk(k + 1, dim=-1)
+    top_logprobs, top_tokens = top_k(logprobs, k + 1)
     scores_all = (sum_logprobs[:, None] + top_logprobs).tolist()  # float32 sums, as Whisper's
     prefixes, top = tokens.tolist(), top_tokens.tolist()
     live: list[Sequence] = []
@@ -58,6 +58,34 @@ def _step(
     return live, sources, finished
 
 
+GROUP_SIZE = 24  # values per group in top_k (51864 = 24 x 2161)
+
+
+def top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """torch.topk(values, k) of (B, N) rows (largest first), read faster over a vocabulary:
+    a row is split into G strided groups (position mod G, GROUP_SIZE values each); the k + 1
+    largest values lie in the k + 1 groups with the largest maxima, so only those groups are
+    ranked. Where the k + 1 best tie or are not finite (an order torch.topk alone defines),
+    torch.topk itself answers."""
+    rows, n = values.shape
+    g = n // GROUP_SIZE
+    if g <= k + 1:
+        return values.topk(k, dim=-1)
+    main, tail = values[:, : g * GROUP_SIZE], values[:, g * GROUP_SIZE :]
+    grouped = main.unflatten(1, (GROUP_SIZE, g))  # (B, N) -> (B, GROUP_SIZE, G)
+    best = grouped.amax(1).topk(k + 1, dim=-1).indices  # (B, k + 1) groups
+    members = best[:, None, :].expand(rows, GROUP_SIZE, k + 1)  # (B, GROUP_SIZE, k + 1)
+    where = torch.arange(GROUP_SIZE, device=values.device)[None, :, None] * g + members
+    candidates = torch.cat([grouped.gather(2, members).flatten(1), tail], 1)
+    positions = torch.cat([where.flatten(1), torch.arange(g * GROUP_SIZE, n,
+                                                          device=values.device).expand(rows, -1)],
+                          1)  # fmt: skip
+    top, chosen = candidates.topk(k + 1, dim=-1)
+    if not (bool(torch.isfinite(top).all()) and bool((top[:, :-1] > top[:, 1:]).all())):
+        return values.topk(k, dim=-1)
+    return top[:, :k], positions.gather(1, chosen[:, :k])
+
+
 def beam_search(
     search: Search, tokens: Tensor, k: int, options: WhisperOptions
 ) -> tuple[list[list[int]], list[float]]:
@@ -73,7 +101,8 @@ def beam_search(
     for step in range(search.sample_len):
         logits = search.logits(tokens, step)
         live, sources, finished = _step(tokens, logits, sum_logprobs, k, eot)
-        tokens = torch.tensor(live, device=tokens.device)
+        chosen = torch.tensor([sequence[-1] for sequence in live], device=tokens.device)
+        tokens = torch.cat([tokens[sources], chosen[:, None]], 1)  # (B, t) -> (B, t + 1)
         if sources != list(range(len(sources))):  # beams move within their window
             search.cache.reorder(torch.tensor(sources, device=tokens.device), same_context=True)
         for window, new in zip(windows, finished, strict=True):

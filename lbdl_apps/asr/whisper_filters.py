@@ -59,7 +59,7 @@ class TimestampRules:
         # Whisper compares the log-probabilities logsumexp(timestamps) - lse and
         # max(text) - lse: the same comparison without lse, the normalizer of all 51k
         timestamp = logits[:, begin:].float().logsumexp(-1)
-        text = logits[:, :begin].float().max(-1).values
+        text = logits[:, :begin].float().amax(-1)
         for row, forced in enumerate((timestamp > text).tolist()):
             if forced:
                 logits[row, :begin] = NEG_INF

@@ -304,7 +304,7 @@ class Inference(Quantization):
 
     runtime: str | None = option(None, panel="Inference")
     """torch or onnxruntime (exported on first use, cached beside the checkpoint). Default:
-    torch, or onnxruntime for int8 of a convolutional network."""
+    torch, or onnxruntime with --quantize int8."""
     amp: bool = option(True, panel="Inference")
     """Mixed precision on GPU (bf16 where supported, else fp16)."""
     compile: bool = option(False, panel="Inference")

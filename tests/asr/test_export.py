@@ -53,21 +53,22 @@ def other_inputs(graph) -> tuple[torch.Tensor, ...]:
         return (mel, torch.tensor([132, 90, 61])) if len(graph.inputs) == 2 else (mel,)
     if graph.name == "cross":
         return (torch.randn(3, 41, graph.inputs[0].shape[2], generator=g),)
-    new = [torch.randint(0, 200, (3, 3), generator=g)]  # 3 tokens, the logits of two
+    # 4 rows of 3 tokens, the logits of two, 2 rows per window (2 windows)
+    new = [torch.randint(0, 200, (4, 3), generator=g)]
+    numbers = {"prefix": torch.tensor(4), "past": torch.tensor(5), "at": torch.tensor([2, 0])}
     for name, sample in zip(graph.input_names[1:], graph.inputs[1:], strict=True):
-        if name in ("past", "at"):
-            new.append(torch.tensor(5) if name == "past" else torch.tensor([2, 0]))
+        if name in numbers:
+            new.append(numbers[name])
+            continue
+        if name == "padding":
+            new.append(torch.arange(41)[None, :] >= torch.tensor([41, 12])[:, None])
             continue
         shape = list(sample.shape)
         axis = 3 if "keys" in name else 2  # keys (B, heads, d, C or S), values (B, heads, ., d)
-        if name.startswith("self_"):  # buffers of 7 positions, 5 tokens before
-            shape[axis] = 7
-        elif name.startswith("cross_"):
-            shape[axis] = 41
-        if name == "padding":
-            new.append(torch.arange(41)[None, :] >= torch.tensor([41, 30, 12])[:, None])
-        else:
-            new.append(torch.randn(3, *shape[1:], generator=g))
+        # row buffers of 7 positions, 5 tokens before; prefix ones of 6, the first 4 valid
+        shape[axis] = {"self": 7, "prefix": 6, "cross": 41}[name.split("_")[0]]
+        rows = 4 if name.startswith("self_") else 2
+        new.append(torch.randn(rows, *shape[1:], generator=g))
     return tuple(new)
 
 
@@ -95,7 +96,8 @@ def test_export_gives_pytorchs_outputs(
     decoder = described["graphs"]["decoder"]
     inputs = {i["name"]: i["shape"] for i in decoder["inputs"]}
     assert inputs["self_keys_0"][3] == inputs["self_values_0"][2] == "capacity"
-    assert inputs["at"] == ["at"] and inputs["past"] == []
+    assert inputs["prefix_keys_0"][3] == inputs["prefix_values_0"][2] == "prefix_capacity"
+    assert inputs["at"] == ["at"] and inputs["past"] == inputs["prefix"] == []
     assert decoder["outputs"][0]["shape"][:2] == ["batch", "at"]
     for graph in deployment(load(checkpoints[kind])).graphs:
         entry = described["graphs"][graph.name]
@@ -110,20 +112,23 @@ def test_export_gives_pytorchs_outputs(
 
 
 class Recorded(torch.nn.Module):
-    """A step graph that notes the shape of the tokens (rows, L) of each call."""
+    """A step graph that notes, for each call, the rows and length of the tokens, the
+    prefix's length and the rows of its buffers (windows)."""
 
-    def __init__(self, step: torch.nn.Module) -> None:
+    def __init__(self, step: torch.nn.Module, blocks: int) -> None:
         super().__init__()
-        self.step, self.calls = step, []
+        self.step, self.blocks, self.calls = step, blocks, []
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        self.calls.append(tuple(inputs[0].shape))
+        prefix_keys = inputs[4 + 4 * self.blocks]  # after tokens, Q, P, at, own and cross
+        self.calls.append((*inputs[0].shape, int(inputs[1]), prefix_keys.shape[0]))
         return self.step(*inputs)
 
 
 def test_the_step_graph_decodes_as_the_decoder(checkpoints: dict[str, Path]) -> None:
     """Greedy and beam search through the adapters (ONNX Runtime) give PyTorch's tokens;
-    a prompt that a window's beams share goes through the step graph once for them."""
+    a prompt that a window's beams share goes through the step graph once for them, and
+    its keys and values are read once per window afterwards (the prefix)."""
     from lbdl_apps.asr.whisper_decode import WhisperOptions
 
     waves = [np.sin(np.arange(n) / 7.0).astype(np.float32) * 0.3 for n in (8000, 12000)]
@@ -133,7 +138,7 @@ def test_the_step_graph_decodes_as_the_decoder(checkpoints: dict[str, Path]) -> 
         theirs = load(checkpoints[kind], inference=Inference(runtime="onnxruntime"))
         adapter = theirs.model.decoder
         assert type(adapter).__name__ == "DecoderAdapter"
-        adapter.step = recorded = Recorded(adapter.step)
+        adapter.step = recorded = Recorded(adapter.step, len(adapter.blocks))
         calls = recorded.calls
         for beam in (1, 3):
             calls.clear()
@@ -143,7 +148,9 @@ def test_the_step_graph_decodes_as_the_decoder(checkpoints: dict[str, Path]) -> 
                 options = WhisperOptions(beam_size=beam, sample_len=12)
                 found = [[d.tokens for d in r.decode(mel, options)] for r in (ours, theirs)]
             assert found[0] == found[1] and found[0][0], (kind, beam)
-            assert calls[0][0] == 2 and max(rows for rows, _ in calls[1:]) == 2 * beam, calls
+            (rows, prompt, _, _), later = calls[0], calls[1:]
+            assert rows == 2 and max(c[0] for c in later) == 2 * beam, calls
+            assert all(c[2] == prompt and c[3] <= 2 for c in later), calls
 
 
 @pytest.fixture(scope="module")

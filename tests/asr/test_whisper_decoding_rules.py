@@ -59,6 +59,33 @@ def test_timestamp_rules_are_whispers() -> None:
         assert torch.equal(ours_logits, theirs_logits), history
 
 
+def test_beam_top_k_is_torch_topk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grouped top-k of beam search gives torch.topk's values and tokens: on random
+    rows of Whisper's vocabularies without ranking them whole, and where the best tie or are
+    -inf (then torch.topk ranks them)."""
+    from lbdl_apps.asr.whisper_beam import top_k
+
+    widths: list[int] = []  # of the rows that torch.topk ranked
+    topk = torch.Tensor.topk
+    monkeypatch.setattr(torch.Tensor, "topk",
+                        lambda self, *a, **k: widths.append(self.shape[-1]) or topk(self, *a, **k))
+    generator = torch.Generator().manual_seed(0)
+    for n in (51864, 51865, 200):
+        for case in ("random", "half -inf", "ties", "few finite"):
+            x = torch.randn(5, n, generator=generator)
+            if case == "half -inf":
+                x[:, : n // 2] = float("-inf")  # the best in the other half only
+            elif case == "ties":
+                x = (x * 2).round()  # many values equal
+            elif case == "few finite":
+                x[:, 3:] = float("-inf")  # 3 finite values, 6 asked for
+            widths.clear()
+            top, tokens = top_k(x, 6)
+            expected = topk(x, 6, dim=-1)
+            assert torch.equal(top, expected.values) and torch.equal(tokens, expected.indices)
+            assert (n in widths) == (case in ("ties", "few finite")), (n, case, widths)
+
+
 def test_segments_from_timestamp_pairs_and_the_seek() -> None:
     b = 50363  # <|0.00|>
     # a complete segment, then an unfinished one: seek to the last complete timestamp
