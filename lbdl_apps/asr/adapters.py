@@ -125,7 +125,7 @@ class DecoderAdapter(nn.Module):
                 entry[name] = self._buffer(context, b, name, 0)
             return self._step(tokens, entry, self.windows[cache], group, padding, cache, at)
         padding = None if padding is None else padding[::group]
-        out, written = self._run(tokens[::group], (*cross, *empty), empty, 1, padding, 0, 0, at)
+        out, written = self._run(tokens[::group], (*cross, *empty), empty, padding, 0, 0, at)
         self.windows[cache], self.prefix[cache] = (*cross, *written), tokens.shape[1]
         for name in self.past:
             entry[name] = self._buffer(context, b, name, CAPACITY_STEP)
@@ -156,17 +156,17 @@ class DecoderAdapter(nn.Module):
                 entry[name] = grown
         padding = None if padding is None else padding[::group]
         own = [entry[name] for name in self.past]
-        out, written = self._run(tokens, shared, own, group, padding, prefix, past, at)
+        out, written = self._run(tokens, shared, own, padding, prefix, past, at)
         for name, new in zip(self.past, written, strict=True):
             entry[name].narrow(cache_axis(name), past, n).copy_(new)
         cache.advance(n)
         return out
 
-    def _run(self, tokens: Tensor, shared: tuple[Tensor, ...], own: list[Tensor], group: int,
+    def _run(self, tokens: Tensor, shared: tuple[Tensor, ...], own: list[Tensor],
              padding: Tensor | None, prefix: int, past: int,
              at: Tensor | None) -> tuple[Tensor, list[Tensor]]:  # fmt: skip
         """The step graph: the logits and the L tokens' keys and values of each block, for
-        rows reading the `shared` tensors of their window (`group` rows each), with a prefix
+        rows reading the `shared` tensors of their window (and its `padding`), with a prefix
         of `prefix` tokens and `past` of their own."""
         n = tokens.shape[1]
         at = torch.arange(n, device=tokens.device) if at is None else at
