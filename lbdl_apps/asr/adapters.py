@@ -180,11 +180,18 @@ class DecoderAdapter(nn.Module):
         return out, written
 
     def _buffer(self, like: Tensor, rows: int, name: str, capacity: int) -> Tensor:
-        """A zero self-attention cache buffer on `like`'s device: keys (B, heads, d, C),
-        values (B, heads, C, d)."""
-        if cache_axis(name) == 3:
-            return torch.zeros(rows, self.heads, self.width, capacity, device=like.device)
-        return torch.zeros(rows, self.heads, capacity, self.width, device=like.device)
+        """A zero self-attention cache buffer on `like`'s device."""
+        shape = buffer_shape(name, rows, self.heads, self.width, capacity)
+        return torch.zeros(shape, device=like.device)
+
+
+def buffer_shape(name: str, rows: int, heads: int, width: int,
+                 capacity: int) -> tuple[int, int, int, int]:  # fmt: skip
+    """The shape of a cache buffer of `capacity` positions, laid out as the cross-attention
+    tensors: keys (B, heads, d, C), values (B, heads, C, d)."""
+    if cache_axis(name) == 3:
+        return rows, heads, width, capacity
+    return rows, heads, capacity, width
 
 
 def cache_axis(name: str) -> int:

@@ -28,7 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lbdl_apps.asr.adapters import DecoderAdapter, EncoderAdapter, cache_axis, self_cache_names
+from lbdl_apps.asr.adapters import (
+    DecoderAdapter,
+    EncoderAdapter,
+    buffer_shape,
+    cache_axis,
+    self_cache_names,
+)
 from lbdl_apps.asr.api import TASK
 from lbdl_apps.core.backbones.transformer import TransformerDecoder
 from lbdl_apps.core.export import Deployment, Graph
@@ -286,11 +292,8 @@ def _samples(model: nn.Module, encoder: EncoderGraph, cross: CrossGraph) -> dict
     prefix_names = self_cache_names(blocks, "prefix")
 
     def buffers(names: list[str], rows: int, capacity: int) -> list[Tensor]:
-        """Keys (B, heads, d, C), values (B, heads, C, d), as the cross ones."""
-        return [torch.randn(rows, heads, width, capacity, generator=generator)
-                if cache_axis(name) == 3 else torch.randn(rows, heads, capacity, width,
-                                                          generator=generator)
-                for name in names]  # fmt: skip
+        return [torch.randn(buffer_shape(name, rows, heads, width, capacity),
+                            generator=generator) for name in names]  # fmt: skip
 
     # 2 rows per window (2 windows); buffers of SAMPLE_PAST + 2 positions per row and of
     # SAMPLE_PREFIX + 1 per window, the last ones unused
